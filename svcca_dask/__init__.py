@@ -1,0 +1,49 @@
+"""svcca-dask: SVCCA, PWCCA and linear CKA of neural-network activations at scale.
+
+Activations are ``(n_samples, n_features)`` arrays (NumPy, Dask, Zarr, or a
+``"store.zarr/layer"`` path). Every measure is computed from co-moment
+statistics accumulated in one streaming pass over row chunks, on Dask's
+threaded scheduler or the current ``distributed`` client.
+"""
+
+from ._measures import (
+    DEFAULT_MAX_FEATURES,
+    CCAResult,
+    CKAResult,
+    PairStats,
+    PWCCAResult,
+    SVCCAResult,
+    cca,
+    cca_from_stats,
+    cka_from_stats,
+    linear_cka,
+    pair_stats,
+    pwcca,
+    pwcca_from_stats,
+    svcca,
+    svcca_from_stats,
+)
+from ._stats import Moments, accumulate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MAX_FEATURES",
+    "CCAResult",
+    "CKAResult",
+    "Moments",
+    "PWCCAResult",
+    "PairStats",
+    "SVCCAResult",
+    "__version__",
+    "accumulate",
+    "cca",
+    "cca_from_stats",
+    "cka_from_stats",
+    "linear_cka",
+    "pair_stats",
+    "pwcca",
+    "pwcca_from_stats",
+    "svcca",
+    "svcca_from_stats",
+]

@@ -1,0 +1,498 @@
+"""CCA, SVCCA, PWCCA and linear CKA from one pass of co-moment statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from ._input import ArrayLike, as_dask, check_pair
+from ._linalg import cca_from_cov, top_eigh
+from ._stats import Moments, accumulate
+
+__all__ = [
+    "DEFAULT_MAX_FEATURES",
+    "CCAResult",
+    "CKAResult",
+    "PWCCAResult",
+    "PairStats",
+    "SVCCAResult",
+    "cca",
+    "cca_from_stats",
+    "cka_from_stats",
+    "linear_cka",
+    "pair_stats",
+    "pwcca",
+    "pwcca_from_stats",
+    "svcca",
+    "svcca_from_stats",
+]
+
+#: Largest total feature count (x and y together) whose ``(d, d)`` float64
+#: co-moment the covariance path accumulates: 8192 features is 512 MiB per
+#: partial statistic, and a tree reduction holds ``split_every + 1`` of them.
+DEFAULT_MAX_FEATURES = 8192
+
+
+@dataclass(frozen=True)
+class PairStats:
+    """Covariance statistics of one pair of layers.
+
+    Attributes
+    ----------
+    n : int
+        Number of samples.
+    x_mean, y_mean : ndarray, shape (dx,), (dy,)
+    sxx, sxy, syy : ndarray
+        Sample covariance blocks (ddof=1), float64.
+    """
+
+    n: int
+    x_mean: np.ndarray
+    y_mean: np.ndarray
+    sxx: np.ndarray
+    sxy: np.ndarray
+    syy: np.ndarray
+
+
+def pair_stats(m: Moments, i: int = 0, j: int = 1) -> PairStats:
+    """The :class:`PairStats` of stacked arrays ``i`` and ``j`` of ``m``."""
+    return PairStats(
+        n=m.n,
+        x_mean=m.block_mean(i),
+        y_mean=m.block_mean(j),
+        sxx=m.cov(i, i),
+        sxy=m.cov(i, j),
+        syy=m.cov(j, j),
+    )
+
+
+@dataclass(frozen=True)
+class CCAResult:
+    """Canonical correlation analysis of two layers.
+
+    Attributes
+    ----------
+    score : float
+        Mean of ``coefficients``.
+    coefficients : ndarray, shape (k,)
+        Canonical correlations, descending, in [0, 1]; ``k`` is the smaller
+        number of live (reduced, for SVCCA) features of the two sides.
+    x_weights : ndarray, shape (n_features_x, k)
+        Canonical weights of x over its input features (rows of dropped
+        features are zero): the canonical variates are
+        ``(x - x_mean) @ x_weights``, with unit variance (ddof=1).
+    y_weights : ndarray, shape (n_features_y, k)
+        Canonical weights of y.
+    x_mean, y_mean : ndarray, shape (n_features_x,), (n_features_y,)
+        Feature means.
+    n_samples : int
+        Number of samples that went in.
+    x_features, y_features : ndarray of int
+        Indices of the features that went in (live features).
+    x_dropped, y_dropped : ndarray of int
+        Indices of dead (zero-variance) features that were dropped.
+    """
+
+    score: float
+    coefficients: np.ndarray
+    x_weights: np.ndarray
+    y_weights: np.ndarray
+    x_mean: np.ndarray
+    y_mean: np.ndarray
+    n_samples: int
+    x_features: np.ndarray
+    y_features: np.ndarray
+    x_dropped: np.ndarray
+    y_dropped: np.ndarray
+
+    def transform(self, x: np.ndarray, *, side: Literal["x", "y"] = "x") -> np.ndarray:
+        """Canonical variates of in-memory data ``(n, n_features)`` of one side."""
+        w, m = (self.x_weights, self.x_mean) if side == "x" else (self.y_weights, self.y_mean)
+        return (np.asarray(x, dtype=np.float64) - m) @ w
+
+
+@dataclass(frozen=True)
+class SVCCAResult(CCAResult):
+    """SVCCA: CCA of each layer's top singular directions.
+
+    Attributes
+    ----------
+    x_directions, y_directions : ndarray, shape (n_features, kept)
+        Orthonormal top singular directions (right singular vectors of the
+        centred data) of each side; ``x_weights == x_directions @ (CCA weights
+        of the reduced data)``.
+    x_kept, y_kept : int
+        Number of directions kept on each side.
+    x_explained, y_explained : float
+        Fraction of variance the kept directions explain.
+    """
+
+    x_directions: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
+    y_directions: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
+    x_kept: int = 0
+    y_kept: int = 0
+    x_explained: float = 1.0
+    y_explained: float = 1.0
+
+
+@dataclass(frozen=True)
+class PWCCAResult(CCAResult):
+    """Projection-weighted CCA (Morcos et al. 2018).
+
+    Attributes
+    ----------
+    weights : ndarray, shape (k,)
+        Normalized projection weights ``alpha`` (sum 1), aligned with ``coefficients``.
+    side : {"x", "y"}
+        The side whose neurons the weights project on.
+    """
+
+    weights: np.ndarray = field(default_factory=lambda: np.empty(0))
+    side: str = "x"
+
+
+@dataclass(frozen=True)
+class CKAResult:
+    """Linear centred kernel alignment (Kornblith et al. 2019).
+
+    Attributes
+    ----------
+    score : float
+        ``||Sxy||_F^2 / (||Sxx||_F ||Syy||_F)``, in [0, 1].
+    n_samples : int
+    """
+
+    score: float
+    n_samples: int
+
+
+# --------------------------------------------------------------------------- #
+# from statistics
+
+
+def _live(s: np.ndarray, epsilon: float, name: str) -> np.ndarray:
+    """Indices of features whose variance, scaled as the CCA scales it, is at least epsilon."""
+    diag = np.real(np.diagonal(s)).copy()
+    top = np.max(np.abs(s)) if s.size else 0.0
+    live = np.flatnonzero(diag / top >= epsilon) if top > 0 else np.empty(0, dtype=np.intp)
+    if live.size == 0:
+        raise ValueError(
+            f"{name} has no live feature: every feature has zero variance over the "
+            "samples (a dead layer, or constant input)"
+        )
+    return live
+
+
+def _expand(w: np.ndarray, idx: np.ndarray, d: int) -> np.ndarray:
+    out = np.zeros((d, w.shape[1]), dtype=w.dtype)
+    out[idx] = w
+    return out
+
+
+def _dropped(live: np.ndarray, d: int) -> np.ndarray:
+    return np.setdiff1d(np.arange(d), live)
+
+
+def _cca_fields(p: PairStats, epsilon: float, names: tuple[str, str]) -> dict[str, Any]:
+    dx, dy = p.sxx.shape[0], p.syy.shape[0]
+    lx = _live(p.sxx, epsilon, names[0])
+    ly = _live(p.syy, epsilon, names[1])
+    rho, a, b = cca_from_cov(
+        p.sxx[np.ix_(lx, lx)], p.sxy[np.ix_(lx, ly)], p.syy[np.ix_(ly, ly)], epsilon=epsilon
+    )
+    return {
+        "score": float(np.mean(rho)),
+        "coefficients": rho,
+        "x_weights": _expand(a, lx, dx),
+        "y_weights": _expand(b, ly, dy),
+        "x_mean": p.x_mean,
+        "y_mean": p.y_mean,
+        "n_samples": p.n,
+        "x_features": lx,
+        "y_features": ly,
+        "x_dropped": _dropped(lx, dx),
+        "y_dropped": _dropped(ly, dy),
+    }
+
+
+def cca_from_stats(
+    p: PairStats, *, epsilon: float = 1e-10, names: tuple[str, str] = ("x", "y")
+) -> CCAResult:
+    """CCA of a pair from its covariance statistics (see :func:`cca`)."""
+    return CCAResult(**_cca_fields(p, epsilon, names))
+
+
+def _n_keep(w: np.ndarray, keep: float | int, name: str) -> int:
+    if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)):
+        raise TypeError(f"keep must be a float in (0, 1] or a positive int, got {keep!r}")
+    if isinstance(keep, (int, np.integer)):
+        if keep < 1:
+            raise ValueError(f"keep as an int is a number of directions, at least 1; got {keep}")
+        return int(min(keep, np.count_nonzero(w > 0) or 1))
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(
+            f"keep as a float is a fraction of variance in (0, 1], got {keep}; "
+            "pass an int for a number of directions"
+        )
+    total = w.sum()
+    if total <= 0:
+        raise ValueError(f"{name} has zero total variance")
+    cum = np.cumsum(w) / total
+    # smallest k with cum[k-1] >= keep, forgiving the last ulp of the sum
+    k = int(np.searchsorted(cum, keep * (1.0 - 1e-12), side="left")) + 1
+    return min(k, int(np.count_nonzero(w > 0)) or 1)
+
+
+def svcca_from_stats(
+    p: PairStats,
+    *,
+    keep: float | int | tuple[float | int, float | int] = 0.99,
+    epsilon: float = 1e-10,
+    names: tuple[str, str] = ("x", "y"),
+) -> SVCCAResult:
+    """SVCCA of a pair from its covariance statistics (see :func:`svcca`)."""
+    keep_x, keep_y = keep if isinstance(keep, tuple) else (keep, keep)
+    wx, vx = top_eigh(p.sxx)
+    wy, vy = top_eigh(p.syy)
+    kx, ky = _n_keep(wx, keep_x, names[0]), _n_keep(wy, keep_y, names[1])
+    vx, vy = vx[:, :kx], vy[:, :ky]
+    reduced = PairStats(
+        n=p.n,
+        x_mean=vx.T @ p.x_mean,
+        y_mean=vy.T @ p.y_mean,
+        sxx=np.diag(wx[:kx]),
+        sxy=vx.T @ p.sxy @ vy,
+        syy=np.diag(wy[:ky]),
+    )
+    f = _cca_fields(reduced, epsilon, names)
+    dx, dy = p.sxx.shape[0], p.syy.shape[0]
+    live_x, live_y = _live(p.sxx, epsilon, names[0]), _live(p.syy, epsilon, names[1])
+    f.update(
+        x_weights=vx @ f["x_weights"],
+        y_weights=vy @ f["y_weights"],
+        x_mean=p.x_mean,
+        y_mean=p.y_mean,
+        x_features=live_x,
+        y_features=live_y,
+        x_dropped=_dropped(live_x, dx),
+        y_dropped=_dropped(live_y, dy),
+    )
+    return SVCCAResult(
+        **f,
+        x_directions=vx,
+        y_directions=vy,
+        x_kept=kx,
+        y_kept=ky,
+        x_explained=float(wx[:kx].sum() / wx.sum()),
+        y_explained=float(wy[:ky].sum() / wy.sum()),
+    )
+
+
+def pwcca_from_stats(
+    p: PairStats,
+    *,
+    epsilon: float = 1e-10,
+    side: Literal["x", "y", "smaller"] = "x",
+    names: tuple[str, str] = ("x", "y"),
+) -> PWCCAResult:
+    """PWCCA of a pair from its covariance statistics (see :func:`pwcca`)."""
+    if side not in ("x", "y", "smaller"):
+        raise ValueError(f"side must be 'x', 'y' or 'smaller', got {side!r}")
+    f = _cca_fields(p, epsilon, names)
+    if side == "smaller":
+        side = "x" if len(f["x_features"]) <= len(f["y_features"]) else "y"
+    s, w = (p.sxx, f["x_weights"]) if side == "x" else (p.syy, f["y_weights"])
+    # <h_i, x_j> = (n - 1) (S a_i)_j: the constant cancels in the normalization
+    alpha = np.abs(s @ w).sum(axis=0)
+    alpha = alpha / alpha.sum()
+    f["score"] = float(np.sum(alpha * f["coefficients"]))
+    return PWCCAResult(**f, weights=alpha, side=side)
+
+
+def cka_from_stats(p: PairStats) -> CKAResult:
+    """Linear CKA of a pair from its covariance statistics (see :func:`linear_cka`)."""
+    nx, ny = np.linalg.norm(p.sxx), np.linalg.norm(p.syy)
+    if nx == 0 or ny == 0:
+        raise ValueError("linear CKA is undefined for a layer with zero variance (x or y)")
+    score = float(np.linalg.norm(p.sxy) ** 2 / (nx * ny))
+    return CKAResult(score=min(max(score, 0.0), 1.0), n_samples=p.n)
+
+
+# --------------------------------------------------------------------------- #
+# from data
+
+
+def _stats(
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    split_every: int,
+    max_features: int,
+) -> PairStats:
+    xd = as_dask(x, name="x")
+    yd = as_dask(y, name="y")
+    check_pair(xd, yd)
+    d = xd.shape[1] + yd.shape[1]
+    if d > max_features:
+        raise ValueError(
+            f"x and y have {xd.shape[1]} + {yd.shape[1]} = {d} features, more than "
+            f"max_features={max_features} for the covariance path (a {d} x {d} float64 "
+            f"matrix is {d * d * 8 / 2**30:.1f} GiB per partial statistic). Raise "
+            "max_features if memory allows, or reduce the layers first (conv= for conv "
+            "layers, a randomized SVD for wide ones)."
+        )
+    m = accumulate([xd, yd], names=["x", "y"], split_every=split_every)
+    return pair_stats(m)
+
+
+def cca(
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    epsilon: float = 1e-10,
+    split_every: int = 8,
+    max_features: int = DEFAULT_MAX_FEATURES,
+) -> CCAResult:
+    """Canonical correlation analysis of two layers in one pass over the data.
+
+    Parameters
+    ----------
+    x : array-like, shape (n_samples, n_features_x)
+        Activations of the first layer, samples first: a NumPy, Dask or Zarr
+        array, or a ``"path/to/store.zarr/layer"`` string. (The original
+        google/svcca code takes ``(neurons, datapoints)``: transpose those.)
+    y : array-like, shape (n_samples, n_features_y)
+        Activations of the second layer over the same samples.
+    epsilon : float, default 1e-10
+        Features whose variance, scaled by the block's largest entry, is below
+        ``epsilon`` are dropped as dead; ``epsilon`` is also the ridge added to
+        the scaled covariance diagonals (as in google/svcca).
+    split_every : int, default 8
+        Fan-in of the tree reduction over row chunks.
+    max_features : int, default DEFAULT_MAX_FEATURES
+        Largest ``n_features_x + n_features_y`` accepted (memory is ``d**2``).
+
+    Returns
+    -------
+    CCAResult
+        ``score`` is the mean canonical correlation.
+
+    Notes
+    -----
+    One pass: each row chunk yields the count, means and centred cross products
+    of ``[x y]`` in float64; chunks merge with the Chan/Pebay update in a Dask
+    tree reduction, on the current ``distributed`` client if there is one.
+    Memory is one chunk plus ``(dx + dy)**2`` float64 per partial, whatever
+    ``n_samples``.
+    """
+    return cca_from_stats(
+        _stats(x, y, split_every=split_every, max_features=max_features), epsilon=epsilon
+    )
+
+
+def svcca(
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    keep: float | int | tuple[float | int, float | int] = 0.99,
+    epsilon: float = 1e-10,
+    split_every: int = 8,
+    max_features: int = DEFAULT_MAX_FEATURES,
+) -> SVCCAResult:
+    """SVCCA (Raghu et al. 2017): CCA of each layer's top singular directions.
+
+    Parameters
+    ----------
+    x, y : array-like, shape (n_samples, n_features)
+        As for :func:`cca`.
+    keep : float, int, or a pair of them, default 0.99
+        Directions kept per side. A float in (0, 1] is the fraction of variance
+        (sum of the covariance eigenvalues, i.e. squared singular values of the
+        centred data) the kept directions must explain: the smallest number of
+        directions that reaches it is kept. An int is the number of directions.
+        A tuple gives x's and y's separately.
+    epsilon, split_every, max_features
+        As for :func:`cca`.
+
+    Returns
+    -------
+    SVCCAResult
+        ``score`` is the mean of the canonical correlations of the reduced layers.
+
+    Notes
+    -----
+    The SVD needs no second pass: the eigendecomposition of each side's
+    covariance gives the right singular vectors and squared singular values of
+    its centred data, and the reduced covariance blocks are projections of the
+    accumulated ones.
+    """
+    p = _stats(x, y, split_every=split_every, max_features=max_features)
+    return svcca_from_stats(p, keep=keep, epsilon=epsilon)
+
+
+def pwcca(
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    epsilon: float = 1e-10,
+    side: Literal["x", "y", "smaller"] = "x",
+    split_every: int = 8,
+    max_features: int = DEFAULT_MAX_FEATURES,
+) -> PWCCAResult:
+    """Projection-weighted CCA (Morcos, Raghu & Bengio 2018).
+
+    ``score = sum_i alpha_i rho_i`` with ``alpha_i = sum_j |<h_i, x_j>|``
+    normalized to sum 1, where ``h_i`` are the unit-variance canonical variates
+    of one side and ``x_j`` the centred activation vectors of that side's
+    neurons. Since ``<h_i, x_j> = (n - 1) (S_xx a_i)_j``, this too comes from
+    the covariance statistics of one pass.
+
+    Parameters
+    ----------
+    x, y : array-like, shape (n_samples, n_features)
+        As for :func:`cca`.
+    side : {"x", "y", "smaller"}, default "x"
+        Whose neurons the variates are projected on; ``"smaller"`` picks the
+        side with fewer live features.
+    epsilon, split_every, max_features
+        As for :func:`cca`.
+
+    Returns
+    -------
+    PWCCAResult
+
+    Notes
+    -----
+    google/svcca's ``pwcca.py`` projects on unwhitened, uncentred activations
+    and so gives different numbers; this follows the paper's definition.
+    """
+    p = _stats(x, y, split_every=split_every, max_features=max_features)
+    return pwcca_from_stats(p, epsilon=epsilon, side=side)
+
+
+def linear_cka(
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    split_every: int = 8,
+    max_features: int = DEFAULT_MAX_FEATURES,
+) -> CKAResult:
+    """Linear CKA (Kornblith et al. 2019) from one pass of covariance statistics.
+
+    ``CKA = ||S_xy||_F^2 / (||S_xx||_F ||S_yy||_F)`` with the centred
+    covariance blocks (the feature-space form of the HSIC ratio with linear kernels).
+
+    Parameters
+    ----------
+    x, y : array-like, shape (n_samples, n_features)
+        As for :func:`cca`.
+    split_every, max_features
+        As for :func:`cca`.
+
+    Returns
+    -------
+    CKAResult
+    """
+    return cka_from_stats(_stats(x, y, split_every=split_every, max_features=max_features))

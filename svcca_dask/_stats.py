@@ -1,0 +1,287 @@
+"""One-pass co-moment statistics: per-chunk partials and their pairwise merge.
+
+The statistics of ``k`` arrays that share their rows (layers of one network
+over the same samples) are the count, the means and the centred cross-product
+matrix of their column-stack ``Z = [x_1, ..., x_k]``::
+
+    n, mean = Z.mean(0), M = (Z - mean).T @ (Z - mean)
+
+Every measure in this package (CCA, SVCCA, PWCCA, linear CKA) is a function of
+the diagonal and off-diagonal blocks of ``M / (n - 1)``.
+
+Each row chunk gives one partial (computed in one fused task: read, cast into a
+float64 buffer, centre on the chunk mean, one SYRK); partials merge pairwise
+(Chan, Golub & LeVeque 1979; Pebay 2008)::
+
+    n = na + nb,  d = mean_b - mean_a,
+    mean = mean_a + d * nb / n,
+    M = Ma + Mb + (na * nb / n) * outer(d, d)
+
+in a tree reduction shaped like :func:`dask.array.reductions._tree_reduce`.
+The naive ``sum(z z^T) - n m m^T`` is never formed: activations after a ReLU
+have large means and that form loses every digit.
+
+References
+----------
+Chan, T. F., Golub, G. H. & LeVeque, R. J. (1979). Updating formulae and a
+pairwise algorithm for computing sample variances.
+Pebay, P. (2008). Formulas for robust, one-pass parallel computation of
+covariances and arbitrary-order statistical moments. Sandia SAND2008-6212.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import numpy as np
+from dask.delayed import Delayed, delayed
+
+__all__ = ["Moments", "accumulate", "moments_chunk", "moments_combine"]
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Co-moment statistics of column-stacked arrays.
+
+    Attributes
+    ----------
+    n : int
+        Number of samples (rows).
+    mean : ndarray, shape (d,)
+        Column means, float64 (complex128 for complex input).
+    comoment : ndarray, shape (d, d)
+        Centred cross products ``(Z - mean).T @ (Z - mean)`` (conjugate
+        transpose for complex input), float64.
+    sizes : tuple of int
+        Feature count of each stacked array, in order; ``sum(sizes) == d``.
+    """
+
+    n: int
+    mean: np.ndarray
+    comoment: np.ndarray
+    sizes: tuple[int, ...]
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        """Start column of each stacked array, plus the total at the end."""
+        return tuple(int(v) for v in np.concatenate([[0], np.cumsum(self.sizes)]))
+
+    def _slice(self, i: int) -> slice:
+        o = self.offsets
+        return slice(o[i], o[i + 1])
+
+    def cov(self, i: int, j: int) -> np.ndarray:
+        """Sample covariance block between stacked arrays ``i`` and ``j`` (ddof=1)."""
+        return self.comoment[self._slice(i), self._slice(j)] / (self.n - 1)
+
+    def block_mean(self, i: int) -> np.ndarray:
+        """Column means of stacked array ``i``."""
+        return self.mean[self._slice(i)]
+
+
+def moments_chunk(
+    *blocks: np.ndarray,
+    names: Sequence[str] | None = None,
+    row_start: int = 0,
+) -> dict[str, Any]:
+    """Partial statistics of one row chunk of several arrays.
+
+    Parameters
+    ----------
+    *blocks : ndarray, shape (m, d_i)
+        The same rows of each array.
+    names : sequence of str, optional
+        Names of the arrays, for error messages.
+    row_start : int
+        Index of the chunk's first row in the whole array, for error messages.
+
+    Returns
+    -------
+    dict
+        ``{"n": m, "mean": (d,), "m2": (d, d)}`` in float64.
+
+    Raises
+    ------
+    ValueError
+        If any value is NaN or infinite; the message names the array and the rows.
+    """
+    m = blocks[0].shape[0]
+    widths = [b.shape[1] for b in blocks]
+    # One float64 buffer: the cast and the stack in a single copy, then one SYRK.
+    buf = np.empty((m, sum(widths)), dtype=np.float64)
+    start = 0
+    for b, w in zip(blocks, widths, strict=True):
+        buf[:, start : start + w] = b
+        start += w
+    col_sum = buf.sum(axis=0)
+    if not np.all(np.isfinite(col_sum)):
+        _raise_non_finite(blocks, names, row_start)
+    mean = col_sum / m
+    buf -= mean
+    m2 = buf.T @ buf  # A.T @ A on one C-contiguous buffer runs as SYRK
+    return {"n": m, "mean": mean, "m2": m2}
+
+
+def _raise_non_finite(
+    blocks: Sequence[np.ndarray], names: Sequence[str] | None, row_start: int
+) -> None:
+    for i, b in enumerate(blocks):
+        bad = ~np.isfinite(np.asarray(b, dtype=np.float64))
+        if bad.any():
+            rows = np.flatnonzero(bad.any(axis=1)) + row_start
+            name = names[i] if names is not None else f"array {i}"
+            shown = ", ".join(str(r) for r in rows[:5]) + (" ..." if rows.size > 5 else "")
+            raise ValueError(
+                f"{name} contains NaN or infinite values in rows {shown} "
+                f"(chunk starting at row {row_start}); clean or mask these samples first."
+            )
+    raise ValueError("the statistics overflowed float64: rescale the activations")  # pragma: no cover
+
+
+def moments_combine(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Merge partial statistics pairwise (Chan / Pebay update).
+
+    Parameters
+    ----------
+    parts : sequence of dict
+        Outputs of :func:`moments_chunk` or of this function.
+
+    Returns
+    -------
+    dict
+        The statistics of the union of the rows.
+    """
+    acc = parts[0]
+    n, mean, m2 = acc["n"], acc["mean"], acc["m2"].copy()
+    for p in parts[1:]:
+        nb = p["n"]
+        if nb == 0:
+            continue
+        if n == 0:
+            n, mean, m2 = nb, p["mean"], p["m2"].copy()
+            continue
+        tot = n + nb
+        d = p["mean"] - mean
+        m2 += p["m2"]
+        m2 += (n * nb / tot) * np.outer(d, d.conj())
+        mean = mean + d * (nb / tot)
+        n = tot
+    return {"n": n, "mean": mean, "m2": m2}
+
+
+def _tree(parts: list[Delayed], split_every: int) -> Delayed:
+    combine = delayed(moments_combine, pure=True)
+    while len(parts) > 1:
+        parts = [
+            combine(parts[i : i + split_every])
+            for i in range(0, len(parts), split_every)
+        ]
+    return parts[0]
+
+
+def accumulate_graph(
+    arrays: Sequence[Any],
+    *,
+    names: Sequence[str] | None = None,
+    split_every: int = 8,
+) -> Delayed:
+    """The lazy statistics of column-stacked dask arrays (one fused task per row chunk).
+
+    See :func:`accumulate`; this returns the :class:`~dask.delayed.Delayed`
+    dict so that several statistics can be computed in one ``dask.compute``.
+    """
+    if split_every < 2:
+        raise ValueError(f"split_every must be at least 2, got {split_every}")
+    arrays = _unify_rows(arrays)
+    row_chunks = arrays[0].chunks[0]
+    starts = np.concatenate([[0], np.cumsum(row_chunks)])[:-1]
+    per_array = [a.to_delayed(optimize_graph=True).reshape(-1) for a in arrays]
+    chunk = delayed(moments_chunk, pure=True)
+    parts = [
+        chunk(*[blocks[i] for blocks in per_array], names=names, row_start=int(starts[i]))
+        for i in range(len(row_chunks))
+    ]
+    return _tree(parts, split_every)
+
+
+def accumulate(
+    arrays: Sequence[Any],
+    *,
+    names: Sequence[str] | None = None,
+    split_every: int = 8,
+) -> Moments:
+    """Statistics of column-stacked 2-D dask arrays in one pass.
+
+    Parameters
+    ----------
+    arrays : sequence of dask.array.Array, shape (n, d_i)
+        Arrays over the same ``n`` samples; each must be whole along features
+        (one column of chunks). Row chunkings may differ: they are unified.
+    names : sequence of str, optional
+        Names for error messages.
+    split_every : int
+        Fan-in of the tree reduction.
+
+    Returns
+    -------
+    Moments
+
+    Notes
+    -----
+    Memory: each task holds one row chunk of every array as a float64 buffer
+    plus a ``(d, d)`` float64 co-moment; the reduction holds ``split_every``
+    co-moments at a time per tree level. Nothing scales with ``n``.
+
+    Runs on the current ``distributed`` client when there is one, else on the
+    threaded scheduler with BLAS limited to one thread per task (Dask threads
+    times BLAS threads would oversubscribe the cores).
+    """
+    graph = accumulate_graph(arrays, names=names, split_every=split_every)
+    (out,) = compute(graph)
+    return to_moments(out, arrays)
+
+
+def to_moments(out: dict[str, Any], arrays: Sequence[Any]) -> Moments:
+    """Wrap a computed statistics dict of :func:`accumulate_graph` as :class:`Moments`."""
+    sizes = tuple(int(a.shape[1]) for a in arrays)
+    return Moments(n=int(out["n"]), mean=out["mean"], comoment=out["m2"], sizes=sizes)
+
+
+def _unify_rows(arrays: Sequence[Any]) -> list[Any]:
+    """Give all arrays the same row chunking and one chunk along features."""
+    out = []
+    for a in arrays:
+        if a.ndim != 2:
+            raise ValueError(f"expected 2-D arrays, got shape {a.shape}")
+        if len(a.chunks[1]) != 1:
+            a = a.rechunk({1: -1})
+        out.append(a)
+    rows = out[0].chunks[0]
+    if any(a.chunks[0] != rows for a in out[1:]):
+        out = [a.rechunk({0: rows}) for a in out]
+    return out
+
+
+def compute(*graphs: Any) -> tuple[Any, ...]:
+    """``dask.compute`` on the current distributed client or, without one,
+    on threads with BLAS limited to one thread per task."""
+    if _current_client() is not None:
+        return dask.compute(*graphs)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return dask.compute(*graphs)
+
+
+def _current_client() -> Any:
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
