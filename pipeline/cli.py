@@ -1,0 +1,326 @@
+"""The ``svcca-dask`` command line.
+
+Subcommands come from modules listed in :data:`COMMAND_MODULES`. Each module
+defines ``add_parser(subparsers)``, which adds its subparser(s) with
+``subparsers.add_parser(name, help=..., description=...)`` and sets the
+handler with ``parser.set_defaults(handler=fn)``. The handler takes the parsed
+``argparse.Namespace`` and returns an exit code (``None`` means 0). Adding a
+subcommand from another module is one line: append the module's name to
+:data:`COMMAND_MODULES`. Keep such modules light to import (import torch and
+other heavy packages inside the handler): ``svcca-dask --help`` imports all of them.
+
+Handlers raise exceptions to fail: :func:`main` prints ``svcca-dask <command>:
+error: <message>`` on one line and exits with status 1 (argparse usage errors
+exit with 2); ``--verbose`` adds the traceback and debug logs. Every
+subcommand gets ``--verbose`` automatically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["COMMAND_MODULES", "build_parser", "main"]
+
+#: Modules that contribute subcommands, in the order ``--help`` lists them.
+#: A listed module that does not exist (yet) is skipped.
+COMMAND_MODULES: list[str] = [
+    "pipeline.cli",
+    "pipeline.demo",
+]
+
+PROG = "svcca-dask"
+log = logging.getLogger("pipeline")
+
+
+# --------------------------------------------------------------------------- #
+# built-in subcommands
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add the built-in subcommands: ``compare``, ``extract``, ``run``, ``layers``."""
+    _add_compare(subparsers)
+    _add_extract(subparsers)
+    _add_run(subparsers)
+    _add_layers(subparsers)
+
+
+def _add_compare(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "compare",
+        help="compare two layers of activation stores",
+        description=(
+            "Compare two layers, each given as STORE.zarr/LAYER (any Zarr array path), "
+            "and print the score. The pass runs on Dask's threads unless --cluster is given."
+        ),
+    )
+    p.add_argument("x", help="first layer, e.g. acts_a.zarr/layer3")
+    p.add_argument("y", help="second layer, e.g. acts_b.zarr/layer3")
+    p.add_argument(
+        "--measure",
+        choices=("svcca", "pwcca", "cca", "cka"),
+        default="svcca",
+        help="similarity measure (default: svcca)",
+    )
+    p.add_argument(
+        "--keep",
+        type=_keep,
+        default=None,
+        help="SVCCA: fraction of variance in (0, 1] or number of directions (default 0.99)",
+    )
+    p.add_argument("--epsilon", type=float, default=None, help="dead-feature threshold and ridge")
+    p.add_argument(
+        "--conv",
+        default=None,
+        help="reduction for conv layers (N, C, H, W), e.g. 'mean', 'flatten', 'dft'",
+    )
+    p.add_argument(
+        "--cluster",
+        default=None,
+        help="run on a Dask cluster: 'local' or a scheduler address (default: threads)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object with score, coefficients and the inputs",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_compare)
+
+
+def _add_extract(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "extract",
+        help="extract a PyTorch model's activations into an activation store",
+        description=(
+            "Run a PyTorch model over a dataset with forward hooks on named layers and "
+            "append each batch's activations to an activation store (Zarr). Resumes "
+            "after an interruption. Needs torch: pip install 'svcca-dask[torch]'."
+        ),
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="'module:callable' or 'path/file.py:callable' returning a torch.nn.Module",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help=(
+            "'module:callable' or 'path/file.py:callable' returning the dataset: a DataLoader, "
+            "any iterable of batches (inputs or (inputs, labels)), or a map-style Dataset"
+        ),
+    )
+    p.add_argument("--layers", nargs="+", required=True, help="module names or glob patterns")
+    p.add_argument("--out", required=True, help="the activation store to write, e.g. acts.zarr")
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="batch size for a map-style Dataset (64)"
+    )
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument("--no-labels", action="store_true", help="do not store labels")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="start over instead of resuming an existing store"
+    )
+    p.add_argument(
+        "--reuse",
+        choices=("error", "first", "last", "each"),
+        default="error",
+        help="a module called more than once per forward: refuse (default), keep the "
+        "first or last call, or store each call as LAYER.callK",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_extract)
+
+
+def _add_run(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="run a TOML job: many layer pairs and measures, results to a folder",
+        description=(
+            "Run the comparisons a TOML job describes and write a results table "
+            "(CSV, Parquet), coefficient arrays (Zarr) and the job's parameters. "
+            "A rerun skips results that exist for the same inputs and parameters."
+        ),
+    )
+    p.add_argument("job", help="the job file, e.g. job.toml")
+    p.add_argument("--force", action="store_true", help="recompute every result")
+    p.add_argument("--cluster", default=None, help="override the job's cluster")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_run)
+
+
+def _add_layers(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "layers",
+        help="list the layers of an activation store",
+        description="List a store's layers with shape, dims, chunking, dtype and size.",
+    )
+    p.add_argument("store", help="the activation store, e.g. acts.zarr")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler=_layers)
+
+
+def _keep(text: str) -> float | int:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--keep takes a fraction like 0.99 or a number of directions like 20, got {text!r}"
+        ) from None
+
+
+# --------------------------------------------------------------------------- #
+# handlers
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .runner import compare_pair
+
+    options: dict[str, Any] = {}
+    if args.keep is not None:
+        options["keep"] = args.keep
+    if args.epsilon is not None:
+        options["epsilon"] = args.epsilon
+    if args.conv is not None:
+        options["conv"] = args.conv
+    out = compare_pair(
+        args.x,
+        args.y,
+        measure=args.measure,
+        options=options,
+        cluster=args.cluster,
+        progress=not (args.no_progress or args.json),
+    )
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{out['score']:.6f}")
+    return 0
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from .extract import extract_activations, load_callable, make_batches
+
+    model = load_callable(args.model, what="--model")()
+    data = make_batches(load_callable(args.data, what="--data")(), batch_size=args.batch_size)
+    store = extract_activations(
+        model,
+        data,
+        args.out,
+        layers=args.layers,
+        dtype=args.dtype,
+        labels=not args.no_labels,
+        device=args.device,
+        overwrite=args.overwrite,
+        reuse=args.reuse,
+        progress=not args.no_progress,
+    )
+    for info in store.layers():
+        print(info.summary())
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .jobs import load_job
+    from .runner import run_job
+
+    job = load_job(args.job)
+    report = run_job(
+        job, force=args.force, cluster=args.cluster, progress=not args.no_progress
+    )
+    print(report.summary())
+    return 0
+
+
+def _layers(args: argparse.Namespace) -> int:
+    from svcca_dask.store import open_store
+
+    store = open_store(args.store)
+    infos = store.layers()
+    if args.json:
+        print(json.dumps([i.to_dict() for i in infos], indent=2))
+        return 0
+    if not infos:
+        print(f"{args.store}: no layers")
+    for info in infos:
+        print(info.summary())
+    return 0
+
+
+# --------------------------------------------------------------------------- #
+# entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with the subcommands of every module in :data:`COMMAND_MODULES`."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "SVCCA, PWCCA and linear CKA of neural-network activations at scale: "
+            "extract activations into Zarr stores, compare layers, run batch jobs."
+        ),
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logs, and tracebacks on errors"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for modname in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(modname)
+        except ModuleNotFoundError as err:
+            if err.name == modname:
+                continue  # listed but not written yet
+            raise
+        module.add_parser(subparsers)
+    for sub in subparsers.choices.values():
+        if not any("--verbose" in a.option_strings for a in sub._actions):
+            sub.add_argument(
+                "-v",
+                "--verbose",
+                action="store_true",
+                default=argparse.SUPPRESS,
+                help="debug logs, and tracebacks on errors",
+            )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``svcca-dask``; returns the exit status (0 on success)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    verbose = bool(getattr(args, "verbose", False))
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+    )
+    try:
+        code = handler(args)
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one line unless --verbose
+        if verbose:
+            traceback.print_exc()
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    return 0 if code is None else int(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
