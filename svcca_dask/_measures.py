@@ -254,10 +254,14 @@ def svcca_from_stats(
 ) -> SVCCAResult:
     """SVCCA of a pair from its covariance statistics (see :func:`svcca`)."""
     keep_x, keep_y = keep if isinstance(keep, tuple) else (keep, keep)
-    wx, vx = top_eigh(p.sxx)
-    wy, vy = top_eigh(p.syy)
+    dx, dy = p.sxx.shape[0], p.syy.shape[0]
+    lx, ly = _live(p.sxx, epsilon, names[0]), _live(p.syy, epsilon, names[1])
+    # SVD of each side's centred data = eigh of its covariance (live features only)
+    wx, vx = top_eigh(p.sxx[np.ix_(lx, lx)])
+    wy, vy = top_eigh(p.syy[np.ix_(ly, ly)])
     kx, ky = _n_keep(wx, keep_x, names[0]), _n_keep(wy, keep_y, names[1])
-    vx, vy = vx[:, :kx], vy[:, :ky]
+    vx = _expand(vx[:, :kx], lx, dx)
+    vy = _expand(vy[:, :ky], ly, dy)
     reduced = PairStats(
         n=p.n,
         x_mean=vx.T @ p.x_mean,
@@ -267,17 +271,15 @@ def svcca_from_stats(
         syy=np.diag(wy[:ky]),
     )
     f = _cca_fields(reduced, epsilon, names)
-    dx, dy = p.sxx.shape[0], p.syy.shape[0]
-    live_x, live_y = _live(p.sxx, epsilon, names[0]), _live(p.syy, epsilon, names[1])
     f.update(
         x_weights=vx @ f["x_weights"],
         y_weights=vy @ f["y_weights"],
         x_mean=p.x_mean,
         y_mean=p.y_mean,
-        x_features=live_x,
-        y_features=live_y,
-        x_dropped=_dropped(live_x, dx),
-        y_dropped=_dropped(live_y, dy),
+        x_features=lx,
+        y_features=ly,
+        x_dropped=_dropped(lx, dx),
+        y_dropped=_dropped(ly, dy),
     )
     return SVCCAResult(
         **f,
@@ -311,11 +313,15 @@ def pwcca_from_stats(
     return PWCCAResult(**f, weights=alpha, side=side)
 
 
-def cka_from_stats(p: PairStats) -> CKAResult:
+def cka_from_stats(p: PairStats, *, names: tuple[str, str] = ("x", "y")) -> CKAResult:
     """Linear CKA of a pair from its covariance statistics (see :func:`linear_cka`)."""
     nx, ny = np.linalg.norm(p.sxx), np.linalg.norm(p.syy)
-    if nx == 0 or ny == 0:
-        raise ValueError("linear CKA is undefined for a layer with zero variance (x or y)")
+    for norm, name in ((nx, names[0]), (ny, names[1])):
+        if norm == 0:
+            raise ValueError(
+                f"{name} has no live feature: every feature has zero variance, and linear "
+                "CKA is undefined for a constant layer"
+            )
     score = float(np.linalg.norm(p.sxy) ** 2 / (nx * ny))
     return CKAResult(score=min(max(score, 0.0), 1.0), n_samples=p.n)
 

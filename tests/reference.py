@@ -1,0 +1,63 @@
+"""Plain in-memory NumPy/SciPy implementations the tests compare against.
+
+Written from the definitions, independently of the package: ``np.cov`` of the
+stacked data, an eigh inverse square root, an SVD.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _blocks(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    c = np.cov(np.hstack([x, y]).astype(np.float64), rowvar=False)
+    dx = x.shape[1]
+    return c[:dx, :dx], c[:dx, dx:], c[dx:, dx:]
+
+
+def _isqrt(s: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh(s)
+    return (v / np.sqrt(w)) @ v.T
+
+
+def cca(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Canonical correlations (descending) and unit-variance weights of x and y."""
+    sxx, sxy, syy = _blocks(x, y)
+    ix, iy = _isqrt(sxx), _isqrt(syy)
+    u, s, vt = np.linalg.svd(ix @ sxy @ iy)
+    k = min(x.shape[1], y.shape[1])
+    return s[:k], ix @ u[:, :k], iy @ vt[:k].T
+
+
+def svd_reduce(x: np.ndarray, keep: float | int) -> np.ndarray:
+    """Project centred x on its top right singular vectors (google/svcca's SVD step)."""
+    xc = x - x.mean(axis=0)
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    if isinstance(keep, int):
+        k = keep
+    else:
+        frac = np.cumsum(s**2) / np.sum(s**2)
+        k = int(np.searchsorted(frac, keep)) + 1
+    return xc @ vt[:k].T
+
+
+def svcca(x: np.ndarray, y: np.ndarray, keep: float | int = 0.99) -> np.ndarray:
+    return cca(svd_reduce(x, keep), svd_reduce(y, keep))[0]
+
+
+def pwcca(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Morcos et al. (2018): alpha_i = sum_j |<h_i, x_j>|, h_i unit-variance variates of x."""
+    rho, a, _ = cca(x, y)
+    xc = x - x.mean(axis=0)
+    h = xc @ a  # (n, k) canonical variates
+    alpha = np.abs(h.T @ xc).sum(axis=1)
+    alpha /= alpha.sum()
+    return float(alpha @ rho), alpha
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Kornblith et al. (2019), the Gram-matrix (HSIC) form over samples."""
+    xc = x - x.mean(axis=0)
+    yc = y - y.mean(axis=0)
+    kx, ky = xc @ xc.T, yc @ yc.T
+    return float(np.sum(kx * ky) / (np.linalg.norm(kx) * np.linalg.norm(ky)))

@@ -1,0 +1,85 @@
+"""The one-pass co-moment statistics: chunk partials, Chan/Pebay merge, tree reduction."""
+
+import itertools
+
+import dask.array as da
+import numpy as np
+import pytest
+
+from svcca_dask._stats import accumulate, moments_chunk, moments_combine
+
+
+def _data(n=1000, dx=7, dy=5, shift=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dx)) + shift
+    y = x[:, :3] @ rng.standard_normal((3, dy)) + rng.standard_normal((n, dy)) + shift
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+def test_chunk_matches_numpy():
+    x, y = _data()
+    p = moments_chunk(x, y)
+    z = np.hstack([x, y]).astype(np.float64)
+    assert p["n"] == 1000
+    np.testing.assert_allclose(p["mean"], z.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(p["m2"] / 999, np.cov(z, rowvar=False), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("splits", [[1000], [500, 500], [1, 999], [3, 300, 697], [100] * 10])
+def test_merge_equals_whole(splits):
+    x, y = _data(shift=1e4)
+    bounds = np.cumsum([0, *splits])
+    parts = [moments_chunk(x[a:b], y[a:b]) for a, b in itertools.pairwise(bounds)]
+    merged = moments_combine(parts)
+    whole = moments_chunk(x, y)
+    # Pebay merge of any partition equals the one-chunk statistics
+    np.testing.assert_allclose(merged["mean"], whole["mean"], rtol=1e-13)
+    np.testing.assert_allclose(merged["m2"], whole["m2"], rtol=1e-9, atol=1e-9 * np.abs(whole["m2"]).max())
+
+
+def test_shifted_data_keeps_digits():
+    # ReLU-like large means: the naive sum(z z^T) - n m m^T would lose every digit here
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((20000, 4)) + 1e6).astype(np.float64)
+    parts = [moments_chunk(x[i : i + 1000]) for i in range(0, 20000, 1000)]
+    m = moments_combine(parts)
+    np.testing.assert_allclose(m["m2"] / 19999, np.cov(x, rowvar=False), rtol=1e-8, atol=1e-8)
+
+
+def test_empty_partials_are_neutral():
+    x, _ = _data()
+    p = moments_chunk(x)
+    empty = {"n": 0, "mean": np.zeros(7), "m2": np.zeros((7, 7))}
+    for parts in ([empty, p], [p, empty]):
+        m = moments_combine(parts)
+        np.testing.assert_array_equal(m["m2"], p["m2"])  # an empty partial changes nothing
+        assert m["n"] == p["n"]
+
+
+@pytest.mark.parametrize("split_every", [2, 3, 8])
+@pytest.mark.parametrize("chunks", [100, 257, 1000])
+def test_accumulate_independent_of_chunking(chunks, split_every):
+    x, y = _data(shift=100.0)
+    ref = accumulate([da.from_array(x, chunks=1000), da.from_array(y, chunks=1000)])
+    m = accumulate(
+        [da.from_array(x, chunks=(chunks, 7)), da.from_array(y, chunks=(333, 5))],
+        split_every=split_every,
+    )
+    assert m.n == 1000 and m.sizes == (7, 5)
+    np.testing.assert_allclose(m.comoment, ref.comoment, rtol=1e-12, atol=1e-12 * np.abs(ref.comoment).max())
+    np.testing.assert_allclose(m.cov(0, 1), np.cov(np.hstack([x, y]), rowvar=False)[:7, 7:], rtol=1e-9, atol=1e-12)
+
+
+def test_split_every_below_two_is_an_error():
+    x, _ = _data()
+    with pytest.raises(ValueError, match="split_every"):
+        accumulate([da.from_array(x, chunks=100)], split_every=1)
+
+
+def test_non_finite_names_array_and_rows():
+    x, y = _data()
+    y = y.copy()
+    y[612, 2] = np.nan
+    y[613, 0] = np.inf
+    with pytest.raises(ValueError, match=r"layer_b contains NaN or infinite values in rows 612, 613 \(chunk starting at row 600\)"):
+        accumulate([da.from_array(x, chunks=200), da.from_array(y, chunks=200)], names=["layer_a", "layer_b"])
