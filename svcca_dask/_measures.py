@@ -112,6 +112,37 @@ class CCAResult:
         w, m = (self.x_weights, self.x_mean) if side == "x" else (self.y_weights, self.y_mean)
         return (np.asarray(x, dtype=np.float64) - m) @ w
 
+    def projection(self, k: int, *, side: Literal["x", "y"] = "x") -> np.ndarray:
+        """Projection of one side's features on its top ``k`` canonical directions.
+
+        ``x_hat = x_mean + (x - x_mean) @ P`` keeps the top ``k`` canonical
+        variates of ``x`` unchanged (``P @ x_weights[:, :k] == x_weights[:, :k]``)
+        and removes the others: the compression of Raghu et al. (2017). With
+        ``W`` the side's weights, ``P = W[:, :k] @ pinv(W)[:k]``; it is
+        idempotent. When the weights span the side's kept space (SVCCA with
+        this side keeping no more directions than the other, or CCA with the
+        smaller side), this is the least-squares reconstruction of the data
+        from its top ``k`` variates.
+
+        Parameters
+        ----------
+        k : int
+            Number of canonical directions kept, ``1 <= k <= len(coefficients)``.
+        side : {"x", "y"}, default "x"
+
+        Returns
+        -------
+        ndarray, shape (n_features, n_features)
+        """
+        if side not in ("x", "y"):
+            raise ValueError(f"side must be 'x' or 'y', got {side!r}")
+        w = self.x_weights if side == "x" else self.y_weights
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= w.shape[1]:
+            raise ValueError(
+                f"k must be an int in [1, {w.shape[1]}] (the number of canonical directions), got {k!r}"
+            )
+        return w[:, :k] @ np.linalg.pinv(w)[:k]
+
 
 @dataclass(frozen=True)
 class SVCCAResult(CCAResult):
