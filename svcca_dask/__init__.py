@@ -6,6 +6,7 @@ statistics accumulated in one streaming pass over row chunks, on Dask's
 threaded scheduler or the current ``distributed`` client.
 """
 
+from ._matrix import SimilarityMatrix, similarity_matrix
 from ._measures import (
     DEFAULT_MAX_FEATURES,
     CCAResult,
@@ -35,6 +36,7 @@ __all__ = [
     "PWCCAResult",
     "PairStats",
     "SVCCAResult",
+    "SimilarityMatrix",
     "__version__",
     "accumulate",
     "cca",
@@ -44,6 +46,7 @@ __all__ = [
     "pair_stats",
     "pwcca",
     "pwcca_from_stats",
+    "similarity_matrix",
     "svcca",
     "svcca_from_stats",
 ]
