@@ -251,7 +251,15 @@ def to_moments(out: dict[str, Any], arrays: Sequence[Any]) -> Moments:
 
 
 def _unify_rows(arrays: Sequence[Any]) -> list[Any]:
-    """Give all arrays the same row chunking and one chunk along features."""
+    """One column of chunks per array, and the same row chunks for all.
+
+    Row chunks smaller than the target (a stacked float64 buffer of about
+    ``DEFAULT_CHUNK_BYTES``) are merged to a multiple of the largest stored
+    chunk, so that each task does a real SYRK rather than Python overhead;
+    chunks are never split (a split Zarr chunk would be decoded twice).
+    """
+    from ._input import DEFAULT_CHUNK_BYTES
+
     out = []
     for a in arrays:
         if a.ndim != 2:
@@ -259,9 +267,12 @@ def _unify_rows(arrays: Sequence[Any]) -> list[Any]:
         if len(a.chunks[1]) != 1:
             a = a.rechunk({1: -1})
         out.append(a)
+    width = sum(int(a.shape[1]) for a in out)
+    base = max(max(a.chunks[0]) for a in out)
+    target = max(base, (DEFAULT_CHUNK_BYTES // (8 * max(width, 1))) // base * base)
     rows = out[0].chunks[0]
-    if any(a.chunks[0] != rows for a in out[1:]):
-        out = [a.rechunk({0: rows}) for a in out]
+    if target > base or any(a.chunks[0] != rows for a in out[1:]):
+        out = [a.rechunk({0: target}) for a in out]
     return out
 
 

@@ -70,6 +70,18 @@ def test_accumulate_independent_of_chunking(chunks, split_every):
     np.testing.assert_allclose(m.cov(0, 1), np.cov(np.hstack([x, y]), rowvar=False)[:7, 7:], rtol=1e-9, atol=1e-12)
 
 
+def test_small_chunks_are_merged_never_split():
+    from svcca_dask._stats import _unify_rows
+
+    x = da.zeros((100_000, 16), chunks=(1000, 16))
+    y = da.zeros((100_000, 16), chunks=(2000, 16))
+    ux, uy = _unify_rows([x, y])
+    assert ux.chunks == uy.chunks  # common row chunks
+    assert ux.chunks[0][0] % 2000 == 0 and ux.chunks[0][0] * 32 * 8 <= 16 * 2**20  # merged, about 16 MiB
+    big = da.zeros((400_000, 16), chunks=(200_000, 16))  # 25 MiB as float64: above the target
+    assert _unify_rows([big])[0].chunks == big.chunks  # large stored chunks are not split
+
+
 def test_split_every_below_two_is_an_error():
     x, _ = _data()
     with pytest.raises(ValueError, match="split_every"):
@@ -81,5 +93,12 @@ def test_non_finite_names_array_and_rows():
     y = y.copy()
     y[612, 2] = np.nan
     y[613, 0] = np.inf
-    with pytest.raises(ValueError, match=r"layer_b contains NaN or infinite values in rows 612, 613 \(chunk starting at row 600\)"):
+    with pytest.raises(ValueError, match=r"layer_b contains NaN or infinite values in rows 612, 613 \(chunk starting at row 0\)"):
         accumulate([da.from_array(x, chunks=200), da.from_array(y, chunks=200)], names=["layer_a", "layer_b"])
+    # chunks of the target size are kept as stored: the error names the chunk
+    big = 2**18  # two chunks of 2**17 rows x 12 features: 12 MiB each as float64, kept
+    xs = np.random.default_rng(0).standard_normal((big, 6))
+    ys = xs.copy()
+    ys[big - 1, 0] = np.inf
+    with pytest.raises(ValueError, match=rf"y contains NaN or infinite values in rows {big - 1} \(chunk starting at row {big // 2}\)"):
+        accumulate([da.from_array(xs, chunks=big // 2), da.from_array(ys, chunks=big // 2)], names=["x", "y"])
