@@ -236,9 +236,7 @@ def _run(args: argparse.Namespace) -> int:
     from .runner import run_job
 
     job = load_job(args.job)
-    report = run_job(
-        job, force=args.force, cluster=args.cluster, progress=not args.no_progress
-    )
+    report = run_job(job, force=args.force, cluster=args.cluster, progress=not args.no_progress)
     print(report.summary())
     return 0
 

@@ -25,13 +25,28 @@ from ._measures import (
     svcca_from_stats,
 )
 from ._stats import Moments, accumulate
+from .store import (
+    ActivationStore,
+    IncompleteLayerError,
+    LayerData,
+    LayerInfo,
+    append_batch,
+    create_store,
+    list_layers,
+    open_store,
+    read_layer,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MAX_FEATURES",
+    "ActivationStore",
     "CCAResult",
     "CKAResult",
+    "IncompleteLayerError",
+    "LayerData",
+    "LayerInfo",
     "Moments",
     "PWCCAResult",
     "PairStats",
@@ -39,13 +54,18 @@ __all__ = [
     "SimilarityMatrix",
     "__version__",
     "accumulate",
+    "append_batch",
     "cca",
     "cca_from_stats",
     "cka_from_stats",
+    "create_store",
     "linear_cka",
+    "list_layers",
+    "open_store",
     "pair_stats",
     "pwcca",
     "pwcca_from_stats",
+    "read_layer",
     "similarity_matrix",
     "svcca",
     "svcca_from_stats",

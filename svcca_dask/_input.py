@@ -78,6 +78,9 @@ def as_dask(x: ArrayLike, *, name: str, ndim: int | tuple[int, ...] = 2) -> da.A
     if isinstance(x, da.Array):
         arr = x
     elif _is_zarr_array(x):
+        from .store import check_complete  # activation-store layers: refuse unfinished writes
+
+        check_complete(x, name=name)
         arr = da.from_zarr(x)
     else:
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):

@@ -1,0 +1,461 @@
+"""Extract a PyTorch model's activations into an activation store.
+
+torch is an optional extra (``pip install 'svcca-dask[torch]'``): it is imported
+only when an extraction runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from svcca_dask.store import (
+    LABELS,
+    ActivationStore,
+    create_store,
+    default_dims,
+    open_store,
+    select_layers,
+)
+
+from .progress import Progress
+
+__all__ = [
+    "extract_activations",
+    "load_callable",
+    "make_batches",
+    "resolve_layers",
+]
+
+log = logging.getLogger(__name__)
+
+Reuse = Literal["error", "first", "last", "each"]
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError as err:
+        raise ImportError(
+            "activation extraction needs PyTorch: pip install 'svcca-dask[torch]'"
+        ) from err
+    return torch
+
+
+def resolve_layers(model: Any, layers: str | Sequence[str]) -> list[str]:
+    """Module names of ``model`` that ``layers`` names, in the model's order.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    layers : str or sequence of str
+        Names as ``model.named_modules()`` gives them (``"layer1.0.conv1"``,
+        ``"fc"``), or glob patterns (``"layer*.0.conv1"``; see
+        :func:`svcca_dask.store.select_layers`).
+
+    Raises
+    ------
+    ValueError
+        If a name or pattern matches no module; the message lists the
+        available names.
+    """
+    available = [n for n, _ in model.named_modules() if n]
+    return select_layers(
+        available,
+        layers,
+        where=f"{type(model).__name__} (names as model.named_modules() gives them)",
+    )
+
+
+def _split_batch(batch: Any) -> tuple[Any, Any]:
+    """``(inputs, labels or None)`` of one batch."""
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 0:
+            raise ValueError("an empty batch: give inputs or (inputs, labels)")
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    if isinstance(batch, dict):
+        for key in ("input", "inputs", "x", "image", "pixel_values"):
+            if key in batch:
+                return batch[key], next(
+                    (batch[k] for k in ("label", "labels", "y", "target") if k in batch), None
+                )
+        raise ValueError(
+            f"a dict batch needs an 'input' (or 'x', 'image') key; got {sorted(batch)}"
+        )
+    return batch, None
+
+
+def _n_samples(inputs: Any) -> int:
+    if isinstance(inputs, dict):
+        inputs = next(iter(inputs.values()))
+    shape = getattr(inputs, "shape", None)
+    if shape is None or len(shape) == 0:
+        raise ValueError(
+            f"batch inputs must be a tensor with a batch axis first, got {type(inputs).__name__}"
+        )
+    return int(shape[0])
+
+
+def _dataset_size(batches: Any) -> int | None:
+    ds = getattr(batches, "dataset", None)
+    if ds is not None:
+        try:
+            return len(ds)
+        except TypeError:
+            return None
+    return None
+
+
+def make_batches(data: Any, *, batch_size: int = 64) -> Iterable[Any]:
+    """Batches from ``data``: a DataLoader or iterable as is, a map-style Dataset in a DataLoader.
+
+    A map-style dataset (``__getitem__`` and ``__len__``, not already batched)
+    is wrapped in ``torch.utils.data.DataLoader(data, batch_size=batch_size)``
+    (in order, no shuffling, so that a resumed extraction sees the same samples).
+    """
+    torch = _torch()
+    if isinstance(data, torch.utils.data.DataLoader):
+        return data
+    if isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__"):
+        return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+    if isinstance(data, torch.Tensor):
+        return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+    if not isinstance(data, Iterable):
+        raise TypeError(
+            f"the dataset must be a DataLoader, a Dataset or an iterable of batches, got "
+            f"{type(data).__name__}"
+        )
+    return data
+
+
+def load_callable(spec: str, *, what: str = "callable") -> Callable[..., Any]:
+    """Load ``"package.module:name"`` or ``"path/to/file.py:name"``.
+
+    Raises
+    ------
+    ValueError
+        If ``spec`` has no ``:name`` part, or the name is missing or not callable.
+    """
+    modname, sep, attr = spec.rpartition(":")
+    if not sep or not modname or not attr:
+        raise ValueError(
+            f"{what} must look like 'module:callable' or 'file.py:callable', got {spec!r}"
+        )
+    if modname.endswith(".py") or os.sep in modname or "/" in modname:
+        if not os.path.isfile(modname):
+            raise FileNotFoundError(f"{what}: no file {modname!r}")
+        name = "_svcca_dask_user_" + os.path.splitext(os.path.basename(modname))[0]
+        spec_ = importlib.util.spec_from_file_location(name, modname)
+        if spec_ is None or spec_.loader is None:
+            raise ValueError(f"{what}: cannot import {modname!r}")
+        module = importlib.util.module_from_spec(spec_)
+        sys.modules[name] = module
+        spec_.loader.exec_module(module)
+    else:
+        module = importlib.import_module(modname)
+    obj = getattr(module, attr, None)
+    if obj is None or not callable(obj):
+        raise ValueError(f"{what}: {modname!r} has no callable {attr!r}")
+    return obj
+
+
+class _Hooks:
+    """Forward hooks that collect one batch's outputs per layer."""
+
+    def __init__(self, model: Any, names: list[str], reuse: Reuse) -> None:
+        modules = dict(model.named_modules())
+        self.names = names
+        self.reuse = reuse
+        self.calls: dict[str, list[Any]] = {n: [] for n in names}
+        self.handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
+
+    def _hook(self, name: str) -> Callable[..., None]:
+        def hook(module: Any, args: Any, output: Any) -> None:
+            if isinstance(output, (tuple, list)):
+                raise TypeError(
+                    f"module {name!r} ({type(module).__name__}) returns a {type(output).__name__}, "
+                    "not a tensor; hook one of its submodules instead"
+                )
+            if self.reuse == "error" and self.calls[name]:
+                raise RuntimeError(
+                    f"module {name!r} ({type(module).__name__}) is called more than once per "
+                    "forward pass (a reused module); its activations are ambiguous. Pass "
+                    "reuse='first', 'last', or 'each' (each call stored as "
+                    f"'{name}.call0', '{name}.call1', ...)"
+                )
+            self.calls[name].append(output.detach())
+
+        return hook
+
+    def take(self) -> dict[str, Any]:
+        """The outputs of the last forward pass, one entry per array to write."""
+        out: dict[str, Any] = {}
+        for name in self.names:
+            calls = self.calls[name]
+            if not calls:
+                raise RuntimeError(
+                    f"module {name!r} was not called in the forward pass; is it part of the model's forward()?"
+                )
+            if self.reuse == "each" and len(calls) > 1:
+                for i, c in enumerate(calls):
+                    out[f"{name}.call{i}"] = c
+            elif self.reuse == "last":
+                out[name] = calls[-1]
+            else:
+                out[name] = calls[0]
+            self.calls[name] = []
+        return out
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _versions() -> dict[str, str]:
+    import dask
+    import zarr
+
+    import svcca_dask
+
+    v = {
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "dask": dask.__version__,
+        "zarr": zarr.__version__,
+        "svcca_dask": svcca_dask.__version__,
+    }
+    if "torch" in sys.modules:
+        v["torch"] = sys.modules["torch"].__version__
+    return v
+
+
+def _to_numpy(t: Any, dtype: np.dtype) -> np.ndarray:
+    torch = _torch()
+    tdtype = torch.float16 if dtype == np.float16 else torch.float32
+    return t.to(device="cpu", dtype=tdtype).contiguous().numpy()
+
+
+def extract_activations(
+    model: Any,
+    batches: Iterable[Any],
+    store: str | os.PathLike[str] | ActivationStore,
+    *,
+    layers: str | Sequence[str],
+    dtype: Literal["float32", "float16"] = "float32",
+    labels: bool = True,
+    device: Any = None,
+    reuse: Reuse = "error",
+    dataset_size: int | None = None,
+    chunk_samples: int | None = None,
+    dims: dict[str, Sequence[str]] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    provenance: dict[str, Any] | None = None,
+) -> ActivationStore:
+    """Run ``model`` over ``batches`` and append the named layers' outputs to a store.
+
+    Forward hooks on the named modules collect each batch's outputs under
+    ``torch.inference_mode()`` with the model in eval mode; each layer's batch
+    is appended to its array (samples first, chunked along samples,
+    ``dimension_names`` set), the labels to ``labels``. Provenance (model
+    class, layers, dataset size, dtype, versions) goes in the group attributes.
+
+    Resumable: when ``store`` exists (and ``overwrite`` is False), the run
+    continues after the last sample every array completed, skipping the
+    batches before it without running the model; the batches must come in the
+    same order as before (no shuffling). A batch whose write was interrupted is
+    not counted and is written again.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    batches : iterable
+        A DataLoader or any iterable of batches; a batch is a tensor of
+        inputs, an ``(inputs, labels, ...)`` tuple, or a dict with ``input``
+        (and ``label``) keys.
+    store : str, path or ActivationStore
+        The activation store to write (created if missing).
+    layers : str or sequence of str
+        Module names as ``model.named_modules()`` gives them, or glob patterns.
+    dtype : {"float32", "float16"}, default "float32"
+        Storage dtype of the activations.
+    labels : bool, default True
+        Store the batches' labels (when the batches carry them) in ``labels``.
+    device : torch.device or str, optional
+        Where the model runs; inputs are moved there. Default: the model's device.
+    reuse : {"error", "first", "last", "each"}, default "error"
+        A module called more than once per forward pass: refuse, keep the
+        first or last call, or store every call as ``NAME.callK``.
+    dataset_size : int, optional
+        Samples in the dataset; by default ``len(batches.dataset)`` when the
+        batches come from a DataLoader. Known, it makes a short run detectable.
+    chunk_samples : int, optional
+        Samples per chunk; default about 16 MiB per chunk as float64, a multiple
+        of the batch size.
+    dims : dict, optional
+        Dimension names per layer, overriding :func:`svcca_dask.store.default_dims`
+        (e.g. ``{"blocks.3": ("sample", "token", "neuron")}``).
+    overwrite : bool, default False
+        Start over instead of resuming.
+    progress : bool, default True
+        A progress bar on stderr, one step per batch.
+    provenance : dict, optional
+        Extra JSON-serializable provenance to record.
+
+    Returns
+    -------
+    ActivationStore
+        The store, every extracted layer complete.
+
+    Raises
+    ------
+    ImportError
+        Without torch (``pip install 'svcca-dask[torch]'``).
+    ValueError
+        A layer name matches no module (the message lists the available
+        names), or an existing store was made with other layers or dtype.
+    RuntimeError
+        A module is reused and ``reuse="error"``.
+    """
+    torch = _torch()
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+    if reuse not in ("error", "first", "last", "each"):
+        raise ValueError(f"reuse must be 'error', 'first', 'last' or 'each', got {reuse!r}")
+    np_dtype = np.dtype(dtype)
+    names = resolve_layers(model, layers)
+    if dataset_size is None:
+        dataset_size = _dataset_size(batches)
+    if device is None:
+        p = next(iter(model.parameters()), None)
+        device = p.device if p is not None else torch.device("cpu")
+    dims = dict(dims or {})
+
+    spec = {
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "layers": names,
+        "dtype": dtype,
+        "reuse": reuse,
+        "labels": bool(labels),
+    }
+    path = store.path if isinstance(store, ActivationStore) else os.fspath(store)
+    s = _open_or_create(path, spec=spec, overwrite=overwrite)
+    prov = {**spec, "dataset_size": dataset_size, "versions": _versions(), **(provenance or {})}
+    prov["finished"] = False
+    s.update_provenance(**prov)
+
+    arrays = [n for n in s.layer_names() if n in names or n.split(".call")[0] in names]
+    tracked = arrays + ([LABELS] if LABELS in s else [])
+    done = min((s.complete_samples(n) for n in tracked), default=0)
+    for n in tracked:  # every array back to the common complete count
+        if s.complete_samples(n) != done or s.info(n).shape[0] != done:
+            log.info("resume: truncating %s from %d to %d samples", n, s.complete_samples(n), done)
+            s.truncate(n, done)
+    if arrays:
+        s.set_writing(tracked, True, expected_samples=dataset_size)
+    if done:
+        log.info("resuming %s after %d complete samples", path, done)
+
+    hooks = _Hooks(model, names, reuse)
+    was_training = model.training
+    model.eval()
+    total_batches = None
+    try:
+        total_batches = len(batches)  # type: ignore[arg-type]
+    except TypeError:
+        pass
+    bar = Progress(
+        total=total_batches, desc=f"extract {os.path.basename(path.rstrip('/'))}", enabled=progress
+    )
+    seen = 0
+    created: set[str] = set(tracked)
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                inputs, ys = _split_batch(batch)
+                b = _n_samples(inputs)
+                if seen + b <= done:  # written by an earlier run
+                    seen += b
+                    bar.update(1)
+                    continue
+                skip = done - seen if seen < done else 0
+                if isinstance(inputs, dict):
+                    out = model(**{k: v.to(device) for k, v in inputs.items()})
+                else:
+                    out = model(inputs.to(device))
+                del out
+                outputs = hooks.take()
+                for name, t in outputs.items():
+                    arr = _to_numpy(t, np_dtype)[skip:]
+                    if arr.ndim == 0 or t.shape[0] != b:
+                        raise ValueError(
+                            f"module {name!r} output has shape {tuple(t.shape)}, not batch-first "
+                            f"with {b} samples; hook a module whose output is (batch, ...)"
+                        )
+                    if name not in created:
+                        s.create_layer(
+                            name,
+                            sample_shape=arr.shape[1:],
+                            dtype=np_dtype,
+                            dims=dims.get(name.split(".call")[0], default_dims(arr.ndim)),
+                            chunk_samples=chunk_samples or _chunk_rows(arr.shape[1:], b),
+                            expected_samples=dataset_size,
+                        )
+                        s.set_writing([name], True)
+                        created.add(name)
+                    s.append(name, arr)
+                if labels and ys is not None:
+                    yv = ys.cpu().numpy() if hasattr(ys, "cpu") else np.asarray(ys)
+                    if LABELS not in created:
+                        s.append_labels(yv[skip:])
+                        s.set_writing([LABELS], True, expected_samples=dataset_size)
+                        created.add(LABELS)
+                    else:
+                        s.append_labels(yv[skip:])
+                seen += b
+                bar.update(1)
+    finally:
+        hooks.remove()
+        model.train(was_training)
+        bar.close()
+
+    finished = sorted(created)
+    if dataset_size is not None and seen != dataset_size:
+        raise RuntimeError(
+            f"the batches held {seen} samples but the dataset has {dataset_size}; the store "
+            "is left incomplete"
+        )
+    for n in finished:
+        s.set_writing([n], False, expected_samples=seen)
+    s.update_provenance(dataset_size=seen, finished=True, arrays=finished)
+    return s
+
+
+def _chunk_rows(sample_shape: tuple[int, ...], batch: int) -> int:
+    """Samples per chunk: about 16 MiB as float64, a multiple of the batch size."""
+    from svcca_dask._input import _rows_per_chunk
+
+    rows = _rows_per_chunk(int(np.prod(sample_shape, dtype=np.int64)))
+    return max(batch, (rows // batch) * batch)
+
+
+def _open_or_create(path: str, *, spec: dict[str, Any], overwrite: bool) -> ActivationStore:
+    exists = os.path.isdir(path) and bool(os.listdir(path))
+    if overwrite or not exists:
+        return create_store(path, overwrite=overwrite)
+    s = open_store(path, mode="r+")
+    prev = s.provenance
+    for key in ("model_class", "layers", "dtype", "reuse"):
+        if key in prev and prev[key] != spec[key]:
+            raise ValueError(
+                f"{path!r} was extracted with {key}={prev[key]!r}, not {spec[key]!r}; resume "
+                "with the same settings, or pass overwrite=True (--overwrite) to start over"
+            )
+    return s

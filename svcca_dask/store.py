@@ -1,0 +1,739 @@
+"""Activation stores: one Zarr v3 group per model run, one array per layer.
+
+An activation store is a Zarr v3 group. Each layer is one array, samples
+first, chunked along samples only and whole along every other axis, with
+``dimension_names`` set (``sample, channel, height, width`` for conv layers,
+``sample, neuron`` for dense ones) so that xarray opens it as is. An optional
+``labels`` array holds one label per sample. The group's attributes hold the
+format marker and the provenance (model, layers, dataset size, versions).
+Nothing is pickled.
+
+Each array records in its attributes how many of its samples are complete.
+Appending writes the data first and bumps that count afterwards (each
+metadata write is atomic), so an interrupted append is never counted: the
+array is then longer than its complete count, the measures refuse it, and the
+next append (or a resumed extraction) overwrites the unfinished rows. Missing
+chunks are refused too (Zarr would read them as the fill value, which is NaN
+here).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+__all__ = [
+    "FORMAT",
+    "LABELS",
+    "ActivationStore",
+    "IncompleteLayerError",
+    "LayerData",
+    "LayerInfo",
+    "append_batch",
+    "check_complete",
+    "create_store",
+    "default_dims",
+    "is_activation_store",
+    "list_layers",
+    "open_store",
+    "read_layer",
+    "select_layers",
+]
+
+#: Format marker in the group's attributes (``attrs["svcca_dask"]["format"]``).
+FORMAT = "svcca-dask-activation-store"
+FORMAT_VERSION = 1
+#: Attribute key of the store's (group) and layers' (array) own metadata.
+ATTR = "svcca_dask"
+#: Name of the optional labels array.
+LABELS = "labels"
+
+_WRITE_CONFIG = {"write_empty_chunks": True}
+
+
+class IncompleteLayerError(ValueError):
+    """A layer has unfinished writes or missing chunks, so reading it would give wrong data."""
+
+
+def default_dims(ndim: int) -> tuple[str, ...]:
+    """Dimension names of a layer with ``ndim`` axes, samples first.
+
+    ``(sample, neuron)`` for dense layers, ``(sample, channel, length)`` for 1-D
+    conv layers, ``(sample, channel, height, width)`` for 2-D conv layers (the
+    PyTorch layout), ``(sample, channel, depth, height, width)`` for 3-D ones.
+    """
+    table = {
+        1: ("sample",),
+        2: ("sample", "neuron"),
+        3: ("sample", "channel", "length"),
+        4: ("sample", "channel", "height", "width"),
+        5: ("sample", "channel", "depth", "height", "width"),
+    }
+    if ndim in table:
+        return table[ndim]
+    return ("sample", *(f"dim_{i}" for i in range(1, ndim)))
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What a store holds for one layer.
+
+    Attributes
+    ----------
+    name : str
+    shape : tuple of int
+        Samples first.
+    dims : tuple of str
+        Dimension names (``sample`` first).
+    chunks : tuple of int
+        Chunk shape (chunked along samples only).
+    dtype : str
+    nbytes : int
+        Uncompressed size of the complete array.
+    nbytes_stored : int
+        Bytes on disk (compressed), metadata included.
+    complete_samples : int
+        Samples whose write finished.
+    expected_samples : int or None
+        Samples the writer announced (the dataset's size), if it knew.
+    writing : bool
+        True while an extraction that has not finished owns the layer.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dims: tuple[str, ...]
+    chunks: tuple[int, ...]
+    dtype: str
+    nbytes: int
+    nbytes_stored: int
+    complete_samples: int
+    expected_samples: int | None
+    writing: bool
+
+    @property
+    def complete(self) -> bool:
+        """Whether every sample is written and no writer is still at work."""
+        return (
+            not self.writing
+            and self.complete_samples == self.shape[0]
+            and (self.expected_samples is None or self.expected_samples == self.shape[0])
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict, with ``complete`` added."""
+        d = asdict(self)
+        d.update(shape=list(self.shape), dims=list(self.dims), chunks=list(self.chunks))
+        d["complete"] = self.complete
+        return d
+
+    def summary(self) -> str:
+        """One line: name, shape, dims, chunks, dtype, sizes, state."""
+        shape = "x".join(map(str, self.shape))
+        chunks = "x".join(map(str, self.chunks))
+        state = (
+            "complete"
+            if self.complete
+            else (
+                f"INCOMPLETE ({self.complete_samples} of "
+                f"{self.expected_samples if self.expected_samples is not None else self.shape[0]}"
+                f" samples{', writing' if self.writing else ''})"
+            )
+        )
+        return (
+            f"{self.name}  shape={shape}  dims=({', '.join(self.dims)})  chunks={chunks}  "
+            f"{self.dtype}  {_human(self.nbytes)} ({_human(self.nbytes_stored)} stored)  {state}"
+        )
+
+
+@dataclass(frozen=True)
+class LayerData:
+    """A layer read as a Dask array, with its dimension names.
+
+    Attributes
+    ----------
+    data : dask.array.Array
+        Samples first, chunked along samples as stored.
+    dims : tuple of str
+        ``dimension_names`` of the array.
+    name : str
+    """
+
+    data: da.Array
+    dims: tuple[str, ...]
+    name: str
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def _meta(arr: Any) -> dict[str, Any]:
+    meta = arr.attrs.get(ATTR)
+    return dict(meta) if isinstance(meta, Mapping) else {}
+
+
+def _dims_of(arr: Any) -> tuple[str, ...]:
+    names = getattr(arr.metadata, "dimension_names", None)
+    if names is None or any(n is None for n in names):
+        return default_dims(arr.ndim)
+    return tuple(str(n) for n in names)
+
+
+def _pattern(pattern: str) -> re.Pattern[str]:
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append(r"[^.]*")
+        elif c == "?":
+            out.append(r"[^.]")
+        elif c == "[":
+            j = pattern.find("]", i + 1)
+            if j < 0:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1 : j]
+                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+                i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def select_layers(
+    available: Sequence[str], patterns: str | Sequence[str], *, where: str = "the store"
+) -> list[str]:
+    """Names in ``available`` that ``patterns`` (names or globs) select, in ``available``'s order.
+
+    Glob patterns work on dotted module names: ``*`` and ``?`` stay within one
+    dotted part (``layer*`` is ``layer1``, ``layer2``... but not ``layer1.0``),
+    ``**`` crosses dots (``layer1.**`` is everything inside ``layer1``), and
+    ``[...]`` is a character class.
+
+    Raises
+    ------
+    ValueError
+        If a name or pattern selects nothing; the message lists ``available``.
+    """
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    chosen: set[str] = set()
+    for want in patterns:
+        if any(c in want for c in "*?["):
+            rx = _pattern(want)
+            hits = [n for n in available if rx.match(n)]
+        else:
+            hits = [want] if want in available else []
+        if not hits:
+            kind = "matches no layer" if any(c in want for c in "*?[") else "is not a layer"
+            raise ValueError(
+                f"{want!r} {kind} of {where}; available: {', '.join(available) or '(none)'}"
+            )
+        chosen.update(hits)
+    if not chosen:
+        raise ValueError(f"no layers given for {where}; name at least one")
+    return [n for n in available if n in chosen]
+
+
+def is_activation_store(group: Any) -> bool:
+    """Whether a :class:`zarr.Group` carries the activation-store marker."""
+    meta = group.attrs.get(ATTR)
+    return isinstance(meta, Mapping) and meta.get("format") == FORMAT
+
+
+def check_complete(arr: Any, *, name: str = "array") -> None:
+    """Refuse a store layer that an interrupted write or missing chunks left incomplete.
+
+    Arrays without the activation-store layer attributes pass unchecked.
+
+    Parameters
+    ----------
+    arr : zarr.Array
+    name : str
+        The argument's or layer's name, for the message.
+
+    Raises
+    ------
+    IncompleteLayerError
+        If the layer has fewer complete samples than rows, an extraction is
+        still writing it (or was interrupted), or chunks are missing.
+    """
+    meta = _meta(arr)
+    if meta.get("kind") not in ("layer", "labels"):
+        return
+    where = f"{name} ({arr.store}{'/' + arr.path if arr.path else ''})"
+    rows = int(arr.shape[0])
+    done = int(meta.get("complete_samples", 0))
+    expected = meta.get("expected_samples")
+    if done != rows:
+        raise IncompleteLayerError(
+            f"{where} is incomplete: {done} of its {rows} samples are complete (a write was "
+            "interrupted). Rerun the extraction to resume it, or append again: the unfinished "
+            "rows are overwritten."
+        )
+    if meta.get("writing") or (expected is not None and done < int(expected)):
+        of = f" of {expected}" if expected is not None else ""
+        raise IncompleteLayerError(
+            f"{where} is incomplete: an extraction wrote {done}{of} samples and has not "
+            "finished (it is running, or was interrupted). Rerun it to resume."
+        )
+    if rows and arr.nchunks_initialized < arr.nchunks:
+        raise IncompleteLayerError(
+            f"{where} is missing {arr.nchunks - arr.nchunks_initialized} of its "
+            f"{arr.nchunks} chunks; Zarr would read them as fill values. Rewrite the layer "
+            "(extract again with overwrite) or copy the missing chunks back."
+        )
+
+
+class ActivationStore:
+    """An activation store: a Zarr v3 group with one array per layer.
+
+    Create one with :func:`create_store`, open one with :func:`open_store`.
+
+    Attributes
+    ----------
+    path : str
+        Where the store lives.
+    group : zarr.Group
+    """
+
+    def __init__(self, group: Any, path: str) -> None:
+        self.group = group
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"ActivationStore({self.path!r}, layers={self.layer_names()!r})"
+
+    # ------------------------------------------------------------------ #
+    # metadata
+
+    @property
+    def store_id(self) -> str:
+        """A random id given at creation; it changes when a store is recreated."""
+        return str(self.group.attrs[ATTR].get("store_id", ""))
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """Provenance in the group attributes (model, layers, dataset size, versions)."""
+        prov = self.group.attrs.get("provenance")
+        return dict(prov) if isinstance(prov, Mapping) else {}
+
+    def update_provenance(self, **items: Any) -> None:
+        """Merge JSON-serializable ``items`` into the provenance attributes."""
+        prov = self.provenance
+        prov.update(items)
+        self.group.attrs.update({"provenance": prov})
+
+    def layer_names(self) -> list[str]:
+        """Names of the layer arrays (``labels`` excluded), sorted."""
+        return sorted(
+            k for k, a in self.group.arrays() if k != LABELS and _meta(a).get("kind") != "labels"
+        )
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self.group
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.layer_names())
+
+    def _array(self, name: str, *, write: bool = False) -> Any:
+        import zarr
+
+        if name not in self.group:
+            raise KeyError(
+                f"store {self.path!r} has no layer {name!r}; layers: "
+                f"{', '.join(self.layer_names()) or '(none)'}"
+            )
+        arr = self.group[name]
+        if not isinstance(arr, zarr.Array):
+            raise KeyError(f"{name!r} in store {self.path!r} is a group, not a layer array")
+        return arr.with_config(_WRITE_CONFIG) if write else arr
+
+    def info(self, name: str) -> LayerInfo:
+        """The :class:`LayerInfo` of one layer (or of ``labels``)."""
+        arr = self._array(name)
+        meta = _meta(arr)
+        expected = meta.get("expected_samples")
+        return LayerInfo(
+            name=name,
+            shape=tuple(int(s) for s in arr.shape),
+            dims=_dims_of(arr),
+            chunks=tuple(int(c) for c in arr.chunks),
+            dtype=str(arr.dtype),
+            nbytes=int(arr.nbytes),
+            nbytes_stored=int(arr.nbytes_stored()),
+            complete_samples=int(meta.get("complete_samples", arr.shape[0])),
+            expected_samples=None if expected is None else int(expected),
+            writing=bool(meta.get("writing", False)),
+        )
+
+    def layers(self) -> list[LayerInfo]:
+        """:class:`LayerInfo` of every layer, sorted by name (``labels`` excluded)."""
+        return [self.info(n) for n in self.layer_names()]
+
+    def complete_samples(self, name: str) -> int:
+        """Samples of ``name`` whose write finished (0 for a layer not yet created)."""
+        if name not in self.group:
+            return 0
+        arr = self._array(name)
+        return int(_meta(arr).get("complete_samples", arr.shape[0]))
+
+    def layer_path(self, name: str) -> str:
+        """``"store.zarr/layer"``, the path the measures accept."""
+        self._array(name)
+        return f"{self.path.rstrip('/')}/{name}"
+
+    # ------------------------------------------------------------------ #
+    # reading
+
+    def read(self, name: str, *, check: bool = True) -> LayerData:
+        """A layer as a Dask array with its dims.
+
+        Parameters
+        ----------
+        name : str
+        check : bool, default True
+            Refuse an incomplete layer (:func:`check_complete`). With False,
+            only the complete samples are returned.
+        """
+        arr = self._array(name)
+        if check:
+            check_complete(arr, name=f"layer {name!r}")
+        data = da.from_zarr(arr)
+        if not check:
+            data = data[: self.complete_samples(name)]
+        return LayerData(data=data, dims=_dims_of(arr), name=name)
+
+    def labels(self) -> da.Array | None:
+        """The labels as a Dask array, or None when the store has none."""
+        if LABELS not in self.group:
+            return None
+        return self.read(LABELS).data
+
+    # ------------------------------------------------------------------ #
+    # writing
+
+    def create_layer(
+        self,
+        name: str,
+        *,
+        sample_shape: Sequence[int],
+        dtype: Any = "float32",
+        dims: Sequence[str] | None = None,
+        chunk_samples: int | None = None,
+        expected_samples: int | None = None,
+        compressors: Any = "auto",
+        kind: str = "layer",
+    ) -> Any:
+        """Create an empty layer (0 samples) of ``sample_shape`` per sample.
+
+        Parameters
+        ----------
+        name : str
+            Layer name (no ``/``; dots are fine: ``layer1.0.conv1``).
+        sample_shape : sequence of int
+            Shape of one sample, e.g. ``(C, H, W)`` or ``(n_neurons,)``.
+        dtype : dtype, default "float32"
+            ``float32`` or ``float16`` for activations.
+        dims : sequence of str, optional
+            Dimension names, ``sample`` first; :func:`default_dims` if omitted.
+        chunk_samples : int, optional
+            Samples per chunk; by default chunks of about 16 MiB as float64
+            (the size the one-pass statistics run fastest on).
+        expected_samples : int, optional
+            The dataset's size, when known: the layer is incomplete until it
+            holds that many samples.
+        compressors : optional
+            Zarr v3 compressors; default Blosc-LZ4 with byte shuffle (several
+            times faster to decode than Zarr's default Zstd).
+        """
+        from zarr.codecs import BloscCodec
+
+        from ._input import _rows_per_chunk
+
+        if "/" in name or not name or name.startswith("__"):
+            raise ValueError(
+                f"layer name {name!r} is not a valid array name (no '/', no '__' prefix)"
+            )
+        if name in self.group:
+            raise ValueError(f"store {self.path!r} already has a layer {name!r}")
+        sample_shape = tuple(int(s) for s in sample_shape)
+        dims = default_dims(1 + len(sample_shape)) if dims is None else tuple(dims)
+        if len(dims) != 1 + len(sample_shape):
+            raise ValueError(
+                f"layer {name!r}: dims {dims} must name {1 + len(sample_shape)} axes "
+                f"(sample first, then {sample_shape})"
+            )
+        if dims[0] != "sample":
+            raise ValueError(f"layer {name!r}: the first dim must be 'sample', got {dims[0]!r}")
+        dtype = np.dtype(dtype)
+        if kind == "layer" and dtype.kind != "f":
+            raise TypeError(
+                f"layer {name!r}: activations are stored as float32 or float16, got {dtype}"
+            )
+        if chunk_samples is None:
+            chunk_samples = _rows_per_chunk(int(np.prod(sample_shape, dtype=np.int64)))
+        if compressors == "auto":
+            compressors = [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
+        meta: dict[str, Any] = {
+            "kind": kind,
+            "complete_samples": 0,
+            "expected_samples": expected_samples,
+            "writing": False,
+            "write_id": uuid.uuid4().hex,
+        }
+        return self.group.create_array(
+            name,
+            shape=(0, *sample_shape),
+            dtype=dtype,
+            chunks=(max(1, int(chunk_samples)), *sample_shape),
+            compressors=compressors,
+            fill_value=np.nan if dtype.kind == "f" else 0,
+            dimension_names=dims,
+            attributes={ATTR: meta},
+            config=_WRITE_CONFIG,
+        )
+
+    def _set_meta(self, arr: Any, **items: Any) -> None:
+        meta = _meta(arr)
+        meta.update(items, write_id=uuid.uuid4().hex)
+        arr.attrs.update({ATTR: meta})  # one atomic write of the array's zarr.json
+
+    def append(
+        self,
+        name: str,
+        batch: Any,
+        *,
+        dtype: Any = None,
+        dims: Sequence[str] | None = None,
+        chunk_samples: int | None = None,
+        expected_samples: int | None = None,
+    ) -> int:
+        """Append a batch ``(b, *sample_shape)`` to a layer, creating it on first use.
+
+        The rows go after the layer's complete samples (overwriting what an
+        interrupted write left there); the complete count is bumped only after
+        the data is written.
+
+        Parameters
+        ----------
+        name : str
+        batch : array-like, shape (b, ...)
+        dtype, dims, chunk_samples, expected_samples
+            Used when the layer is created (see :meth:`create_layer`); ``dtype``
+            defaults to the batch's float dtype (float32 for other dtypes).
+
+        Returns
+        -------
+        int
+            The layer's complete samples after the append.
+        """
+        batch = np.asarray(batch)
+        if batch.ndim < 1:
+            raise ValueError(f"layer {name!r}: a batch needs a sample axis, got a scalar")
+        if name not in self.group:
+            if dtype is None:
+                dtype = batch.dtype if batch.dtype in (np.float16, np.float32) else np.float32
+            self.create_layer(
+                name,
+                sample_shape=batch.shape[1:],
+                dtype=dtype,
+                dims=dims,
+                chunk_samples=chunk_samples,
+                expected_samples=expected_samples,
+            )
+        arr = self._array(name, write=True)
+        if tuple(batch.shape[1:]) != tuple(arr.shape[1:]):
+            raise ValueError(
+                f"layer {name!r}: batch samples have shape {tuple(batch.shape[1:])}, the layer's "
+                f"have {tuple(arr.shape[1:])}"
+            )
+        if dims is not None and tuple(dims) != _dims_of(arr):
+            raise ValueError(
+                f"layer {name!r}: dims {tuple(dims)} differ from the stored {_dims_of(arr)}"
+            )
+        with np.errstate(over="ignore"):
+            data = batch.astype(arr.dtype, copy=False)
+        if arr.dtype.kind == "f" and data.dtype.itemsize < batch.dtype.itemsize:
+            if not np.all(np.isfinite(data)) and np.all(np.isfinite(batch)):
+                raise ValueError(
+                    f"layer {name!r}: activations overflow {arr.dtype} (largest |value| "
+                    f"{np.abs(batch).max():.3g}); store this layer as float32"
+                )
+        done = self.complete_samples(name)
+        end = done + data.shape[0]
+        if arr.shape[0] != end:
+            arr.resize((end, *arr.shape[1:]))
+        if data.shape[0]:
+            arr[done:end] = data
+        self._set_meta(arr, complete_samples=end)
+        return end
+
+    def truncate(self, name: str, n_samples: int) -> None:
+        """Cut a layer back to its first ``n_samples`` complete samples."""
+        arr = self._array(name, write=True)
+        done = self.complete_samples(name)
+        if n_samples > done:
+            raise ValueError(
+                f"layer {name!r} has {done} complete samples; cannot truncate to {n_samples}"
+            )
+        arr.resize((n_samples, *arr.shape[1:]))
+        self._set_meta(arr, complete_samples=n_samples)
+
+    def append_labels(self, labels: Any) -> int:
+        """Append a batch of labels (one per sample) to the ``labels`` array."""
+        labels = np.asarray(labels)
+        if labels.ndim == 0:
+            labels = labels[None]
+        if LABELS not in self.group:
+            dtype = labels.dtype if labels.dtype.kind in "biuf" else np.dtype("int64")
+            self.create_layer(
+                LABELS,
+                sample_shape=labels.shape[1:],
+                dtype=dtype,
+                dims=("sample", *(f"dim_{i}" for i in range(1, labels.ndim))),
+                chunk_samples=65536,
+                kind="labels",
+            )
+        return self.append(LABELS, labels)
+
+    def set_writing(
+        self, names: Sequence[str], writing: bool, *, expected_samples: Any = ...
+    ) -> None:
+        """Mark layers as owned by a running writer (``writing=True``) or finished.
+
+        While marked, the measures refuse the layers; a writer that is
+        interrupted leaves them marked until it is resumed and finishes.
+        ``expected_samples`` (when given) updates the announced total.
+        """
+        for name in names:
+            items: dict[str, Any] = {"writing": bool(writing)}
+            if expected_samples is not ...:
+                items["expected_samples"] = expected_samples
+            self._set_meta(self._array(name, write=True), **items)
+
+
+# ---------------------------------------------------------------------- #
+# module-level API
+
+
+def create_store(
+    path: str | os.PathLike[str],
+    *,
+    provenance: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> ActivationStore:
+    """Create an empty activation store (a Zarr v3 group) at ``path``.
+
+    Parameters
+    ----------
+    path : str or path
+        Directory of the store, e.g. ``"acts.zarr"``.
+    provenance : mapping, optional
+        JSON-serializable provenance to record in the group attributes.
+    overwrite : bool, default False
+        Replace whatever is at ``path``.
+
+    Raises
+    ------
+    FileExistsError
+        If something is at ``path`` and ``overwrite`` is False.
+    """
+    import zarr
+
+    path = os.fspath(path)
+    if not overwrite and os.path.exists(path) and os.listdir(path):
+        raise FileExistsError(
+            f"{path!r} exists; open it with open_store({path!r}, mode='r+') to add to it, or "
+            "pass overwrite=True to replace it"
+        )
+    attrs = {
+        ATTR: {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "store_id": uuid.uuid4().hex,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        },
+        "provenance": dict(provenance or {}),
+    }
+    group = zarr.open_group(path, mode="w" if overwrite else "w-", zarr_format=3, attributes=attrs)
+    return ActivationStore(group, path)
+
+
+def open_store(
+    path: str | os.PathLike[str] | ActivationStore, *, mode: str = "r"
+) -> ActivationStore:
+    """Open an activation store.
+
+    Parameters
+    ----------
+    path : str, path or ActivationStore
+    mode : {"r", "r+"}, default "r"
+        ``"r+"`` to append.
+
+    Raises
+    ------
+    FileNotFoundError
+        If no store is at ``path``.
+    ValueError
+        If the Zarr group there is not an activation store.
+    """
+    import zarr
+
+    if isinstance(path, ActivationStore):
+        return path
+    path = os.fspath(path)
+    if mode not in ("r", "r+"):
+        raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
+    try:
+        node = zarr.open(store=path, mode=mode)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"no activation store at {path!r}; create one with create_store() or svcca-dask extract"
+        ) from err
+    if not isinstance(node, zarr.Group):
+        raise ValueError(f"{path!r} is a Zarr array, not an activation store (a group)")
+    if not is_activation_store(node):
+        raise ValueError(
+            f"{path!r} is a Zarr group without the activation-store marker "
+            f"(attributes[{ATTR!r}]['format'] == {FORMAT!r}); create stores with create_store()"
+        )
+    return ActivationStore(node, path)
+
+
+def append_batch(
+    store: str | os.PathLike[str] | ActivationStore, layer: str, batch: Any, **options: Any
+) -> int:
+    """Append ``batch`` to ``layer`` of ``store`` (see :meth:`ActivationStore.append`)."""
+    s = store if isinstance(store, ActivationStore) else open_store(store, mode="r+")
+    return s.append(layer, batch, **options)
+
+
+def list_layers(store: str | os.PathLike[str] | ActivationStore) -> list[LayerInfo]:
+    """:class:`LayerInfo` (shape, dims, chunking, size) of every layer of ``store``."""
+    return open_store(store).layers()
+
+
+def read_layer(store: str | os.PathLike[str] | ActivationStore, layer: str) -> LayerData:
+    """One layer of ``store`` as a Dask array with its dims; refuses an incomplete layer."""
+    return open_store(store).read(layer)
