@@ -6,6 +6,7 @@ statistics accumulated in one streaming pass over row chunks, on Dask's
 threaded scheduler or the current ``distributed`` client.
 """
 
+from ._conv import CONV_MODES, LAYOUTS, conv_features
 from ._matrix import SimilarityMatrix, similarity_matrix
 from ._measures import (
     DEFAULT_MAX_FEATURES,
@@ -40,7 +41,9 @@ from .store import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CONV_MODES",
     "DEFAULT_MAX_FEATURES",
+    "LAYOUTS",
     "ActivationStore",
     "CCAResult",
     "CKAResult",
@@ -58,6 +61,7 @@ __all__ = [
     "cca",
     "cca_from_stats",
     "cka_from_stats",
+    "conv_features",
     "create_store",
     "linear_cka",
     "list_layers",
