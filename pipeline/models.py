@@ -256,17 +256,20 @@ def freeze_schedule(
     """When each layer may stop training: the Freeze Training schedule.
 
     A layer has converged at the first checkpoint (fraction of training,
-    before the end) where its similarity to its own final state reaches
-    ``threshold``. Layers freeze bottom-up: a layer is frozen no earlier than
+    after the start and before the end) where its similarity to its own final
+    state reaches ``threshold``. The start is never a convergence point: a
+    layer linear in the input (a first conv layer, before its nonlinearity)
+    has SVCCA 1 with every later state, since CCA is invariant to invertible
+    linear maps, and has still to learn its weights. Layers freeze bottom-up: a layer is frozen no earlier than
     every layer below it (freezing a layer while one below still trains would
     change its input under it). The top ``trainable_last`` layers never freeze.
 
     Parameters
     ----------
     convergence : mapping of layer -> {fraction: similarity}
-        Similarity (e.g. SVCCA) of each layer at checkpoint ``fraction`` (in
-        [0, 1)) with the same layer at the end of training. Entries at
-        fraction 1.0 (the final state against itself) are ignored.
+        Similarity (e.g. SVCCA) of each layer at checkpoint ``fraction`` with
+        the same layer at the end of training. Entries at fraction 0 (the
+        initialization) and 1 (the final state against itself) are ignored.
     layers : sequence of str
         Layer names, input to output.
     threshold : float
@@ -299,7 +302,7 @@ def freeze_schedule(
     blocked = False  # a layer below trains to the end: nothing above may freeze
     n_free = len(layers) - trainable_last
     for i, name in enumerate(layers):
-        curve = {float(t): float(s) for t, s in convergence[name].items() if float(t) < 1.0}
+        curve = {float(t): float(s) for t, s in convergence[name].items() if 0.0 < float(t) < 1.0}
         reached = sorted(t for t, s in curve.items() if s >= threshold)
         if blocked or i >= n_free or not reached:
             schedule[name] = None

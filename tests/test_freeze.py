@@ -40,8 +40,8 @@ def test_schedule_freezes_bottom_up() -> None:
     assert times == sorted(times)  # freeze times never decrease with depth
 
 
-def test_schedule_ignores_final_state_and_honours_threshold() -> None:
-    conv = {name: {0.35: 0.8, 1.0: 1.0} for name in LAYERS}
+def test_schedule_ignores_start_and_final_state_and_honours_threshold() -> None:
+    conv = {name: {0.0: 1.0, 0.35: 0.8, 1.0: 1.0} for name in LAYERS}
     assert all(v is None for v in freeze_schedule(conv, layers=LAYERS, threshold=0.9).values())
     low = freeze_schedule(conv, layers=LAYERS, threshold=0.8, trainable_last=2)
     assert low == {"a": 0.35, "b": 0.35, "c": None, "d": None}
