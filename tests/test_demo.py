@@ -44,3 +44,157 @@ def test_projection_rejects_bad_k() -> None:
         r.projection(len(r.coefficients) + 1)
     with pytest.raises(ValueError, match="side must be"):
         r.projection(1, side="z")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- #
+# models and compression
+
+
+@pytest.fixture(scope="module")
+def digits():
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    from pipeline.models import load_digits
+
+    yield load_digits()
+    torch.set_num_threads(threads)
+
+
+def test_digits_split_is_stratified_and_sorted(digits) -> None:
+    y = digits.y_train.numpy()
+    assert np.all(np.diff(y) >= 0)  # training set sorted by class
+    assert len(y) + len(digits.y_test) == 1797  # every digit used once
+    counts = np.bincount(digits.y_test.numpy(), minlength=10)
+    assert counts.min() >= 34 and counts.max() <= 38  # stratified: ~20% of each class
+    assert digits.x_train.shape[1:] == (1, 8, 8) and float(digits.x_train.max()) <= 1.0
+
+
+@pytest.mark.parametrize("arch", ["convnet", "resnet"])
+def test_models_name_their_layers_and_build_reproducibly(arch: str, digits) -> None:
+    import torch
+
+    from pipeline.models import build_model, layer_names
+
+    a, b = build_model(arch, seed=7), build_model(arch, seed=7)
+    c = build_model(arch, seed=8)
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key  # same seed, same weights
+    assert not torch.equal(a.logits.weight, c.logits.weight)  # other seed, other weights
+    names = layer_names(a)
+    assert names[-1] == "logits"
+    assert all(a.get_submodule(n) is not None for n in names)  # every layer is a module
+    assert a.eval()(digits.x_test[:5]).shape == (5, 10)
+
+
+def test_accuracy_with_projection_identity_and_zero(digits) -> None:
+    from pipeline.models import accuracy, accuracy_with_projection, build_model
+
+    net = build_model("convnet", seed=0).eval()
+    x, y = digits.x_test, digits.y_test
+    d = net.fc1.out_features
+    mean = np.zeros(d)
+    full = accuracy_with_projection(net, "fc1", np.eye(d), mean, x, y)
+    assert full == accuracy(net, x, y)  # the identity projection changes nothing
+    zero = accuracy_with_projection(net, "fc1", np.zeros((d, d)), mean, x, y)
+    # every sample's fc1 becomes the same vector: one class predicted for all
+    assert any(zero == pytest.approx(np.mean(y.numpy() == c)) for c in range(10))
+    assert accuracy(net, x, y) == full  # the hook is removed afterwards
+    with pytest.raises(ValueError, match=r"projection must be \(d, d\)"):
+        accuracy_with_projection(net, "fc1", np.eye(3), np.zeros(4), x, y)
+    with pytest.raises(ValueError, match="outputs shape"):
+        accuracy_with_projection(net, "logits", np.eye(d), mean, x, y)
+
+
+# --------------------------------------------------------------------------- #
+# demo pieces
+
+
+def test_class_logits_wrapper_exposes_one_module_per_class(digits) -> None:
+    import torch
+
+    from pipeline.demo import _class_logits
+    from pipeline.models import build_model
+
+    net = build_model("convnet", seed=0).eval()
+    wrapped = _class_logits(net, 10).eval()
+    seen = {}
+    hooks = [
+        wrapped.get_submodule(f"class_{c}").register_forward_hook(
+            lambda m, i, o, c=c: seen.__setitem__(c, o)
+        )
+        for c in range(10)
+    ]
+    with torch.no_grad():
+        logits = net(digits.x_test[:7])
+        wrapped(digits.x_test[:7])
+    for h in hooks:
+        h.remove()
+    for c in range(10):
+        assert torch.equal(seen[c], logits[:, c : c + 1])  # class c's logit, shape (n, 1)
+
+
+def test_toml_writer_round_trips() -> None:
+    import tomllib
+
+    from pipeline.demo import _toml
+
+    spec = {
+        "output": "jobs/x",
+        "measures": ["svcca"],
+        "pairs": [["a/conv1", "b/fc1"], ["a/x", "b/y"]],
+        "stores": {"net1-035": "../stores/net1-035.zarr"},
+        "options": {"keep": 0.99, "conv": "mean"},
+    }
+    assert tomllib.loads(_toml(spec)) == spec
+
+
+def test_job_specs_pair_checkpoints_with_the_final_state() -> None:
+    from pipeline.demo import _job_specs
+
+    layers = {"net1": ["c1", "fc"], "net2": ["c1", "fc"], "resnet": ["s", "b1", "logits"]}
+    specs = _job_specs(layers, 3)
+    dyn = specs["learning_dynamics"]
+    assert len(dyn["pairs"]) == 4 * 2 * 2 + 4 * 3 * 3  # checkpoints x layers x layers, per net
+    assert ["net1-035/c1", "net1-100/fc"] in dyn["pairs"]
+    assert all(p[1].startswith(("net1-100/", "resnet-100/")) for p in dyn["pairs"])  # vs final
+    cls = specs["class_sensitivity"]["pairs"]
+    assert len(cls) == 2 * 3 and ["net1-100/fc", "classes/class_2"] in cls
+    assert specs["net1_vs_net2"]["pairs"][1] == ["net1-100/c1", "net2-100/fc"]
+
+
+def test_matrix_from_rows_places_scores_and_leaves_gaps() -> None:
+    from pipeline.demo import _matrix
+
+    rows = [
+        {"x_store": "a", "x_layer": "l1", "y_store": "b", "y_layer": "l2", "score": 0.5},
+        {"x_store": "a", "x_layer": "l2", "y_store": "b", "y_layer": "l1", "score": 0.25},
+        {"x_store": "z", "x_layer": "l1", "y_store": "b", "y_layer": "l1", "score": 0.9},
+    ]
+    m = _matrix(rows, "a", "b", ["l1", "l2"], ["l1", "l2"])
+    np.testing.assert_array_equal(m, [[np.nan, 0.5], [0.25, np.nan]])  # other stores ignored
+
+
+def test_neuron_check_compares_directions_with_neurons() -> None:
+    from pipeline.demo import _neuron_check
+
+    rng = np.random.default_rng(0)
+    latent = rng.standard_normal((800, 6))
+    x = latent @ rng.standard_normal((6, 12))  # two nets: same subspace, other neuron bases
+    y = latent @ rng.standard_normal((6, 10))
+    c = _neuron_check(x, y, sd.svcca(x, y, keep=0.99))
+    assert c["holds"]  # directions align perfectly, mixed neurons do not
+    assert c["direction_corr"][1] > 0.99 and max(c["neuron_corr_best_match"]) < 0.99
+    same = _neuron_check(x, x.copy(), sd.svcca(x, x.copy(), keep=0.99))
+    assert not same["holds"]  # identical nets: neurons match as well as directions
+    np.testing.assert_allclose(same["neuron_corr_same_rank"], 1.0, atol=1e-8)
+
+
+def test_cli_has_the_demo_subcommand() -> None:
+    from pipeline.cli import build_parser
+    from pipeline.demo import DEFAULT_OUT, _demo
+
+    args = build_parser().parse_args(["demo"])
+    assert args.handler is _demo and args.out == DEFAULT_OUT and args.freeze_training
+    args = build_parser().parse_args(["demo", "--out", "x", "--no-freeze-training"])
+    assert args.out == "x" and not args.freeze_training
