@@ -54,7 +54,7 @@ from ._measures import (
     pwcca_from_stats,
     svcca_from_stats,
 )
-from ._stats import _unify_rows, accumulate_graph, compute, to_moments
+from ._stats import accumulate_graph, compute, to_moments
 
 __all__ = ["MATRIX_MEASURES", "SimilarityMatrix", "similarity_matrix"]
 
@@ -256,7 +256,6 @@ def similarity_matrix(
                 f"all layers must have the same number of samples (first axis): "
                 f"{labels[0]} has {n}, {lab} has {a.shape[0]}"
             )
-    arrays = _unify_rows(arrays)
     widths = [int(a.shape[1]) for a in arrays]
     for i in dict.fromkeys(row_idx):
         for j in dict.fromkeys(col_idx):
