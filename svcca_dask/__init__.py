@@ -26,6 +26,7 @@ from ._measures import (
     svcca_from_stats,
 )
 from ._stats import Moments, accumulate
+from .cluster import Connection, connect
 from .store import (
     ActivationStore,
     IncompleteLayerError,
@@ -47,6 +48,7 @@ __all__ = [
     "ActivationStore",
     "CCAResult",
     "CKAResult",
+    "Connection",
     "IncompleteLayerError",
     "LayerData",
     "LayerInfo",
@@ -61,6 +63,7 @@ __all__ = [
     "cca",
     "cca_from_stats",
     "cka_from_stats",
+    "connect",
     "conv_features",
     "create_store",
     "linear_cka",

@@ -75,10 +75,6 @@ _FROM_STATS: dict[str, Callable[..., Any]] = {
     "linear_cka": cka_from_stats,
 }
 
-#: ``conv=`` modes that reduce a layer on its own (so one pass serves every pair).
-_LAYERWISE_CONV = ("samples", "mean", "flatten")
-
-
 @dataclass(frozen=True)
 class SimilarityMatrix:
     """A layer x layer similarity matrix.
@@ -327,22 +323,11 @@ def _layer(x: ArrayLike, *, name: str, conv: str | None, layout: str | None) -> 
             "{(a, b): svcca(xs[a], ys[b], conv='dft').score for a in xs for b in ys}, "
             "or use conv='mean', 'samples' or 'flatten' here."
         )
-    if conv not in _LAYERWISE_CONV:
-        raise ValueError(
-            f"unknown conv={conv!r}; similarity_matrix takes conv='samples', 'mean' or "
-            "'flatten' (or None for 2-D layers)"
-        )
-    try:
-        from ._conv import conv_features
-    except ImportError as err:  # pragma: no cover - depends on the conv module landing
-        raise NotImplementedError(
-            "conv= needs svcca_dask.conv_features, which this installation lacks; "
-            "reduce conv layers to 2-D yourself and pass conv=None"
-        ) from err
-    arr = as_dask(x, name=name, ndim=(2, 4))
-    if arr.ndim == 2:
-        return arr
-    return as_dask(conv_features(arr, conv=conv, layout=layout, name=name), name=name)
+    from ._conv import conv_features
+
+    # conv_features checks the mode, reads the layout from Zarr dimension_names
+    # when it is not given, and returns 2-D layers unchanged
+    return as_dask(conv_features(x, conv=conv, layout=layout, name=name), name=name)
 
 
 def _pack(ids: Sequence[int], widths: Sequence[int], budget: int) -> list[list[int]]:

@@ -215,3 +215,33 @@ def test_bad_input_messages():
         bad = xs["a1"].copy()
         bad[5, 1] = np.nan
         sd.similarity_matrix({"ok": xs["a0"], "bad": bad}, measure="cka")
+
+
+@pytest.mark.parametrize("conv", ["mean", "samples", "flatten"])
+def test_conv_layers_pass_through_conv_features(conv):
+    rng = np.random.default_rng(5)
+    n = 400
+    latent = rng.standard_normal((n, 3, 1, 1))
+    hw = (4, 4) if conv != "mean" else (6, 6)  # "mean" compares layers of any spatial size
+    xs = {
+        "c1": latent * rng.standard_normal((1, 3, 4, 4)) + rng.standard_normal((n, 3, 4, 4)),
+        "c2": latent[:, :2] * rng.standard_normal((1, 2, *hw)) + rng.standard_normal((n, 2, *hw)),
+    }
+    ys = {"d1": latent * rng.standard_normal((1, 3, 4, 4)) + rng.standard_normal((n, 3, 4, 4))}
+    if conv != "samples":
+        ys["fc"] = latent[:, :, 0, 0] @ rng.standard_normal((3, 5))  # 2-D layers as they are
+    m = sd.similarity_matrix(xs, ys, measure="cca", conv=conv, layout="NCHW")
+    for a in xs:
+        for b in ys:
+            fa = sd.conv_features(xs[a], conv=conv, layout="NCHW")
+            fb = sd.conv_features(ys[b], conv=conv, layout="NCHW")
+            ref = sd.cca(fa, fb).score  # the same reduction, pair by pair
+            # (flatten: CCA of up to 48 + 48 features on 400 samples amplifies rounding)
+            np.testing.assert_allclose(m.score(a, b), ref, rtol=0, atol=1e-10)
+    assert m.n_samples == (n * 16 if conv == "samples" else n)
+
+
+def test_conv_layers_need_conv():
+    x = np.zeros((10, 3, 4, 4))
+    with pytest.raises(ValueError, match="conv"):
+        sd.similarity_matrix({"c": x}, measure="cka")
