@@ -63,10 +63,10 @@ class Connection:
     @property
     def dashboard_link(self) -> str | None:
         """The dashboard URL, or ``None`` when the scheduler runs without one."""
-        try:
-            return self.client.dashboard_link
-        except Exception:  # no dashboard service (e.g. bokeh not installed)
+        services = self.client.scheduler_info().get("services", {})
+        if "dashboard" not in services:  # e.g. `dask scheduler --no-dashboard`
             return None
+        return self.client.dashboard_link
 
     @property
     def scheduler_address(self) -> str:
@@ -148,9 +148,11 @@ def connect(
     if text == "local":
         from distributed import LocalCluster
 
-        if options.get("processes") is not False or "protocol" in options:
-            # listen on loopback only; processes=False runs in-process (inproc://)
-            options.setdefault("host", "127.0.0.1")
+        if options.get("processes") is False:
+            # in-process workers would talk over inproc://, whose addresses (and
+            # dashboard link) carry the machine's IP: stay on tcp:// loopback
+            options.setdefault("protocol", "tcp://")
+        options.setdefault("host", "127.0.0.1")
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
@@ -179,7 +181,17 @@ def connect(
             raise ValueError(
                 f"threads_per_worker is not a {text} option: size workers with cores= and processes="
             )
-        cluster = cls(dashboard_address=dashboard_address, security=security, **options)
+        import dask
+
+        # jobqueue takes the dashboard address in scheduler_options, and ignores
+        # the configured scheduler-options when any are passed: merge them
+        scheduler_options = {
+            **(dask.config.get(f"jobqueue.{text}.scheduler-options", None) or {}),
+            **options.pop("scheduler_options", {}),
+        }
+        if dashboard_address is not None:
+            scheduler_options.setdefault("dashboard_address", dashboard_address)
+        cluster = cls(scheduler_options=scheduler_options, security=security, **options)
         if jobs is not None:
             cluster.scale(jobs=jobs)
         elif n_workers is not None:
@@ -232,7 +244,7 @@ def _no_cluster_options(
 def _announce(conn: Connection, *, started: bool, quiet: bool) -> Connection:
     if not quiet:
         what = "started" if started else "connected to"
-        link = conn.dashboard_link or "none (install bokeh>=3.1 for the dashboard)"
+        link = conn.dashboard_link or "none (the scheduler runs without one)"
         print(
             f"svcca-dask: {what} Dask scheduler {conn.scheduler_address}; dashboard: {link}",
             file=sys.stderr,

@@ -102,27 +102,36 @@ def start_dask_processes_in(
     *,
     n_workers: int = 2,
     nthreads: int = 1,
+    env: dict[str, str] | None = None,
+    security: object = None,
     timeout: float = 90.0,
 ) -> DaskProcesses:
     """Start a scheduler and ``n_workers`` worker processes on 127.0.0.1 and
-    wait until every worker has joined. The caller must call ``stop()``."""
+    wait until every worker has joined. The caller must call ``stop()``.
+
+    ``env`` adds environment variables to the processes (e.g. ``DASK_CONFIG``
+    for a TLS configuration); ``security`` is the client's
+    :class:`~distributed.security.Security` for the readiness check."""
     directory.mkdir(parents=True, exist_ok=True)
     sched_file = directory / "scheduler.json"
-    env = dict(os.environ)
+    proc_env = dict(os.environ)
     # one BLAS thread per worker thread (what a Nanny would set)
-    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    env.pop("PYTHONWARNINGS", None)
+    proc_env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc_env.pop("PYTHONWARNINGS", None)
+    proc_env.update(env or {})
 
     def spawn(name: str, args: list[str]) -> subprocess.Popen:
         with open(directory / f"{name}.log", "wb") as log:  # the child keeps its own copy
             return subprocess.Popen(
-                _dask_command(*args), stdout=log, stderr=subprocess.STDOUT, env=env,
+                _dask_command(*args), stdout=log, stderr=subprocess.STDOUT, env=proc_env,
                 cwd=directory, start_new_session=True,
             )
 
     scheduler = spawn(
         "scheduler",
-        ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+        # --dashboard-address too: without it the HTTP server (/health, /metrics,
+        # the dashboard) listens on every interface, even with --no-dashboard
+        ["scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
          "--scheduler-file", str(sched_file)],
     )
     workers: dict[str, subprocess.Popen] = {}
@@ -135,11 +144,11 @@ def start_dask_processes_in(
             name = f"worker-{i}"
             workers[name] = spawn(
                 name,
-                ["worker", address, "--host", "127.0.0.1", "--nthreads", str(nthreads),
-                 "--no-nanny", "--no-dashboard", "--name", name, "--death-timeout", "60",
-                 "--local-directory", str(directory / name)],
+                ["worker", address, "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0",
+                 "--nthreads", str(nthreads), "--no-nanny", "--name", name,
+                 "--death-timeout", "60", "--local-directory", str(directory / name)],
             )
-        _wait_for_workers(procs, n_workers, deadline)
+        _wait_for_workers(procs, n_workers, deadline, security)
     except BaseException:
         procs.stop()
         raise
@@ -161,10 +170,11 @@ def _wait_for_scheduler_file(
     raise TimeoutError(f"dask scheduler did not write {path} in time\n{procs.logs()}")
 
 
-def _wait_for_workers(procs: DaskProcesses, n: int, deadline: float) -> None:
+def _wait_for_workers(procs: DaskProcesses, n: int, deadline: float, security: object) -> None:
     from distributed import Client
 
-    with Client(procs.address, set_as_default=False, timeout=max(1.0, deadline - time.monotonic())) as c:
+    left = max(1.0, deadline - time.monotonic())
+    with Client(procs.address, set_as_default=False, timeout=left, security=security) as c:
         while len(c.scheduler_info()["workers"]) < n:
             dead = [k for k, p in procs.workers.items() if p.poll() is not None]
             if dead or time.monotonic() > deadline:
@@ -184,13 +194,20 @@ def dask_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskPro
 
 @pytest.fixture
 def start_dask_processes(tmp_path: Path) -> Iterator[Callable[..., DaskProcesses]]:
-    """A factory ``start(n_workers=2, nthreads=1)`` of private clusters, all
+    """A factory ``start(n_workers=2, nthreads=1, env=None, security=None)`` of private clusters, all
     stopped at the end of the test (use it when the test damages the cluster)."""
     started: list[DaskProcesses] = []
 
-    def start(*, n_workers: int = 2, nthreads: int = 1) -> DaskProcesses:
+    def start(
+        *,
+        n_workers: int = 2,
+        nthreads: int = 1,
+        env: dict[str, str] | None = None,
+        security: object = None,
+    ) -> DaskProcesses:
         procs = start_dask_processes_in(
-            tmp_path / f"dask-{len(started)}", n_workers=n_workers, nthreads=nthreads
+            tmp_path / f"dask-{len(started)}",
+            n_workers=n_workers, nthreads=nthreads, env=env, security=security,
         )
         started.append(procs)
         return procs

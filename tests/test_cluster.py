@@ -3,15 +3,23 @@ surviving a worker killed mid-computation, and ``connect`` specs."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
+import dask
 import dask.array as da
 import numpy as np
+import psutil
 import pytest
+import yaml
 import zarr
 from distributed import Client, get_task_stream
+from distributed.security import Security
 
 import svcca_dask as sd
 import svcca_dask._input
@@ -158,13 +166,14 @@ def test_connect_local_prints_dashboard_and_closes(capsys):
     with connect(
         "local", n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0"
     ) as conn:
-        assert conn.cluster is not None and conn.dashboard_link is not None
+        link = conn.dashboard_link
+        assert conn.cluster is not None and link.startswith("http://127.0.0.1:")
         x = _layers(n=600)["fc"]
         r = sd.cca(x, x)
         np.testing.assert_allclose(r.coefficients, 1.0, atol=1e-8)  # ran on the LocalCluster
         cluster = conn.cluster
     err = capsys.readouterr().err
-    assert "started Dask scheduler" in err and f"dashboard: {conn.dashboard_link}" in err
+    assert "started Dask scheduler" in err and f"dashboard: {link}" in err
     assert cluster.status.name == "closed"  # the cluster we started is shut down
 
 
@@ -201,3 +210,117 @@ def test_connect_missing_extra_names_it(spec, module, extra, monkeypatch):
     monkeypatch.setitem(sys.modules, module.split(".")[0], None)
     with pytest.raises(ImportError, match=rf"pip install 'svcca-dask\[{extra}\]'"):
         connect(spec)
+
+
+# --------------------------------------------------------------------------- #
+# the cluster/ folder
+
+CLUSTER = Path(__file__).resolve().parent.parent / "cluster"
+
+
+def _listening(pid: int) -> set[str]:
+    return {c.laddr.ip for c in psutil.Process(pid).net_connections() if c.status == "LISTEN"}
+
+
+def test_by_hand_processes_listen_on_loopback_only(dask_processes):
+    pids = [dask_processes.scheduler.pid, *(p.pid for p in dask_processes.workers.values())]
+    for pid in pids:
+        # scheduler/worker comms and their HTTP servers (dashboard, /health, /metrics)
+        assert _listening(pid) == {"127.0.0.1"}, (pid, _listening(pid))
+
+
+def test_connect_local_listens_on_loopback_only():
+    with connect("local", n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0",
+                 quiet=True) as conn:
+        assert conn.scheduler_address.startswith("tcp://127.0.0.1:")
+        worker_pids = conn.client.run(os.getpid)
+        assert all(a.startswith("tcp://127.0.0.1:") for a in worker_pids)
+        for pid in [os.getpid(), *worker_pids.values()]:
+            assert _listening(pid) <= {"127.0.0.1"}, (pid, _listening(pid))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _make_certs(directory: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make the test certificates")
+    subprocess.run(
+        ["bash", str(CLUSTER / "tls" / "make-certs.sh"), str(directory)],
+        check=True, capture_output=True, timeout=120,
+    )
+
+
+def test_tls_config_from_cluster_folder(start_dask_processes, tmp_path):
+    certs = tmp_path / "tls"
+    _make_certs(certs)
+    text = (CLUSTER / "tls" / "dask-tls.yaml").read_text().replace("/etc/svcca-dask/tls", str(certs))
+    config_dir = tmp_path / "dask-config"
+    config_dir.mkdir()
+    (config_dir / "dask-tls.yaml").write_text(text)
+    with dask.config.set(_flatten(yaml.safe_load(text))):
+        security = Security()  # the client's side of the same file
+    # the scheduler and worker get TLS from the config file alone
+    procs = start_dask_processes(n_workers=1, env={"DASK_CONFIG": str(config_dir)}, security=security)
+    assert procs.address.startswith("tls://127.0.0.1:")
+
+    x = _layers(n=800)
+    reference = sd.svcca(x["conv1"], x["fc"]).score
+    with connect(procs.address, security=security, quiet=True):
+        np.testing.assert_allclose(sd.svcca(x["conv1"], x["fc"]).score, reference, atol=1e-12)
+
+    with pytest.raises(OSError):  # no plain TCP
+        Client(procs.address.replace("tls://", "tcp://"), timeout=3, set_as_default=False)
+    other = tmp_path / "other-ca"
+    _make_certs(other)
+    outsider = Security(
+        tls_ca_file=str(other / "ca.pem"), tls_client_cert=str(other / "node.pem"),
+        tls_client_key=str(other / "node-key.pem"), require_encryption=True,
+    )
+    with pytest.raises(OSError):  # a certificate from another CA is refused
+        Client(procs.address, timeout=3, security=outsider, set_as_default=False)
+
+
+def test_jobqueue_config_makes_a_slurm_job_script(capsys):
+    pytest.importorskip("dask_jobqueue")
+    cfg = yaml.safe_load((CLUSTER / "slurm" / "jobqueue.yaml").read_text())["jobqueue"]["slurm"]
+    settings = {f"jobqueue.slurm.{k}": v for k, v in cfg.items()}
+    settings["jobqueue.slurm.interface"] = "lo"  # this machine has no ib0; keeps it on loopback
+    settings["jobqueue.slurm.scheduler-options"] = {"dashboard_address": "127.0.0.1:0"}
+    with dask.config.set(settings), connect("slurm", dashboard_address="127.0.0.1:0") as conn:
+        script = conn.cluster.job_script()
+        address = conn.scheduler_address
+    assert address.startswith("tcp://127.0.0.1:")  # scheduler on the configured interface
+    assert "#SBATCH --cpus-per-task=16" in script and "#SBATCH -t 04:00:00" in script
+    assert "export OMP_NUM_THREADS=1" in script  # one BLAS thread per worker thread
+    assert "--nworkers 4" in script and "--nthreads 4" in script  # 16 cores / 4 processes
+    assert address in script and "--interface lo" in script
+    assert "started Dask scheduler" in capsys.readouterr().err
+
+
+def test_compose_and_kubernetes_files_bind_no_public_address():
+    compose = yaml.safe_load((CLUSTER / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"scheduler", "worker"}
+    published = [p for s in services.values() for p in s.get("ports", [])]
+    assert published and all(p.startswith("127.0.0.1:") for p in published)  # loopback only
+    anchor = compose["x-node"]["volumes"][0]
+    assert anchor["read_only"] and anchor["source"].startswith("${SVCCA_STORES")
+    assert all(s["volumes"] == [anchor] for s in services.values())  # the same shared stores
+    assert "tcp://scheduler:8786" in services["worker"]["command"]
+
+    k8s = yaml.safe_load((CLUSTER / "kubernetes" / "daskcluster.yaml").read_text())
+    assert (k8s["apiVersion"], k8s["kind"]) == ("kubernetes.dask.org/v1", "DaskCluster")
+    assert k8s["spec"]["scheduler"]["service"]["type"] == "ClusterIP"  # not exposed outside
+    worker_args = k8s["spec"]["worker"]["spec"]["containers"][0]["args"]
+    assert worker_args[:2] == ["dask", "worker"] and "127.0.0.1:0" in worker_args
+    for path in CLUSTER.rglob("*"):
+        if path.is_file() and path.suffix in (".yml", ".yaml", ".sh", ""):
+            assert "0.0.0.0" not in path.read_text(), path
