@@ -315,7 +315,10 @@ def _layer(x: ArrayLike, *, name: str, conv: str | None, layout: str | None) -> 
     """One layer as a 2-D Dask array, conv layers reduced per ``conv``."""
     if conv is None:
         return as_dask(x, name=name)
-    if conv == "dft":
+    from . import _conv
+
+    dft_options = getattr(_conv, "DFT", None)  # the measures' conv=DFT(...) options
+    if conv == "dft" or (dft_options is not None and isinstance(conv, dft_options)):
         raise NotImplementedError(
             "similarity_matrix does not support conv='dft': the per-frequency statistics "
             "depend on the pair (crop to the common frequency band), so one stacked pass "
@@ -323,11 +326,9 @@ def _layer(x: ArrayLike, *, name: str, conv: str | None, layout: str | None) -> 
             "{(a, b): svcca(xs[a], ys[b], conv='dft').score for a in xs for b in ys}, "
             "or use conv='mean', 'samples' or 'flatten' here."
         )
-    from ._conv import conv_features
-
     # conv_features checks the mode, reads the layout from Zarr dimension_names
     # when it is not given, and returns 2-D layers unchanged
-    return as_dask(conv_features(x, conv=conv, layout=layout, name=name), name=name)
+    return as_dask(_conv.conv_features(x, conv=conv, layout=layout, name=name), name=name)
 
 
 def _pack(ids: Sequence[int], widths: Sequence[int], budget: int) -> list[list[int]]:
