@@ -40,7 +40,7 @@ __all__ = ["DEFAULT_OUT", "DemoSummary", "add_parser", "run_demo"]
 log = logging.getLogger(__name__)
 
 #: Report folder when ``--out`` is not given.
-DEFAULT_OUT = "svcca-demo"
+DEFAULT_OUT = "demo-out"
 
 #: The nets the demo trains: name -> (architecture, seed).
 NETS: dict[str, tuple[str, int]] = {
@@ -324,7 +324,7 @@ def _run_jobs(out: Path, specs: dict[str, dict[str, Any]], *, address: str) -> l
         path.write_text(
             f"# svcca-dask run {path.name}  (from the report folder's jobs/)\n" + _toml(rel)
         )
-        report = run_job(load_job(path), cluster=address, progress=False)
+        report = run_job(load_job(path), cluster={"spec": address, "quiet": True}, progress=False)
         rows.extend(dict(r, job=name) for r in report.rows)
     return rows
 
@@ -852,6 +852,9 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if not getattr(args, "verbose", False):
+        # distributed's loggers are at INFO and would reach the CLI's root handler
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     summary = run_demo(
         args.out,
         epochs=args.epochs,

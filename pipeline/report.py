@@ -305,6 +305,9 @@ def plot_accuracy_vs_k(
     if reference is not None:
         ax.axhline(reference, color="0.4", ls="--", label="uncompressed")
     ax.set_xscale("log", base=2)
+    ticks = sorted({int(k) for ks, _ in curves.values() for k in ks})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel(f"k (directions of {layer} kept)")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.02)
