@@ -2,59 +2,66 @@
 
 Every layer of ``xs`` against every layer of ``ys`` (two networks, two
 checkpoints of one network, or one network against itself) needs each layer's
-own covariance block and the cross block of every pair. All of them are blocks
-of the co-moment matrix of the column-stack of the distinct layers, so one
-:func:`~svcca_dask._stats.accumulate` pass (one fused task per row chunk: read
-the same rows of every layer, cast into one float64 buffer, centre, one SYRK)
-gives every pair's statistics. A layer that appears several times (``ys is
-xs``, the same array under two names) is stacked once.
+own covariance block and the cross block of every pair. One pass computes all
+of them: one fused task per row chunk reads the same rows of every layer, casts
+them into one float64 buffer and centres it; partials merge with the Chan/Pebay
+update in a tree. Pairs that share a layer share its statistics, and a layer
+that appears several times (``ys is xs``, the same array under two names) is
+stacked once.
 
-Cost of the joint SYRK
-----------------------
-The stacked SYRK also computes blocks no pair needs: the cross blocks between
-two layers of ``xs`` (and of ``ys``) when ``xs`` and ``ys`` differ. With ``L``
-layers of width ``w`` on each side, the joint SYRK does ``(2 L w)**2 / 2``
-multiply-adds per row, while own SYRKs plus one cross GEMM would do
-``L w**2 + (L w)**2``; for ``L = 8`` that is 1.8x fewer flops, measured 1.75x
-faster in the kernel alone (``benchmarks/bench_matrix.py``, one BLAS thread),
-and 3.5x smaller accumulators. When ``ys`` is ``xs`` every block is needed and
-the two are the same. We keep the joint SYRK: one kernel (the one every pair
-measure uses, tested once), one float64 copy per chunk, and the most common
-heatmap (a network against itself or against a checkpoint of the same
-architecture, the latter at the cost above). A block kernel is the next step
-if two-network matrices dominate.
+Which blocks: joint SYRK or the needed blocks only
+--------------------------------------------------
+When ``xs`` and ``ys`` share their layers (a network against itself) every
+block of the stacked co-moment is needed: the task runs the core's single SYRK
+(:func:`~svcca_dask._stats.accumulate_graph`). When the two sides are disjoint
+(two networks, two checkpoints) the joint SYRK would also compute the x-x and
+y-y cross blocks that no pair needs: with ``L`` layers of width ``w`` per side
+it does ``(2 L w)**2 / 2`` multiply-adds per row, against ``L w**2 + (L w)**2``
+for each layer's own SYRK plus one x-by-y GEMM. For the 8 + 8 layers of
+``benchmarks/bench_matrix.py`` (widths 32 ... 256) the joint SYRK measured 1.6x
+the time of the needed blocks on one 4096-row chunk (one BLAS thread; the GEMM
+runs at the SYRK's rate per flop here, so "a GEMM of two buffers is slower"
+holds per pair, where the flops are equal, not for a matrix). So disjoint sides
+use :func:`cross_chunk` / :func:`cross_combine`: the same buffer, one SYRK per
+layer and one GEMM, and accumulators of ``d_x d_y + sum d_i**2`` instead of
+``(d_x + d_y)**2``. Sides that only partly overlap use the joint SYRK.
 
 Memory and tiles
 ----------------
-A partial statistic of stacked width ``D`` is ``8 D**2`` bytes and a tree
-reduction holds up to ``split_every + 1`` of them per level in flight. The 16
-bottleneck outputs of a ResNet-50 (3 x 256, 4 x 512, 6 x 1024, 3 x 2048
-channels after a ``conv`` reduction: 15,104 features) against themselves are
-``D = 15,104``: 1.7 GiB per partial; against another checkpoint ``D = 30,208``:
-6.8 GiB per partial. When the stacked width exceeds ``max_width`` the matrix is
-split into tiles of layers (row groups of ``xs`` x column groups of ``ys``), each
-tile at most ``max_width`` wide; all tiles of one tile row are computed in one
-graph that shares the chunk reads, so each layer is read once per tile row.
+Float64 partials, and a tree reduction holds up to ``split_every + 1`` of them
+per level in flight. The 16 bottleneck outputs of a ResNet-50 (3 x 256,
+4 x 512, 6 x 1024, 3 x 2048 channels after a ``conv`` reduction: 15,104
+features) against themselves: ``15,104**2`` floats, 1.7 GiB per partial;
+against another checkpoint: 1.7 GiB cross block + 2 x 0.15 GiB own blocks =
+2.0 GiB per partial (6.8 GiB with the joint SYRK). When the stacked width of
+the distinct layers exceeds ``max_width`` (default 8192: 512 MiB partials at
+most) the matrix is split into tiles of layers (row groups of ``xs`` x column
+groups of ``ys``), each at most ``max_width`` wide; all tiles of one tile row
+are computed in one graph that shares the chunk reads, so each layer is read
+once per tile row.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from dask.delayed import delayed
 
 from ._input import ArrayLike, as_dask
 from ._measures import (
     DEFAULT_MAX_FEATURES,
+    PairStats,
     cca_from_stats,
     cka_from_stats,
     pair_stats,
     pwcca_from_stats,
     svcca_from_stats,
 )
-from ._stats import accumulate_graph, compute, to_moments
+from ._stats import _raise_non_finite, _unify_rows, accumulate_graph, compute, to_moments
 
 __all__ = ["MATRIX_MEASURES", "SimilarityMatrix", "similarity_matrix"]
 
@@ -196,13 +203,12 @@ def similarity_matrix(
     share its statistics. Scores equal the pair-by-pair calls up to rounding
     (~1e-12). Runs on the current ``distributed`` client when there is one.
 
-    Cost: the joint SYRK also computes the cross blocks between two layers of
-    the same side, which no pair needs when ``xs`` and ``ys`` differ (1.75x the
-    kernel time of the needed blocks for 8 + 8 layers). Memory: ``8 D**2``
-    bytes per partial for stacked width ``D``; a ResNet-50's 16 bottleneck
-    outputs (15,104 channels) against another checkpoint are ``D = 30,208``,
-    6.8 GiB per partial: the default ``max_width`` (8192, 512 MiB) splits that
-    into tiles, and each layer is then read once per tile row.
+    Cost: with disjoint sides only the needed blocks are accumulated (each
+    layer's own SYRK and one x-by-y GEMM: 1.6x faster than the joint SYRK for
+    8 + 8 layers); with shared layers, one joint SYRK. Memory: a ResNet-50's 16
+    bottleneck outputs (15,104 channels) against another checkpoint need
+    2.0 GiB per partial: the default ``max_width`` (8192) splits that into
+    tiles, and each layer is then read once per tile row.
     """
     if measure not in _FROM_STATS:
         raise ValueError(
@@ -265,6 +271,10 @@ def similarity_matrix(
                 )
 
     plan = _plan_tiles(row_idx, col_idx, widths, max_width)
+    # disjoint sides (two networks, two checkpoints): accumulate only the needed
+    # blocks; otherwise every block of the joint co-moment is needed or nearly
+    row_set = set(row_idx)
+    blockwise = not (row_set & set(col_idx))
     from_stats = _FROM_STATS[measure]
     needs_names = measure != "cka" and measure != "linear_cka"
     results: dict[tuple[Hashable, Hashable], Any] = {}
@@ -272,18 +282,24 @@ def similarity_matrix(
     rows, cols = tuple(xs), tuple(ys)
     n_tiles = 0
     for tile_row, homes in plan:
-        graphs = [
-            accumulate_graph(
-                [arrays[k] for k in tile], names=[labels[k] for k in tile], split_every=split_every
-            )
-            for tile in tile_row
-        ]
+        graphs = []
+        for tile in tile_row:
+            tile_arrays = [arrays[k] for k in tile]
+            names = [labels[k] for k in tile]
+            if blockwise:  # tiles hold their row layers first (see _plan_tiles)
+                n_x = sum(k in row_set for k in tile)
+                graphs.append(_cross_graph(tile_arrays, n_x, names=names, split_every=split_every))
+            else:
+                graphs.append(accumulate_graph(tile_arrays, names=names, split_every=split_every))
         outs = compute(*graphs)
         n_tiles += len(tile_row)
-        moments = [
-            to_moments(out, [arrays[k] for k in tile])
-            for out, tile in zip(outs, tile_row, strict=True)
-        ]
+        if blockwise:
+            stats: list[Any] = [_CrossBlocks.from_out(out) for out in outs]
+        else:
+            stats = [
+                to_moments(out, [arrays[k] for k in tile])
+                for out, tile in zip(outs, tile_row, strict=True)
+            ]
         del outs
         positions = [{k: p for p, k in enumerate(tile)} for tile in tile_row]
         for r, i in enumerate(row_idx):
@@ -291,7 +307,8 @@ def similarity_matrix(
                 t = homes.get(frozenset((i, j)))
                 if t is None:
                     continue
-                p = pair_stats(moments[t], positions[t][i], positions[t][j])
+                pi, pj = positions[t][i], positions[t][j]
+                p = stats[t].pair(pi, pj) if blockwise else pair_stats(stats[t], pi, pj)
                 if needs_names:
                     res = from_stats(p, names=(f"xs[{rows[r]!r}]", f"ys[{cols[c]!r}]"), **options)
                 else:
@@ -329,6 +346,131 @@ def _layer(x: ArrayLike, *, name: str, conv: str | None, layout: str | None) -> 
     # conv_features checks the mode, reads the layout from Zarr dimension_names
     # when it is not given, and returns 2-D layers unchanged
     return as_dask(_conv.conv_features(x, conv=conv, layout=layout, name=name), name=name)
+
+
+# --------------------------------------------------------------------------- #
+# the needed blocks only: own blocks of every layer, one cross block x-side by y-side
+
+
+def cross_chunk(
+    *blocks: np.ndarray,
+    n_x: int,
+    names: Sequence[str] | None = None,
+    row_start: int = 0,
+) -> dict[str, Any]:
+    """Partial statistics of one row chunk: each layer's own co-moment and the
+    cross co-moment of the first ``n_x`` layers (stacked) with the others.
+
+    The same buffer as :func:`~svcca_dask._stats.moments_chunk` (one float64
+    copy, centred on the chunk mean), then one SYRK per layer and one GEMM
+    instead of the SYRK of the whole stack: no x-x or y-y cross blocks.
+
+    Returns
+    -------
+    dict
+        ``{"n": m, "mean": (d,), "own": [(d_i, d_i), ...], "cross": (d_x, d_y),
+        "sizes": (d_1, ...), "n_x": n_x}`` in float64.
+    """
+    m = blocks[0].shape[0]
+    sizes = tuple(int(b.shape[1]) for b in blocks)
+    edges = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    buf = np.empty((m, int(edges[-1])), dtype=np.float64)
+    for b, a, e in zip(blocks, edges[:-1], edges[1:], strict=True):
+        buf[:, a:e] = b
+    col_sum = buf.sum(axis=0)
+    if not np.all(np.isfinite(col_sum)):
+        _raise_non_finite(blocks, names, row_start)
+    mean = col_sum / m
+    buf -= mean
+    own = [buf[:, a:e].T @ buf[:, a:e] for a, e in itertools.pairwise(edges)]
+    split = int(edges[n_x])
+    cross = buf[:, :split].T @ buf[:, split:]
+    return {"n": m, "mean": mean, "own": own, "cross": cross, "sizes": sizes, "n_x": n_x}
+
+
+def cross_combine(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Merge :func:`cross_chunk` partials pairwise: the Chan/Pebay update of
+    :func:`~svcca_dask._stats.moments_combine`, block by block
+    (``M_IJ += Mb_IJ + (na nb / n) d_I d_J^T``)."""
+    acc = parts[0]
+    sizes, n_x = acc["sizes"], acc["n_x"]
+    edges = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    split = int(edges[n_x])
+    n, mean = acc["n"], acc["mean"]
+    own = [o.copy() for o in acc["own"]]
+    cross = acc["cross"].copy()
+    for p in parts[1:]:
+        nb = p["n"]
+        if nb == 0:
+            continue
+        if n == 0:
+            n, mean, own, cross = nb, p["mean"], [o.copy() for o in p["own"]], p["cross"].copy()
+            continue
+        tot = n + nb
+        d = p["mean"] - mean
+        f = n * nb / tot
+        for k, (a, e) in enumerate(itertools.pairwise(edges)):
+            own[k] += p["own"][k]
+            own[k] += f * np.outer(d[a:e], d[a:e])
+        cross += p["cross"]
+        cross += f * np.outer(d[:split], d[split:])
+        mean = mean + d * (nb / tot)
+        n = tot
+    return {"n": n, "mean": mean, "own": own, "cross": cross, "sizes": sizes, "n_x": n_x}
+
+
+def _cross_graph(
+    arrays: Sequence[Any], n_x: int, *, names: Sequence[str], split_every: int
+) -> Any:
+    """The lazy :func:`cross_chunk` statistics: one task per row chunk (row
+    chunks unified as :func:`~svcca_dask._stats.accumulate_graph` does), then
+    a tree of :func:`cross_combine`."""
+    if split_every < 2:
+        raise ValueError(f"split_every must be at least 2, got {split_every}")
+    arrays = _unify_rows(arrays)
+    row_chunks = arrays[0].chunks[0]
+    starts = np.concatenate([[0], np.cumsum(row_chunks)])[:-1]
+    per_array = [a.to_delayed(optimize_graph=True).reshape(-1) for a in arrays]
+    chunk = delayed(cross_chunk, pure=True)
+    parts = [
+        chunk(*[b[i] for b in per_array], n_x=n_x, names=names, row_start=int(starts[i]))
+        for i in range(len(row_chunks))
+    ]
+    combine = delayed(cross_combine, pure=True)
+    while len(parts) > 1:
+        parts = [combine(parts[i : i + split_every]) for i in range(0, len(parts), split_every)]
+    return parts[0]
+
+
+@dataclass(frozen=True)
+class _CrossBlocks:
+    """Computed :func:`cross_chunk` statistics, as :class:`PairStats` per pair."""
+
+    n: int
+    mean: np.ndarray
+    own: list[np.ndarray]
+    cross: np.ndarray
+    edges: np.ndarray
+    n_x: int
+
+    @classmethod
+    def from_out(cls, out: dict[str, Any]) -> _CrossBlocks:
+        edges = np.concatenate([[0], np.cumsum(out["sizes"])]).astype(int)
+        return cls(int(out["n"]), out["mean"], out["own"], out["cross"], edges, out["n_x"])
+
+    def pair(self, i: int, j: int) -> PairStats:
+        """Statistics of stacked layer ``i`` (x side) against ``j`` (y side)."""
+        e, split, dof = self.edges, int(self.edges[self.n_x]), self.n - 1
+        xs = slice(e[i], e[i + 1])
+        ys = slice(e[j] - split, e[j + 1] - split)
+        return PairStats(
+            n=self.n,
+            x_mean=self.mean[e[i] : e[i + 1]],
+            y_mean=self.mean[e[j] : e[j + 1]],
+            sxx=self.own[i] / dof,
+            sxy=self.cross[xs, ys] / dof,
+            syy=self.own[j] / dof,
+        )
 
 
 def _pack(ids: Sequence[int], widths: Sequence[int], budget: int) -> list[list[int]]:

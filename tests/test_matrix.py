@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 
 import dask.array as da
@@ -245,3 +246,24 @@ def test_conv_layers_need_conv():
     x = np.zeros((10, 3, 4, 4))
     with pytest.raises(ValueError, match="conv"):
         sd.similarity_matrix({"c": x}, measure="cka")
+
+
+def test_cross_blocks_equal_the_joint_comoment_blocks():
+    from svcca_dask._matrix import cross_chunk, cross_combine
+
+    rng = np.random.default_rng(11)
+    sizes = (3, 5, 4, 2)  # layers 0, 1 on the x side; 2, 3 on the y side
+    z = rng.standard_normal((700, sum(sizes))) * rng.uniform(0.1, 10, sum(sizes)) + 1e4
+    layers = np.split(z, np.cumsum(sizes)[:-1], axis=1)
+    bounds = [0, 1, 90, 333, 334, 700]  # uneven chunks, one of a single row
+    parts = [cross_chunk(*[v[a:b] for v in layers], n_x=2) for a, b in itertools.pairwise(bounds)]
+    out = cross_combine([cross_combine(parts[:2]), cross_combine(parts[2:])])
+    zc = z - z.mean(0)
+    full = zc.T @ zc  # the joint co-moment, two-pass in memory
+    e = np.cumsum((0, *sizes))
+    scale = np.abs(full).max()
+    for k in range(4):  # own blocks: centred despite the 1e4 shift
+        np.testing.assert_allclose(out["own"][k], full[e[k]:e[k + 1], e[k]:e[k + 1]], atol=1e-9 * scale)
+    np.testing.assert_allclose(out["cross"], full[: e[2], e[2]:], atol=1e-9 * scale)  # x-y block only
+    assert out["cross"].shape == (8, 6) and out["n"] == 700
+    np.testing.assert_allclose(out["mean"], z.mean(0), rtol=1e-14)
