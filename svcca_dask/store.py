@@ -398,6 +398,24 @@ class ActivationStore:
         arr = self._array(name)
         return int(_meta(arr).get("complete_samples", arr.shape[0]))
 
+    def fingerprint(self, name: str) -> str:
+        """A token that changes whenever the layer's content may have changed.
+
+        Made of the store's id (new when the store is recreated), the layer's
+        name, shape, dtype and write id (new at every append or truncation).
+        """
+        arr = self._array(name)
+        meta = _meta(arr)
+        parts = [
+            self.store_id,
+            name,
+            "x".join(map(str, arr.shape)),
+            str(arr.dtype),
+            str(meta.get("write_id", "")),
+            str(meta.get("complete_samples", "")),
+        ]
+        return ":".join(parts)
+
     def layer_path(self, name: str) -> str:
         """``"store.zarr/layer"``, the path the measures accept."""
         self._array(name)

@@ -1,0 +1,396 @@
+"""TOML job specs: which stores, layers, pairs, measures, options, cluster, output.
+
+A job file::
+
+    output = "results"                    # folder for the results (required)
+    measures = ["svcca", "cka"]           # svcca, pwcca, cca, cka (default: svcca)
+    pairs = "same-name"                   # "same-name", "all", or [["a/fc", "b/fc"], ...]
+    layers = ["layer*", "fc"]             # names or glob patterns (default: every layer)
+    cluster = "local"                     # "local", "threads", "tcp://host:8786", ...
+
+    [stores]                              # name = path (relative to the job file)
+    a = "acts_a.zarr"
+    b = "acts_b.zarr"
+
+    [options]                             # passed to the measures that take them
+    keep = 0.99
+    epsilon = 1e-10
+    conv = "mean"
+
+Pairs: with two or more stores, ``same-name`` pairs each layer with the layer
+of the same name in every other store (store pairs in the order given), and
+``all`` pairs every selected layer of one store with every selected layer of
+the other; with one store, ``all`` is its layer x layer matrix (``same-name``
+needs two stores). An explicit list names ``"store/layer"`` on both sides.
+
+Everything is checked up front (:func:`load_job`): a key that is not one of
+the above is an error (with the closest valid key), stores must be complete
+activation stores, an unknown layer or a pattern that selects nothing lists
+the available ones, and paired layers must have the same number of samples.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import itertools
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["MEASURES", "OPTIONS", "Job", "JobError", "Pair", "load_job", "parse_job"]
+
+#: Job measure name -> ``svcca_dask`` function name.
+MEASURES: dict[str, str] = {"svcca": "svcca", "pwcca": "pwcca", "cca": "cca", "cka": "linear_cka"}
+
+#: Options a job may set, and what each must be.
+OPTIONS: dict[str, str] = {
+    "keep": "a fraction of variance in (0, 1] or a number of directions (int >= 1)",
+    "epsilon": "a float >= 0",
+    "conv": "a conv-layer reduction such as 'mean', 'samples', 'flatten' or 'dft'",
+    "layout": "'NCHW' or 'NHWC' (default: from the store's dimension names)",
+    "side": "'x', 'y' or 'smaller' (PWCCA)",
+}
+
+_TOP_KEYS = ("output", "stores", "layers", "pairs", "measures", "options", "cluster")
+
+
+class JobError(ValueError):
+    """A job spec that is not valid; the message says what to change."""
+
+
+@dataclass(frozen=True, order=True)
+class Pair:
+    """One pair of layers: ``x_store/x_layer`` against ``y_store/y_layer``."""
+
+    x_store: str
+    x_layer: str
+    y_store: str
+    y_layer: str
+
+    def __str__(self) -> str:
+        return f"{self.x_store}/{self.x_layer} ~ {self.y_store}/{self.y_layer}"
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated job.
+
+    Attributes
+    ----------
+    output : str
+        Absolute path of the results folder.
+    stores : dict of str to str
+        Store name -> absolute path.
+    layers : dict of str to list of str
+        Store name -> selected layers.
+    pairs : list of Pair
+    measures : list of str
+    options : dict
+    cluster : str or dict
+    source : str
+        Where the spec came from (a file path, or "<dict>").
+    """
+
+    output: str
+    stores: dict[str, str]
+    layers: dict[str, list[str]]
+    pairs: list[Pair]
+    measures: list[str]
+    options: dict[str, Any] = field(default_factory=dict)
+    cluster: str | dict[str, Any] = "local"
+    source: str = "<dict>"
+
+    def layer_path(self, store: str, layer: str) -> str:
+        """``"path/to/store.zarr/layer"`` of a store name and layer."""
+        return f"{self.stores[store].rstrip('/')}/{layer}"
+
+    def params(self) -> dict[str, Any]:
+        """The job's parameters, JSON-ready."""
+        return {
+            "source": self.source,
+            "output": self.output,
+            "stores": dict(self.stores),
+            "layers": {k: list(v) for k, v in self.layers.items()},
+            "pairs": [[f"{p.x_store}/{p.x_layer}", f"{p.y_store}/{p.y_layer}"] for p in self.pairs],
+            "measures": list(self.measures),
+            "options": dict(self.options),
+            "cluster": self.cluster,
+        }
+
+
+def load_job(path: str | os.PathLike[str]) -> Job:
+    """Read and validate a TOML job file; relative paths are relative to the file.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    JobError
+        If the spec is not valid (the message says where and what to change).
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            spec = tomllib.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no job file {path!r}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise JobError(f"{path}: not valid TOML: {err}") from None
+    return parse_job(spec, base_dir=os.path.dirname(os.path.abspath(path)), source=path)
+
+
+def _unknown_key(key: str, valid: tuple[str, ...] | list[str], where: str) -> JobError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return JobError(f"{where}: unknown key {key!r}{hint} (valid keys: {', '.join(valid)})")
+
+
+def _str_list(value: Any, where: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise JobError(f"{where} must be a string or a non-empty list of strings, got {value!r}")
+
+
+def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<dict>") -> Job:
+    """Validate a job spec (the parsed TOML) against the stores it names.
+
+    Parameters
+    ----------
+    spec : mapping
+        The job, as :func:`tomllib.load` returns it.
+    base_dir : str
+        Relative store and output paths are relative to this folder.
+    source : str
+        Where the spec came from, for messages.
+
+    Raises
+    ------
+    JobError
+    """
+    from svcca_dask.store import IncompleteLayerError, open_store, select_layers
+
+    where = source
+    for key in spec:
+        if key not in _TOP_KEYS:
+            raise _unknown_key(key, _TOP_KEYS, where)
+
+    def absolute(p: str) -> str:
+        return os.path.normpath(os.path.join(base_dir, os.path.expanduser(p)))
+
+    # output
+    if "output" not in spec:
+        raise JobError(
+            f"{where}: 'output' is missing: the folder for the results, e.g. output = 'results'"
+        )
+    if not isinstance(spec["output"], str) or not spec["output"]:
+        raise JobError(f"{where}: output must be a folder path, got {spec['output']!r}")
+    output = absolute(spec["output"])
+
+    # stores
+    raw_stores = spec.get("stores")
+    if raw_stores is None:
+        raise JobError(f"{where}: 'stores' is missing, e.g. [stores] a = 'acts_a.zarr'")
+    if isinstance(raw_stores, list):
+        named = {}
+        for p in _str_list(raw_stores, f"{where}: stores"):
+            stem = os.path.splitext(os.path.basename(p.rstrip("/")))[0]
+            if stem in named:
+                raise JobError(
+                    f"{where}: two stores are both named {stem!r}; give names in a table: [stores] a = '...'"
+                )
+            named[stem] = p
+        raw_stores = named
+    if not isinstance(raw_stores, Mapping) or not raw_stores:
+        raise JobError(f"{where}: stores must be a table of name = path, got {raw_stores!r}")
+    stores: dict[str, str] = {}
+    opened: dict[str, Any] = {}
+    for name, p in raw_stores.items():
+        if "/" in name or not name:
+            raise JobError(f"{where}: store name {name!r} must be non-empty and contain no '/'")
+        if not isinstance(p, str):
+            raise JobError(f"{where}: stores.{name} must be a path string, got {p!r}")
+        stores[name] = absolute(p)
+        try:
+            opened[name] = open_store(stores[name])
+        except (FileNotFoundError, ValueError) as err:
+            raise JobError(f"{where}: stores.{name}: {err}") from None
+
+    # layers
+    raw_layers = spec.get("layers", "**")
+    layers: dict[str, list[str]] = {}
+    for name, s in opened.items():
+        if isinstance(raw_layers, Mapping):
+            for key in raw_layers:
+                if key not in stores:
+                    raise _unknown_key(key, list(stores), f"{where}: layers")
+            patterns = raw_layers.get(name, "**")
+        else:
+            patterns = raw_layers
+        patterns = _str_list(patterns, f"{where}: layers")
+        try:
+            layers[name] = select_layers(s.layer_names(), patterns, where=f"store {name!r}")
+        except ValueError as err:
+            raise JobError(f"{where}: layers: {err}") from None
+
+    # pairs
+    raw_pairs = spec.get("pairs", "same-name")
+    names = list(stores)
+    pairs: list[Pair] = []
+    if raw_pairs == "same-name":
+        if len(names) < 2:
+            raise JobError(
+                f"{where}: pairs = 'same-name' needs two or more stores; with one store use "
+                "pairs = 'all' (its layer x layer matrix) or an explicit list"
+            )
+        for a, b in itertools.combinations(names, 2):
+            common = [layer for layer in layers[a] if layer in layers[b]]
+            pairs.extend(Pair(a, layer, b, layer) for layer in common)
+        if not pairs:
+            raise JobError(
+                f"{where}: pairs = 'same-name' found no layer name selected in two stores "
+                f"(selected: {', '.join(f'{k}: {v}' for k, v in layers.items())})"
+            )
+    elif raw_pairs == "all":
+        store_pairs = (
+            [(names[0], names[0])] if len(names) == 1 else itertools.combinations(names, 2)
+        )
+        for a, b in store_pairs:
+            pairs.extend(Pair(a, la, b, lb) for la in layers[a] for lb in layers[b])
+    elif isinstance(raw_pairs, list) and raw_pairs:
+        for item in raw_pairs:
+            if not (
+                isinstance(item, list) and len(item) == 2 and all(isinstance(v, str) for v in item)
+            ):
+                raise JobError(
+                    f"{where}: each explicit pair is ['store/layer', 'store/layer'], got {item!r}"
+                )
+            sides = []
+            for ref in item:
+                store, sep, layer = ref.partition("/")
+                if not sep or store not in stores:
+                    raise JobError(
+                        f"{where}: pair entry {ref!r} must be 'store/layer' with a store of "
+                        f"[stores] ({', '.join(stores)})"
+                    )
+                if layer not in opened[store].layer_names():
+                    raise JobError(
+                        f"{where}: pair entry {ref!r}: store {store!r} has no layer {layer!r}; "
+                        f"available: {', '.join(opened[store].layer_names())}"
+                    )
+                sides.append((store, layer))
+            pairs.append(Pair(sides[0][0], sides[0][1], sides[1][0], sides[1][1]))
+    else:
+        raise JobError(
+            f"{where}: pairs must be 'same-name', 'all', or a list of ['store/layer', "
+            f"'store/layer'] pairs, got {raw_pairs!r}"
+        )
+    pairs = list(dict.fromkeys(pairs))
+
+    # measures
+    measures = _str_list(spec.get("measures", ["svcca"]), f"{where}: measures")
+    for m in measures:
+        if m not in MEASURES:
+            close = difflib.get_close_matches(m, list(MEASURES), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise JobError(
+                f"{where}: unknown measure {m!r}{hint} (measures: {', '.join(MEASURES)})"
+            )
+    measures = list(dict.fromkeys(measures))
+
+    # options
+    options = dict(spec.get("options", {}))
+    if not isinstance(spec.get("options", {}), Mapping):
+        raise JobError(f"{where}: options must be a table, e.g. [options] keep = 0.99")
+    for key, value in options.items():
+        if key not in OPTIONS:
+            raise _unknown_key(key, list(OPTIONS), f"{where}: options")
+        _check_option(key, value, where)
+    _check_supported(options, measures, where)
+
+    # cluster
+    cluster = spec.get("cluster", "local")
+    if not isinstance(cluster, (str, Mapping)):
+        raise JobError(
+            f"{where}: cluster must be a string ('local', 'threads', a scheduler address) or "
+            f"a table, got {cluster!r}"
+        )
+    cluster = cluster if isinstance(cluster, str) else dict(cluster)
+
+    # every layer a pair uses: complete, same samples, 2-D unless conv is set
+    used: dict[tuple[str, str], Any] = {}
+    for p in pairs:
+        for store, layer in ((p.x_store, p.x_layer), (p.y_store, p.y_layer)):
+            if (store, layer) in used:
+                continue
+            info = opened[store].info(layer)
+            try:
+                opened[store].read(layer)
+            except IncompleteLayerError as err:
+                raise JobError(f"{where}: store {store!r}: {err}") from None
+            if len(info.shape) != 2 and "conv" not in options:
+                raise JobError(
+                    f"{where}: layer {store}/{layer} has dims {info.dims}: set a conv-layer "
+                    "reduction in [options], e.g. conv = 'mean'"
+                )
+            used[(store, layer)] = info
+        nx, ny = used[(p.x_store, p.x_layer)].shape[0], used[(p.y_store, p.y_layer)].shape[0]
+        if nx != ny:
+            raise JobError(
+                f"{where}: pair {p}: {nx} and {ny} samples; paired layers must hold the same "
+                "samples in the same order"
+            )
+    return Job(
+        output=output,
+        stores=stores,
+        layers=layers,
+        pairs=pairs,
+        measures=measures,
+        options=options,
+        cluster=cluster,
+        source=source,
+    )
+
+
+def _check_option(key: str, value: Any, where: str) -> None:
+    ok = True
+    if key == "keep":
+        if isinstance(value, bool):
+            ok = False
+        elif isinstance(value, int):
+            ok = value >= 1
+        elif isinstance(value, float):
+            ok = 0.0 < value <= 1.0
+        else:
+            ok = False
+    elif key == "epsilon":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    elif key in ("conv", "layout"):
+        ok = isinstance(value, str) and bool(value)
+        if key == "layout" and ok:
+            ok = value.upper() in ("NCHW", "NHWC")
+    elif key == "side":
+        ok = value in ("x", "y", "smaller")
+    if not ok:
+        raise JobError(f"{where}: options.{key} must be {OPTIONS[key]}, got {value!r}")
+
+
+def _check_supported(options: Mapping[str, Any], measures: list[str], where: str) -> None:
+    """Options the installed measures do not take are errors, not silently dropped."""
+    import svcca_dask
+
+    for key in options:
+        takers = [
+            m
+            for m in measures
+            if key in inspect.signature(getattr(svcca_dask, MEASURES[m])).parameters
+        ]
+        if not takers:
+            raise JobError(
+                f"{where}: options.{key} applies to none of the measures {measures} "
+                "in this version of svcca_dask; remove it or add a measure that takes it"
+            )

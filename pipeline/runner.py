@@ -1,0 +1,578 @@
+"""Run jobs: compute what a job asks, write results as they complete, skip what exists.
+
+A run writes into the job's output folder:
+
+- ``results.csv`` and ``results.parquet`` (when pyarrow is installed): the tidy
+  table, one row per (pair, measure), columns :data:`COLUMNS`;
+- ``coefficients.zarr``: a Zarr group with one subgroup per result (named by
+  its ``result_id``) holding ``coefficients`` (and ``weights`` for PWCCA),
+  its pair, measure and options in the attributes;
+- ``job.json``: the job's parameters, the versions, and the run's state.
+
+Every file is written to a temporary name and renamed into place, and a row
+reaches the table only after its arrays are in place: a killed run leaves no
+half-written result. Each result's ``result_id`` hashes its inputs'
+fingerprints (store id, layer, shape, write id) and the measure's options: a
+rerun reuses rows whose id is unchanged and recomputes the others; ``force``
+recomputes everything.
+
+All math is in :mod:`svcca_dask`: pairs of the same store pair and measure
+that form a full layer x layer product share one pass
+(:func:`svcca_dask.similarity_matrix`); other pairs use the pair measures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as _dt
+import hashlib
+import inspect
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .jobs import MEASURES, Job, Pair
+from .progress import Progress
+
+__all__ = ["COLUMNS", "RunReport", "compare_pair", "open_cluster", "run_job"]
+
+log = logging.getLogger(__name__)
+
+#: Columns of the results table, in order.
+COLUMNS = (
+    "x_store",
+    "x_layer",
+    "y_store",
+    "y_layer",
+    "measure",
+    "score",
+    "n_samples",
+    "n_coefficients",
+    "x_kept",
+    "y_kept",
+    "options",
+    "result_id",
+    "x_path",
+    "y_path",
+    "computed_at",
+)
+_INT_COLUMNS = ("n_samples", "n_coefficients", "x_kept", "y_kept")
+RESULTS_FORMAT = 1
+
+
+@dataclass
+class RunReport:
+    """What a run did.
+
+    Attributes
+    ----------
+    output : str
+        The results folder.
+    computed : int
+        Results computed in this run.
+    reused : int
+        Results kept from an earlier run (same inputs and parameters).
+    rows : list of dict
+        The results table.
+    passes : int
+        Computations run (one per similarity matrix or per pair).
+    """
+
+    output: str
+    computed: int = 0
+    reused: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    passes: int = 0
+
+    def summary(self) -> str:
+        """One line for the CLI."""
+        return (
+            f"{self.computed} result(s) computed, {self.reused} reused; "
+            f"table: {os.path.join(self.output, 'results.csv')}"
+        )
+
+
+# --------------------------------------------------------------------------- #
+# atomic files
+
+
+def _replace(src: str, dst: str) -> None:
+    """Rename ``src`` over ``dst`` (atomic on POSIX file systems)."""
+    os.replace(src, dst)
+
+
+def _atomic_bytes(path: str, data: bytes) -> None:
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        _replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_json(path: str, obj: Any) -> None:
+    _atomic_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _write_table(output: str, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS})
+    _atomic_bytes(os.path.join(output, "results.csv"), buf.getvalue().encode())
+    parquet = os.path.join(output, "results.parquet")
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(parquet)  # never leave a table that disagrees with the CSV
+        return
+    types = {
+        "score": pa.float64(),
+        **{c: pa.int64() for c in _INT_COLUMNS},
+    }
+    schema = pa.schema([(c, types.get(c, pa.string())) for c in COLUMNS])
+    table = pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS} for r in rows], schema=schema)
+    tmp = f"{parquet}.{uuid.uuid4().hex}.tmp"
+    try:
+        pq.write_table(table, tmp)
+        _replace(tmp, parquet)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _read_table(output: str) -> list[dict[str, Any]]:
+    path = os.path.join(output, "results.csv")
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for r in rows:
+        try:
+            row: dict[str, Any] = {k: (r.get(k) or None) for k in COLUMNS}
+            row["score"] = float(r["score"])
+            for c in _INT_COLUMNS:
+                row[c] = int(r[c]) if r.get(c) else None
+        except (KeyError, TypeError, ValueError):
+            log.warning("ignoring an unreadable row of %s: %r", path, r)
+            continue
+        out.append(row)
+    return out
+
+
+def _write_arrays(
+    group_path: str, result_id: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any]
+) -> None:
+    """Write one result's arrays as ``group_path/result_id``, atomically (rename into place)."""
+    import zarr
+
+    tmp = os.path.join(os.path.dirname(group_path), f".tmp-{result_id}-{uuid.uuid4().hex[:8]}")
+    try:
+        g = zarr.open_group(tmp, mode="w", zarr_format=3, attributes=attrs)
+        for name, value in arrays.items():
+            g.create_array(name, data=np.ascontiguousarray(value, dtype=np.float64))
+        final = os.path.join(group_path, result_id)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        _replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _has_arrays(group_path: str, row: dict[str, Any]) -> bool:
+    return os.path.isfile(os.path.join(group_path, str(row["result_id"]), "zarr.json"))
+
+
+# --------------------------------------------------------------------------- #
+# cluster
+
+
+@contextlib.contextmanager
+def open_cluster(spec: str | Mapping[str, Any] | None) -> Iterator[Any]:
+    """The Dask client for a job's ``cluster`` (a context manager; yields None for threads).
+
+    ``None``, ``"threads"`` or ``"none"``: Dask's threaded scheduler, no
+    ``distributed``. A string: :func:`svcca_dask.cluster.connect` (``"local"``,
+    a scheduler address, a scheduler file, ``"slurm"``...). A table: its
+    ``spec`` key (default ``"local"``) and the rest as ``connect`` options
+    (``n_workers``, ``threads_per_worker``, ``processes``,
+    ``dashboard_address = "127.0.0.1:0"`` for any free port...).
+    """
+    if spec is None or spec in ("threads", "none"):
+        yield None
+        return
+    from svcca_dask.cluster import connect
+
+    if isinstance(spec, Mapping):
+        options = dict(spec)
+        text = options.pop("spec", "local")
+    else:
+        text, options = spec, {}
+    with connect(text, **options) as conn:
+        yield conn.client
+
+
+# --------------------------------------------------------------------------- #
+# measures
+
+
+def _function(measure: str) -> Any:
+    import svcca_dask
+
+    return getattr(svcca_dask, MEASURES[measure])
+
+
+def _measure_options(measure: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The job options that ``measure`` takes (by its signature)."""
+    params = inspect.signature(_function(measure)).parameters
+    return {k: v for k, v in sorted(options.items()) if k in params}
+
+
+def _result_arrays(result: Any) -> dict[str, np.ndarray]:
+    arrays = {}
+    if hasattr(result, "coefficients"):
+        arrays["coefficients"] = np.asarray(result.coefficients)
+    if hasattr(result, "weights"):
+        arrays["weights"] = np.asarray(result.weights)
+    return arrays
+
+
+def _row_fields(result: Any) -> dict[str, Any]:
+    coefs = getattr(result, "coefficients", None)
+    return {
+        "score": float(result.score),
+        "n_samples": int(result.n_samples),
+        "n_coefficients": None if coefs is None else len(coefs),
+        "x_kept": getattr(result, "x_kept", None),
+        "y_kept": getattr(result, "y_kept", None),
+    }
+
+
+def compare_pair(
+    x: Any,
+    y: Any,
+    *,
+    measure: str = "svcca",
+    options: Mapping[str, Any] | None = None,
+    cluster: str | Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Compare two layers and return a JSON-ready dict (what ``svcca-dask compare`` prints).
+
+    Parameters
+    ----------
+    x, y : str or array-like
+        Layers, typically ``"store.zarr/layer"`` paths.
+    measure : {"svcca", "pwcca", "cca", "cka"}
+    options : mapping, optional
+        Options of the measure (``keep``, ``epsilon``, ``conv``, ...); an
+        option the measure does not take is an error.
+    cluster : str or mapping, optional
+        Run on a Dask cluster (see :func:`open_cluster`); default threads.
+    progress : bool, default False
+        Dask's progress bar on stderr (threaded scheduler).
+
+    Returns
+    -------
+    dict
+        ``score``, ``coefficients`` (a list; empty for CKA), ``measure``,
+        ``x``, ``y``, ``n_samples``, ``options``, and ``x_kept``/``y_kept``
+        for SVCCA, ``weights`` for PWCCA.
+    """
+    if measure not in MEASURES:
+        raise ValueError(f"unknown measure {measure!r}; choose one of {', '.join(MEASURES)}")
+    options = dict(options or {})
+    fn = _function(measure)
+    params = inspect.signature(fn).parameters
+    unknown = sorted(k for k in options if k not in params)
+    if unknown:
+        raise ValueError(
+            f"measure {measure!r} takes no option {', '.join(unknown)} in this version of svcca_dask"
+        )
+    with open_cluster(cluster) as client:
+        bar: Any = contextlib.nullcontext()
+        if progress and client is None:
+            from dask.diagnostics import ProgressBar
+
+            bar = ProgressBar(out=sys.stderr)
+        with bar:
+            result = fn(x, y, **options)
+    out: dict[str, Any] = {
+        "x": os.fspath(x) if isinstance(x, (str, os.PathLike)) else type(x).__name__,
+        "y": os.fspath(y) if isinstance(y, (str, os.PathLike)) else type(y).__name__,
+        "measure": measure,
+        "options": options,
+        "score": float(result.score),
+        "coefficients": np.asarray(getattr(result, "coefficients", [])).tolist(),
+        "n_samples": int(result.n_samples),
+    }
+    for attr in ("x_kept", "y_kept"):
+        if hasattr(result, attr):
+            out[attr] = int(getattr(result, attr))
+    if hasattr(result, "weights"):
+        out["weights"] = np.asarray(result.weights).tolist()
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# planning
+
+
+@dataclass
+class _Task:
+    pair: Pair
+    measure: str
+    options: dict[str, Any]
+    result_id: str
+
+
+@dataclass
+class _Group:
+    """Tasks of one measure and store pair, computed together."""
+
+    measure: str
+    options: dict[str, Any]
+    x_store: str
+    y_store: str
+    tasks: list[_Task]
+
+    @property
+    def matrix(self) -> bool:
+        """Whether the pairs are a full layer x layer product (one similarity-matrix pass)."""
+        if len(self.tasks) < 2 or self.options.get("conv") == "dft":
+            return False
+        rows = list(dict.fromkeys(t.pair.x_layer for t in self.tasks))
+        cols = list(dict.fromkeys(t.pair.y_layer for t in self.tasks))
+        pairs = {(t.pair.x_layer, t.pair.y_layer) for t in self.tasks}
+        return len(pairs) == len(self.tasks) == len(rows) * len(cols)
+
+
+def _result_id(fingerprints: tuple[str, str], measure: str, options: Mapping[str, Any]) -> str:
+    blob = json.dumps(
+        {
+            "x": fingerprints[0],
+            "y": fingerprints[1],
+            "measure": measure,
+            "options": options,
+            "format": RESULTS_FORMAT,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _plan(job: Job) -> list[_Task]:
+    from svcca_dask.store import open_store
+
+    stores = {name: open_store(path) for name, path in job.stores.items()}
+    fps: dict[tuple[str, str], str] = {}
+
+    def fp(store: str, layer: str) -> str:
+        if (store, layer) not in fps:
+            fps[(store, layer)] = stores[store].fingerprint(layer)
+        return fps[(store, layer)]
+
+    tasks = []
+    for measure in job.measures:
+        opts = _measure_options(measure, job.options)
+        for p in job.pairs:
+            rid = _result_id((fp(p.x_store, p.x_layer), fp(p.y_store, p.y_layer)), measure, opts)
+            tasks.append(_Task(p, measure, opts, rid))
+    return tasks
+
+
+def _groups(tasks: list[_Task]) -> list[_Group]:
+    groups: dict[tuple[str, str, str], _Group] = {}
+    for t in tasks:
+        key = (t.measure, t.pair.x_store, t.pair.y_store)
+        if key not in groups:
+            groups[key] = _Group(t.measure, t.options, t.pair.x_store, t.pair.y_store, [])
+        groups[key].tasks.append(t)
+    return list(groups.values())
+
+
+def _compute(job: Job, group: _Group) -> Iterator[tuple[_Task, Any]]:
+    """Yield ``(task, result)`` of a group: one similarity-matrix pass, or one pass per pair."""
+    import svcca_dask
+
+    if group.matrix:
+        rows = list(dict.fromkeys(t.pair.x_layer for t in group.tasks))
+        cols = list(dict.fromkeys(t.pair.y_layer for t in group.tasks))
+        xs = {r: job.layer_path(group.x_store, r) for r in rows}
+        same = group.x_store == group.y_store and rows == cols
+        ys = None if same else {c: job.layer_path(group.y_store, c) for c in cols}
+        log.info(
+            "similarity matrix %s: %s (%d x %d)", group.measure, group.x_store, len(rows), len(cols)
+        )
+        mat = svcca_dask.similarity_matrix(xs, ys, measure=group.measure, **group.options)
+        for t in group.tasks:
+            yield t, mat[(t.pair.x_layer, t.pair.y_layer)]
+        return
+    fn = _function(group.measure)
+    for t in group.tasks:
+        log.info("%s %s", group.measure, t.pair)
+        x = job.layer_path(t.pair.x_store, t.pair.x_layer)
+        y = job.layer_path(t.pair.y_store, t.pair.y_layer)
+        yield t, fn(x, y, **t.options)
+
+
+def _versions() -> dict[str, str]:
+    import dask
+    import distributed
+    import zarr
+
+    import svcca_dask
+
+    return {
+        "python": sys.version.split()[0],
+        "svcca_dask": svcca_dask.__version__,
+        "numpy": np.__version__,
+        "dask": dask.__version__,
+        "distributed": distributed.__version__,
+        "zarr": zarr.__version__,
+    }
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- #
+# running
+
+
+def run_job(
+    job: Job,
+    *,
+    force: bool = False,
+    cluster: str | Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> RunReport:
+    """Run a validated job (see :func:`pipeline.jobs.load_job`).
+
+    Parameters
+    ----------
+    job : Job
+    force : bool, default False
+        Recompute every result, even those an earlier run wrote for the same
+        inputs and parameters.
+    cluster : str or mapping, optional
+        Overrides ``job.cluster`` (see :func:`open_cluster`).
+    progress : bool, default True
+        A progress bar on stderr, one step per result.
+
+    Returns
+    -------
+    RunReport
+    """
+    import zarr
+
+    os.makedirs(job.output, exist_ok=True)
+    group_path = os.path.join(job.output, "coefficients.zarr")
+    if not os.path.isfile(os.path.join(group_path, "zarr.json")):
+        zarr.open_group(
+            group_path, mode="w", zarr_format=3, attributes={"results_format": RESULTS_FORMAT}
+        )
+
+    tasks = _plan(job)
+    previous = {} if force else {r["result_id"]: r for r in _read_table(job.output)}
+    rows: dict[str, dict[str, Any]] = {}
+    for t in tasks:
+        row = previous.get(t.result_id)
+        if row is not None and _has_arrays(group_path, row):
+            rows[t.result_id] = row
+    report = RunReport(output=job.output, reused=len(rows))
+    todo = [t for t in tasks if t.result_id not in rows]
+
+    meta_path = os.path.join(job.output, "job.json")
+    meta = {
+        "params": job.params(),
+        "versions": _versions(),
+        "results_format": RESULTS_FORMAT,
+        "started": _now(),
+        "state": "running",
+        "force": force,
+    }
+    _atomic_json(meta_path, meta)
+
+    def ordered() -> list[dict[str, Any]]:
+        return [rows[t.result_id] for t in tasks if t.result_id in rows]
+
+    bar = Progress(total=len(tasks), desc="run", enabled=progress)
+    bar.update(len(rows))
+    try:
+        with open_cluster(job.cluster if cluster is None else cluster):
+            for group in _groups(todo):
+                report.passes += 1 if group.matrix else len(group.tasks)
+                for t, result in _compute(job, group):
+                    p = t.pair
+                    attrs = {
+                        "pair": [f"{p.x_store}/{p.x_layer}", f"{p.y_store}/{p.y_layer}"],
+                        "measure": t.measure,
+                        "options": t.options,
+                        "score": float(result.score),
+                    }
+                    _write_arrays(group_path, t.result_id, _result_arrays(result), attrs)
+                    rows[t.result_id] = {
+                        "x_store": p.x_store,
+                        "x_layer": p.x_layer,
+                        "y_store": p.y_store,
+                        "y_layer": p.y_layer,
+                        "measure": t.measure,
+                        **_row_fields(result),
+                        "options": json.dumps(t.options, sort_keys=True),
+                        "result_id": t.result_id,
+                        "x_path": job.layer_path(p.x_store, p.x_layer),
+                        "y_path": job.layer_path(p.y_store, p.y_layer),
+                        "computed_at": _now(),
+                    }
+                    report.computed += 1
+                    bar.update(1)
+                _write_table(job.output, ordered())  # results as each group completes
+    finally:
+        bar.close()
+    report.rows = ordered()
+    _write_table(job.output, report.rows)
+    _prune(job.output, group_path, {r["result_id"] for r in report.rows})
+    meta.update(state="finished", finished=_now(), computed=report.computed, reused=report.reused)
+    _atomic_json(meta_path, meta)
+    return report
+
+
+def _prune(output: str, group_path: str, keep: set[str]) -> None:
+    """Remove result groups no row refers to (stale parameters or inputs), and leftovers of kills."""
+    for name in os.listdir(output):
+        full = os.path.join(output, name)
+        if name.startswith(".tmp-") and os.path.isdir(full):
+            shutil.rmtree(full, ignore_errors=True)
+        elif name.endswith(".tmp") and os.path.isfile(full):
+            os.unlink(full)
+    for name in os.listdir(group_path):
+        full = os.path.join(group_path, name)
+        if name in keep or not os.path.isdir(full):
+            continue
+        if name.startswith(".tmp-") or (
+            len(name) == 24 and all(c in "0123456789abcdef" for c in name)
+        ):
+            shutil.rmtree(full, ignore_errors=True)

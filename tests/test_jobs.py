@@ -1,0 +1,137 @@
+"""TOML job specs: parsing, pair expansion, and validation errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.jobs import JobError, Pair, load_job, parse_job
+from svcca_dask.store import create_store
+
+
+@pytest.fixture
+def stores(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        s = create_store(tmp_path / f"{name}.zarr")
+        for layer, d in (("layer1", 4), ("layer2", 3), ("fc", 2)):
+            s.append(layer, rng.standard_normal((20, d)))
+        s.append("conv1", rng.standard_normal((20, 2, 3, 3)))
+    short = create_store(tmp_path / "short.zarr")
+    short.append("fc", rng.standard_normal((10, 2)))
+    return tmp_path
+
+
+def write(tmp_path, text):
+    path = tmp_path / "job.toml"
+    path.write_text(text)
+    return path
+
+
+BASE = """
+output = "out"
+[stores]
+a = "a.zarr"
+b = "b.zarr"
+"""
+
+
+def test_defaults_and_relative_paths(stores):
+    job = load_job(write(stores, 'layers = "fc"\n' + BASE))
+    assert job.output == str(stores / "out")  # relative to the job file
+    assert job.stores == {"a": str(stores / "a.zarr"), "b": str(stores / "b.zarr")}
+    assert job.measures == ["svcca"] and job.cluster == "local" and job.options == {}
+
+
+def test_same_name_pairs(stores):
+    job = load_job(write(stores, 'layers = ["layer*", "fc"]\n' + BASE))
+    assert job.pairs == [Pair("a", n, "b", n) for n in ("fc", "layer1", "layer2")]
+
+
+def test_all_pairs_two_stores_and_one_store(stores):
+    job = load_job(write(stores, 'pairs = "all"\nlayers = ["layer?"]\n' + BASE))
+    assert [(p.x_layer, p.y_layer) for p in job.pairs] == [
+        ("layer1", "layer1"),
+        ("layer1", "layer2"),
+        ("layer2", "layer1"),
+        ("layer2", "layer2"),
+    ]  # every layer of a against every layer of b
+    one = parse_job(
+        {"output": "o", "stores": {"a": "a.zarr"}, "pairs": "all", "layers": ["fc", "layer1"]},
+        base_dir=str(stores),
+    )
+    assert {(p.x_layer, p.y_layer) for p in one.pairs} == {
+        ("fc", "fc"),
+        ("fc", "layer1"),
+        ("layer1", "fc"),
+        ("layer1", "layer1"),
+    }  # one store: its layer x layer matrix
+
+
+def test_explicit_pairs_and_options(stores):
+    job = load_job(
+        write(
+            stores,
+            'pairs = [["a/layer1", "b/fc"], ["b/layer2", "a/layer2"]]\n'
+            'measures = ["svcca", "cka", "pwcca", "cca"]\n'
+            'cluster = "tcp://127.0.0.1:8786"\n' + BASE + "[options]\nkeep = 5\nepsilon = 1e-8\n",
+        )
+    )
+    assert job.pairs == [Pair("a", "layer1", "b", "fc"), Pair("b", "layer2", "a", "layer2")]
+    assert job.options == {"keep": 5, "epsilon": 1e-8}
+    assert job.cluster == "tcp://127.0.0.1:8786"
+    assert job.params()["pairs"] == [["a/layer1", "b/fc"], ["b/layer2", "a/layer2"]]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("mesures = ['svcca']\n" + BASE, r"unknown key 'mesures'; did you mean 'measures'\?"),
+        (BASE.replace('output = "out"', ""), "'output' is missing"),
+        ("measures = ['svca']\n" + BASE, r"unknown measure 'svca'; did you mean 'svcca'\?"),
+        (
+            "layers = ['layer9']\n" + BASE,
+            r"'layer9' is not a layer of store 'a'; available: .*layer1",
+        ),
+        ("layers = ['blk*']\n" + BASE, r"'blk\*' matches no layer of store 'a'"),
+        (BASE + "[options]\nkep = 0.9\n", r"options: unknown key 'kep'; did you mean 'keep'\?"),
+        (BASE + "[options]\nkeep = 1.5\n", "options.keep must be a fraction"),
+        (BASE + "[options]\nkeep = 0\n", "options.keep must be"),
+        (BASE + "[options]\nside = 'left'\n", "options.side must be"),
+        ("pairs = 'some'\n" + BASE, "pairs must be 'same-name', 'all', or a list"),
+        ("pairs = [['a/fc', 'c/fc']]\n" + BASE, "with a store of \\[stores\\]"),
+        ("pairs = [['a/fc', 'b/nope']]\n" + BASE, "store 'b' has no layer 'nope'; available"),
+        ("pairs = [['a/fc']]\n" + BASE, "each explicit pair"),
+        ('output = "o"\n[stores]\na = "a.zarr"\n', "'same-name' needs two or more stores"),
+        ("layers = ['conv1']\n" + BASE, r"conv1 has dims .*set a conv-layer reduction"),
+        (BASE + 'c = "missing.zarr"\n', "stores.c: no activation store"),
+        ('pairs = [["a/fc", "s/fc"]]\n' + BASE + 's = "short.zarr"\n', "20 and 10 samples"),
+        ("cluster = 3\n" + BASE, "cluster must be"),
+        ("output = [\n", "not valid TOML"),
+    ],
+)
+def test_validation_errors(stores, text, message):
+    with pytest.raises(JobError, match=message):
+        load_job(write(stores, text))
+
+
+def test_incomplete_store_refused_up_front(stores):
+    s = create_store(stores / "c.zarr")
+    s.append("fc", np.ones((20, 2)), expected_samples=40)
+    with pytest.raises(JobError, match="incomplete"):
+        load_job(write(stores, 'layers = "fc"\n' + BASE + 'c = "c.zarr"\n'))
+
+
+def test_all_layers_by_default(stores):
+    with pytest.raises(JobError, match="conv1"):  # the default selects every layer, conv1 too
+        load_job(write(stores, BASE))
+
+
+def test_missing_job_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no job file"):
+        load_job(tmp_path / "nope.toml")
+
+
+def test_option_no_measure_takes_is_an_error(stores):
+    with pytest.raises(JobError, match=r"options\.keep applies to none of the measures"):
+        load_job(write(stores, "measures = ['cka']\n" + BASE + "[options]\nkeep = 0.9\n"))

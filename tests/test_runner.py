@@ -1,0 +1,221 @@
+"""The job runner: results, shared passes, idempotent reruns, --force, atomic writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import zarr
+
+import pipeline.runner as runner
+import svcca_dask as sd
+from pipeline.jobs import parse_job
+from pipeline.runner import COLUMNS, compare_pair, run_job
+from svcca_dask.store import create_store, open_store
+
+
+def make_stores(root, n=200):
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((n, 6))
+    for k, name in enumerate(("a", "b")):
+        s = create_store(root / f"{name}.zarr")
+        s.append("l1", base @ rng.standard_normal((6, 7)) + 0.1 * k * rng.standard_normal((n, 7)))
+        s.append("l2", np.tanh(base @ rng.standard_normal((6, 5))))
+        s.append("l3", rng.standard_normal((n, 4)))
+
+
+def job_for(root, **over):
+    spec = {
+        "output": "out",
+        "stores": {"a": "a.zarr", "b": "b.zarr"},
+        "measures": ["svcca", "cka", "pwcca"],
+        "pairs": "all",
+        "options": {"keep": 0.99},
+        "cluster": "threads",
+    }
+    spec.update(over)
+    return parse_job(spec, base_dir=str(root))
+
+
+def read_csv(root):
+    with open(root / "out" / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def root(tmp_path):
+    make_stores(tmp_path)
+    return tmp_path
+
+
+def test_end_to_end_on_a_local_cluster(root):
+    cluster = {
+        "spec": "local",
+        "n_workers": 1,
+        "threads_per_worker": 2,
+        "processes": False,
+        "dashboard_address": "127.0.0.1:0",
+    }
+    report = run_job(job_for(root, cluster=cluster), progress=False)
+    assert report.computed == 27 and report.reused == 0  # 3 x 3 pairs x 3 measures
+    assert report.passes == 3  # one similarity-matrix pass per measure, not one per pair
+    rows = read_csv(root)
+    assert list(rows[0]) == list(COLUMNS)
+    assert {"x_store", "x_layer", "y_store", "y_layer", "measure", "score"} <= set(rows[0])
+    # every score equals the library's own pair call
+    for r in rows:
+        fn = {"svcca": sd.svcca, "cka": sd.linear_cka, "pwcca": sd.pwcca}[r["measure"]]
+        opts = json.loads(r["options"])
+        want = fn(str(root / f"{r['x_store']}.zarr" / r["x_layer"]), r["y_path"], **opts).score
+        assert float(r["score"]) == pytest.approx(want, rel=1e-9, abs=1e-12)
+    # parquet holds the same table, typed
+    table = pq.read_table(root / "out" / "results.parquet").to_pylist()
+    assert [t["result_id"] for t in table] == [r["result_id"] for r in rows]
+    assert all(isinstance(t["score"], float) for t in table)
+    # coefficient arrays in a Zarr group, one subgroup per result
+    r = next(r for r in rows if r["measure"] == "svcca" and r["x_layer"] == "l1" == r["y_layer"])
+    g = zarr.open_group(str(root / "out" / "coefficients.zarr" / r["result_id"]), mode="r")
+    coefs = g["coefficients"][:]
+    assert len(coefs) == int(r["n_coefficients"]) and float(r["score"]) == pytest.approx(
+        coefs.mean()
+    )
+    assert g.attrs["pair"] == ["a/l1", "b/l1"] and g.attrs["measure"] == "svcca"
+    pw = next(r for r in rows if r["measure"] == "pwcca")
+    pwg = zarr.open_group(str(root / "out" / "coefficients.zarr" / pw["result_id"]), mode="r")
+    assert pwg["weights"][:].sum() == pytest.approx(1.0)  # PWCCA weights kept too
+    # parameters and versions beside the results
+    meta = json.loads((root / "out" / "job.json").read_text())
+    assert meta["state"] == "finished" and meta["params"]["options"] == {"keep": 0.99}
+    assert meta["versions"]["svcca_dask"] == sd.__version__
+
+
+def test_same_name_pairs_use_pair_calls(root):
+    report = run_job(job_for(root, pairs="same-name", measures=["cca"], options={}), progress=False)
+    assert report.computed == 3 and report.passes == 3  # the diagonal: one pass per pair
+    rows = read_csv(root)
+    assert [(r["x_layer"], r["y_layer"]) for r in rows] == [
+        ("l1", "l1"),
+        ("l2", "l2"),
+        ("l3", "l3"),
+    ]
+    want = sd.cca(str(root / "a.zarr" / "l2"), str(root / "b.zarr" / "l2")).score
+    assert float(rows[1]["score"]) == pytest.approx(want, rel=1e-12)
+
+
+def test_rerun_is_idempotent_and_force_recomputes(root):
+    job = job_for(root)
+    run_job(job, progress=False)
+    first = read_csv(root)
+    again = run_job(job, progress=False)
+    assert again.computed == 0 and again.reused == 27  # nothing recomputed
+    assert read_csv(root) == first  # not even the timestamps change
+    forced = run_job(job, force=True, progress=False)
+    assert forced.computed == 27 and forced.reused == 0
+    rows = read_csv(root)
+    assert [r["result_id"] for r in rows] == [r["result_id"] for r in first]  # same ids
+    assert [float(r["score"]) for r in rows] == pytest.approx([float(r["score"]) for r in first])
+
+
+def test_changed_parameter_or_input_is_detected(root):
+    run_job(job_for(root), progress=False)
+    first = {(r["x_layer"], r["y_layer"], r["measure"]): r for r in read_csv(root)}
+
+    changed = run_job(job_for(root, options={"keep": 3}), progress=False)
+    assert changed.computed == 9 and changed.reused == 18  # only svcca takes keep
+    rows = {(r["x_layer"], r["y_layer"], r["measure"]): r for r in read_csv(root)}
+    assert len(rows) == 27  # the old svcca rows are replaced, not kept beside
+    assert rows[("l1", "l1", "svcca")]["result_id"] != first[("l1", "l1", "svcca")]["result_id"]
+    assert int(rows[("l1", "l1", "svcca")]["x_kept"]) == 3
+    assert rows[("l1", "l1", "cka")] == first[("l1", "l1", "cka")]
+    kept = set(os.listdir(root / "out" / "coefficients.zarr")) - {"zarr.json"}
+    assert kept == {r["result_id"] for r in rows.values()}  # stale arrays pruned
+
+    # new data in a layer of b: every pair with b/l3 is recomputed
+    s = open_store(root / "b.zarr", mode="r+")
+    s.truncate("l3", 100)
+    s.append("l3", np.random.default_rng(5).standard_normal((100, 4)))
+    again = run_job(job_for(root, options={"keep": 3}), progress=False)
+    assert again.computed == 9 and again.reused == 18  # 3 x-layers x b/l3 x 3 measures
+    # a recreated store (same name, new content) is a new input too
+    create_store(root / "a.zarr", overwrite=True)
+    rng = np.random.default_rng(9)
+    for layer, d in (("l1", 7), ("l2", 5), ("l3", 4)):
+        open_store(root / "a.zarr", mode="r+").append(layer, rng.standard_normal((200, d)))
+    assert run_job(job_for(root, options={"keep": 3}), progress=False).computed == 27
+
+
+def test_killed_run_leaves_whole_results_and_resumes(root, monkeypatch):
+    job = job_for(root, pairs="same-name")
+    real = runner._compute
+    calls = {"n": 0}
+
+    def dies(job_, group):
+        for item in real(job_, group):
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise KeyboardInterrupt("killed")
+            yield item
+
+    monkeypatch.setattr(runner, "_compute", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(job, progress=False)
+    monkeypatch.undo()
+    rows = read_csv(root)
+    assert len(rows) == 3  # the first measure's group was written whole, nothing half
+    for r in rows:  # every row in the table has its arrays
+        assert (root / "out" / "coefficients.zarr" / r["result_id"] / "zarr.json").is_file()
+    assert json.loads((root / "out" / "job.json").read_text())["state"] == "running"
+    resumed = run_job(job, progress=False)
+    assert resumed.reused == 3 and resumed.computed == 6
+
+
+def test_table_write_is_atomic(root, monkeypatch):
+    job = job_for(root, measures=["cka"], options={})
+    run_job(job, progress=False)
+    before = (root / "out" / "results.csv").read_bytes()
+
+    def crash(src, dst):
+        if dst.endswith("results.csv"):
+            raise KeyboardInterrupt("killed while writing")
+        return os.replace(src, dst)
+
+    monkeypatch.setattr(runner, "_replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(job, force=True, progress=False)
+    monkeypatch.undo()
+    assert (root / "out" / "results.csv").read_bytes() == before  # the old table, whole
+    leftovers = [n for n in os.listdir(root / "out") if n.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_interrupted_array_write_leaves_no_result(root, monkeypatch):
+    job = job_for(root, measures=["svcca"], pairs=[["a/l1", "b/l1"]])
+
+    def crash(src, dst):
+        raise KeyboardInterrupt("killed before the rename")
+
+    monkeypatch.setattr(runner, "_replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(job, progress=False)
+    monkeypatch.undo()
+    names = set(os.listdir(root / "out" / "coefficients.zarr"))
+    assert names == {"zarr.json"}  # no half-written result group
+    assert not (root / "out" / "results.csv").exists()
+    assert run_job(job, progress=False).computed == 1
+
+
+def test_compare_pair(root):
+    x, y = str(root / "a.zarr" / "l1"), str(root / "b.zarr" / "l1")
+    out = compare_pair(x, y, measure="svcca", options={"keep": 4})
+    ref = sd.svcca(x, y, keep=4)
+    assert out["score"] == pytest.approx(ref.score, rel=1e-12)
+    assert out["coefficients"] == pytest.approx(ref.coefficients.tolist())
+    assert out["x_kept"] == 4 and out["n_samples"] == 200
+    json.dumps(out)  # JSON-ready
+    assert compare_pair(x, y, measure="cka")["coefficients"] == []
+    with pytest.raises(ValueError, match="takes no option keep"):
+        compare_pair(x, y, measure="cka", options={"keep": 0.9})
