@@ -1,0 +1,151 @@
+"""The ``svcca-dask`` command line: subcommands, output, exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import svcca_dask as sd
+from pipeline.cli import COMMAND_MODULES, build_parser, main
+from svcca_dask.store import create_store, open_store
+
+
+@pytest.fixture
+def stores(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((120, 5))
+    for k, name in enumerate(("a", "b")):
+        s = create_store(tmp_path / f"{name}.zarr")
+        s.append("fc", base @ rng.standard_normal((5, 6)) + k * 0.1 * rng.standard_normal((120, 6)))
+        s.append("conv", rng.standard_normal((120, 2, 3, 3)))
+    return tmp_path
+
+
+def test_every_command_has_help(capsys):
+    parser = build_parser()
+    names = list(parser._subparsers._group_actions[0].choices)
+    assert {"compare", "extract", "run", "layers"} <= set(names)
+    for name in names:
+        with pytest.raises(SystemExit) as exc:
+            main([name, "--help"])
+        assert exc.value.code == 0
+        assert f"usage: svcca-dask {name}" in capsys.readouterr().out
+    assert "pipeline.cli" in COMMAND_MODULES
+
+
+def test_compare_prints_score_and_json(stores, capsys):
+    x, y = str(stores / "a.zarr" / "fc"), str(stores / "b.zarr" / "fc")
+    assert main(["compare", x, y, "--keep", "4", "--no-progress"]) == 0
+    printed = float(capsys.readouterr().out)
+    assert printed == pytest.approx(sd.svcca(x, y, keep=4).score, abs=1e-6)
+    assert main(["compare", x, y, "--measure", "pwcca", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)  # one JSON object, nothing else on stdout
+    ref = sd.pwcca(x, y)
+    assert out["score"] == pytest.approx(ref.score, rel=1e-12)
+    assert out["coefficients"] == pytest.approx(ref.coefficients.tolist())
+    assert out["measure"] == "pwcca"
+
+
+def test_compare_progress_bar(stores, capsys):
+    x, y = str(stores / "a.zarr" / "fc"), str(stores / "b.zarr" / "fc")
+    assert main(["compare", x, y, "--measure", "cka"]) == 0
+    captured = capsys.readouterr()
+    assert "100%" in captured.err  # Dask's progress bar, on stderr
+    float(captured.out)  # stdout holds the score only
+
+
+def test_failure_is_one_line_exit_1(stores, capsys):
+    code = main(["compare", str(stores / "a.zarr" / "nope"), str(stores / "b.zarr" / "fc")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("svcca-dask compare: error: ") and err.count("\n") == 1
+    assert "Traceback" not in err
+    code = main(["compare", "--verbose", str(stores / "a.zarr" / "nope"), str(stores / "b.zarr")])
+    assert code == 1 and "Traceback" in capsys.readouterr().err  # --verbose shows it
+
+
+def test_usage_error_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "only-one"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "a", "b", "--measure", "nope"])
+    assert exc.value.code == 2
+
+
+def test_layers(stores, capsys):
+    assert main(["layers", str(stores / "a.zarr")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("conv  shape=120x2x3x3  dims=(sample, channel, height, width)")
+    assert out[1].startswith("fc  shape=120x6  dims=(sample, neuron)")
+    assert main(["layers", str(stores / "a.zarr"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info[1]["name"] == "fc" and info[1]["chunks"][1] == 6 and info[1]["complete"]
+    assert main(["layers", str(stores / "missing.zarr")]) == 1
+
+
+def test_run_and_rerun(stores, capsys):
+    job = stores / "job.toml"
+    job.write_text(
+        'output = "out"\nmeasures = ["svcca", "cka"]\nlayers = ["fc"]\ncluster = "threads"\n'
+        '[stores]\na = "a.zarr"\nb = "b.zarr"\n'
+    )
+    assert main(["run", str(job), "--no-progress"]) == 0
+    assert "2 result(s) computed, 0 reused" in capsys.readouterr().out
+    assert main(["run", str(job), "--no-progress"]) == 0
+    assert "0 result(s) computed, 2 reused" in capsys.readouterr().out
+    assert main(["run", str(job), "--force"]) == 0
+    captured = capsys.readouterr()
+    assert "2 result(s) computed" in captured.out and "2/2" in captured.err  # progress bar
+    job.write_text(job.read_text().replace("measures", "mesures"))
+    assert main(["run", str(job)]) == 1
+    assert "did you mean 'measures'" in capsys.readouterr().err
+
+
+MODEL_FILE = """
+import torch
+from torch import nn
+
+
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    return torch.utils.data.TensorDataset(torch.randn(30, 4, generator=g), torch.arange(30) % 3)
+"""
+
+
+def test_extract(tmp_path, capsys):
+    pytest.importorskip("torch")
+    f = tmp_path / "mymodel.py"
+    f.write_text(MODEL_FILE)
+    out = tmp_path / "acts.zarr"
+    args = ["extract", "--model", f"{f}:model", "--data", f"{f}:data", "--out", str(out)]
+    assert main([*args, "--layers", "0", "2", "--batch-size", "8"]) == 0
+    captured = capsys.readouterr()
+    assert "4/4" in captured.err  # one progress step per batch
+    s = open_store(out)
+    assert s.layer_names() == ["0", "2"] and s.info("0").shape == (30, 6)
+    np.testing.assert_array_equal(s.labels().compute(), np.arange(30) % 3)
+    assert main([*args, "--layers", "9"]) == 1
+    assert "'9' is not a layer" in capsys.readouterr().err
+
+
+def test_console_script_exit_codes(tmp_path):
+    exe = shutil.which("svcca-dask")
+    cmd = [exe] if exe else [sys.executable, "-m", "pipeline.cli"]
+    ok = subprocess.run([*cmd, "--help"], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0 and "compare" in ok.stdout
+    bad = subprocess.run(
+        [*cmd, "layers", str(tmp_path / "nope.zarr")], capture_output=True, text=True, check=False
+    )
+    assert bad.returncode == 1
+    assert bad.stderr.strip().count("\n") == 0 and "no activation store" in bad.stderr
