@@ -15,7 +15,7 @@ A job file::
     [options]                             # passed to the measures that take them
     keep = 0.99
     epsilon = 1e-10
-    conv = "mean"
+    conv = "mean"                         # conv layers (default: the measures' 'dft')
 
 Pairs: with two or more stores, ``same-name`` pairs each layer with the layer
 of the same name in every other store (store pairs in the order given), and
@@ -49,7 +49,7 @@ MEASURES: dict[str, str] = {"svcca": "svcca", "pwcca": "pwcca", "cca": "cca", "c
 OPTIONS: dict[str, str] = {
     "keep": "a fraction of variance in (0, 1] or a number of directions (int >= 1)",
     "epsilon": "a float >= 0",
-    "conv": "a conv-layer reduction such as 'mean', 'samples', 'flatten' or 'dft'",
+    "conv": "a conv-layer reduction: 'dft' (the measures' default), 'samples', 'mean' or 'flatten'",
     "layout": "'NCHW' or 'NHWC' (default: from the store's dimension names)",
     "side": "'x', 'y' or 'smaller' (PWCCA)",
 }
@@ -332,10 +332,15 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
                 opened[store].read(layer)
             except IncompleteLayerError as err:
                 raise JobError(f"{where}: store {store!r}: {err}") from None
-            if len(info.shape) != 2 and "conv" not in options:
+            if len(info.shape) not in (2, 4):
                 raise JobError(
-                    f"{where}: layer {store}/{layer} has dims {info.dims}: set a conv-layer "
-                    "reduction in [options], e.g. conv = 'mean'"
+                    f"{where}: layer {store}/{layer} has dims {info.dims}: the measures take "
+                    "2-D (sample, neuron) layers and 4-D conv layers"
+                )
+            if len(info.shape) == 4 and not _takes_conv(measures):
+                raise JobError(
+                    f"{where}: layer {store}/{layer} is a conv layer {info.dims}, and this "
+                    "version of svcca_dask has no conv= option; select 2-D layers"
                 )
             used[(store, layer)] = info
         nx, ny = used[(p.x_store, p.x_layer)].shape[0], used[(p.y_store, p.y_layer)].shape[0]
@@ -369,14 +374,25 @@ def _check_option(key: str, value: Any, where: str) -> None:
             ok = False
     elif key == "epsilon":
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
-    elif key in ("conv", "layout"):
-        ok = isinstance(value, str) and bool(value)
-        if key == "layout" and ok:
-            ok = value.upper() in ("NCHW", "NHWC")
+    elif key == "conv":
+        import svcca_dask
+
+        modes = getattr(svcca_dask, "CONV_MODES", ("dft", "samples", "mean", "flatten"))
+        ok = isinstance(value, str) and value in modes
+    elif key == "layout":
+        ok = isinstance(value, str) and value.upper() in ("NCHW", "NHWC")
     elif key == "side":
         ok = value in ("x", "y", "smaller")
     if not ok:
         raise JobError(f"{where}: options.{key} must be {OPTIONS[key]}, got {value!r}")
+
+
+def _takes_conv(measures: list[str]) -> bool:
+    import svcca_dask
+
+    return all(
+        "conv" in inspect.signature(getattr(svcca_dask, MEASURES[m])).parameters for m in measures
+    )
 
 
 def _check_supported(options: Mapping[str, Any], measures: list[str], where: str) -> None:

@@ -18,7 +18,9 @@ recomputes everything.
 
 All math is in :mod:`svcca_dask`: pairs of the same store pair and measure
 that form a full layer x layer product share one pass
-(:func:`svcca_dask.similarity_matrix`); other pairs use the pair measures.
+(:func:`svcca_dask.similarity_matrix`); other pairs, and conv layers compared
+with the per-frequency DFT (the measures' default for conv layers, whose
+statistics depend on the pair), use the pair measures.
 """
 
 from __future__ import annotations
@@ -258,14 +260,21 @@ def _result_arrays(result: Any) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _scalar_int(value: Any) -> int | None:
+    """An int for a scalar count; None for a missing one or a per-frequency array (DFT)."""
+    if value is None or np.ndim(value) != 0:
+        return None
+    return int(value)
+
+
 def _row_fields(result: Any) -> dict[str, Any]:
     coefs = getattr(result, "coefficients", None)
     return {
         "score": float(result.score),
         "n_samples": int(result.n_samples),
         "n_coefficients": None if coefs is None else len(coefs),
-        "x_kept": getattr(result, "x_kept", None),
-        "y_kept": getattr(result, "y_kept", None),
+        "x_kept": _scalar_int(getattr(result, "x_kept", None)),
+        "y_kept": _scalar_int(getattr(result, "y_kept", None)),
     }
 
 
@@ -329,7 +338,8 @@ def compare_pair(
     }
     for attr in ("x_kept", "y_kept"):
         if hasattr(result, attr):
-            out[attr] = int(getattr(result, attr))
+            value = getattr(result, attr)
+            out[attr] = int(value) if np.ndim(value) == 0 else np.asarray(value).tolist()
     if hasattr(result, "weights"):
         out["weights"] = np.asarray(result.weights).tolist()
     return out
@@ -356,16 +366,30 @@ class _Group:
     x_store: str
     y_store: str
     tasks: list[_Task]
+    conv_layers: bool = False  # some layer of the group is 4-D
+
+    def matrix_options(self) -> dict[str, Any]:
+        """The options for :func:`svcca_dask.similarity_matrix`, with ``conv`` made explicit."""
+        opts = dict(self.options)
+        conv = opts.pop("conv", _default_conv(self.measure))
+        if self.conv_layers:
+            opts["conv"] = conv
+        return opts
 
     @property
     def matrix(self) -> bool:
         """Whether the pairs are a full layer x layer product (one similarity-matrix pass)."""
-        if len(self.tasks) < 2 or self.options.get("conv") == "dft":
-            return False
+        if len(self.tasks) < 2 or self.matrix_options().get("conv") == "dft":
+            return False  # the per-frequency (DFT) statistics depend on the pair
         rows = list(dict.fromkeys(t.pair.x_layer for t in self.tasks))
         cols = list(dict.fromkeys(t.pair.y_layer for t in self.tasks))
         pairs = {(t.pair.x_layer, t.pair.y_layer) for t in self.tasks}
         return len(pairs) == len(self.tasks) == len(rows) * len(cols)
+
+
+def _default_conv(measure: str) -> Any:
+    param = inspect.signature(_function(measure)).parameters.get("conv")
+    return None if param is None else param.default
 
 
 def _result_id(fingerprints: tuple[str, str], measure: str, options: Mapping[str, Any]) -> str:
@@ -402,13 +426,21 @@ def _plan(job: Job) -> list[_Task]:
     return tasks
 
 
-def _groups(tasks: list[_Task]) -> list[_Group]:
+def _groups(job: Job, tasks: list[_Task]) -> list[_Group]:
+    from svcca_dask.store import open_store
+
+    stores = {name: open_store(path) for name, path in job.stores.items()}
     groups: dict[tuple[str, str, str], _Group] = {}
     for t in tasks:
         key = (t.measure, t.pair.x_store, t.pair.y_store)
         if key not in groups:
             groups[key] = _Group(t.measure, t.options, t.pair.x_store, t.pair.y_store, [])
-        groups[key].tasks.append(t)
+        g = groups[key]
+        g.tasks.append(t)
+        p = t.pair
+        for store, layer in ((p.x_store, p.x_layer), (p.y_store, p.y_layer)):
+            if len(stores[store].info(layer).shape) != 2:
+                g.conv_layers = True
     return list(groups.values())
 
 
@@ -425,7 +457,7 @@ def _compute(job: Job, group: _Group) -> Iterator[tuple[_Task, Any]]:
         log.info(
             "similarity matrix %s: %s (%d x %d)", group.measure, group.x_store, len(rows), len(cols)
         )
-        mat = svcca_dask.similarity_matrix(xs, ys, measure=group.measure, **group.options)
+        mat = svcca_dask.similarity_matrix(xs, ys, measure=group.measure, **group.matrix_options())
         for t in group.tasks:
             yield t, mat[(t.pair.x_layer, t.pair.y_layer)]
         return
@@ -523,7 +555,7 @@ def run_job(
     bar.update(len(rows))
     try:
         with open_cluster(job.cluster if cluster is None else cluster):
-            for group in _groups(todo):
+            for group in _groups(job, todo):
                 report.passes += 1 if group.matrix else len(group.tasks)
                 for t, result in _compute(job, group):
                     p = t.pair

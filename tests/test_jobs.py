@@ -17,6 +17,7 @@ def stores(tmp_path):
         for layer, d in (("layer1", 4), ("layer2", 3), ("fc", 2)):
             s.append(layer, rng.standard_normal((20, d)))
         s.append("conv1", rng.standard_normal((20, 2, 3, 3)))
+        s.append("seq", rng.standard_normal((20, 2, 3)))
     short = create_store(tmp_path / "short.zarr")
     short.append("fc", rng.standard_normal((10, 2)))
     return tmp_path
@@ -103,7 +104,8 @@ def test_explicit_pairs_and_options(stores):
         ("pairs = [['a/fc', 'b/nope']]\n" + BASE, "store 'b' has no layer 'nope'; available"),
         ("pairs = [['a/fc']]\n" + BASE, "each explicit pair"),
         ('output = "o"\n[stores]\na = "a.zarr"\n', "'same-name' needs two or more stores"),
-        ("layers = ['conv1']\n" + BASE, r"conv1 has dims .*set a conv-layer reduction"),
+        ("layers = ['seq']\n" + BASE, r"seq has dims .*take 2-D .* and 4-D conv layers"),
+        (BASE + "[options]\nconv = 'avg'\n", "options.conv must be a conv-layer reduction"),
         (BASE + 'c = "missing.zarr"\n', "stores.c: no activation store"),
         ('pairs = [["a/fc", "s/fc"]]\n' + BASE + 's = "short.zarr"\n', "20 and 10 samples"),
         ("cluster = 3\n" + BASE, "cluster must be"),
@@ -122,8 +124,12 @@ def test_incomplete_store_refused_up_front(stores):
         load_job(write(stores, 'layers = "fc"\n' + BASE + 'c = "c.zarr"\n'))
 
 
-def test_all_layers_by_default(stores):
-    with pytest.raises(JobError, match="conv1"):  # the default selects every layer, conv1 too
+def test_all_layers_by_default_conv_layers_included(stores):
+    job = load_job(
+        write(stores, "layers = ['conv?', 'fc']\n" + BASE + "[options]\nconv = 'mean'\n")
+    )
+    assert job.layers["a"] == ["conv1", "fc"]
+    with pytest.raises(JobError, match="seq"):  # the 3-D layer is refused up front
         load_job(write(stores, BASE))
 
 

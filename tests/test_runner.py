@@ -106,6 +106,30 @@ def test_same_name_pairs_use_pair_calls(root):
     assert float(rows[1]["score"]) == pytest.approx(want, rel=1e-12)
 
 
+def test_conv_layers_matrix_or_pairs(root):
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((200, 3, 4, 4))
+    for k, name in enumerate(("a", "b")):
+        s = open_store(root / f"{name}.zarr", mode="r+")
+        s.append("conv", base + 0.5 * k * rng.standard_normal(base.shape))
+    job = job_for(root, measures=["cka"], options={"conv": "mean"}, layers=["conv", "l1"])
+    report = run_job(job, progress=False)
+    assert report.passes == 1  # conv='mean' reduces per layer: one matrix pass
+    rows = read_csv(root)
+    assert len(rows) == 4
+    for r in rows:  # equal to the pair calls
+        want = sd.linear_cka(r["x_path"], r["y_path"], conv="mean").score
+        assert float(r["score"]) == pytest.approx(want, rel=1e-9)
+    dft = run_job(
+        job_for(root, measures=["cka"], options={}, layers=["conv", "l1"]), progress=False
+    )
+    assert dft.passes == 4  # the default DFT depends on the pair: pair calls
+    rows = read_csv(root)
+    conv_row = next(r for r in rows if r["x_layer"] == "conv" == r["y_layer"])
+    want = sd.linear_cka(conv_row["x_path"], conv_row["y_path"]).score
+    assert float(conv_row["score"]) == pytest.approx(want, rel=1e-9)
+
+
 def test_rerun_is_idempotent_and_force_recomputes(root):
     job = job_for(root)
     run_job(job, progress=False)
