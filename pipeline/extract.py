@@ -271,7 +271,8 @@ def extract_activations(
     continues after the last sample every array completed, skipping the
     batches before it without running the model; the batches must come in the
     same order as before (no shuffling). A batch whose write was interrupted is
-    not counted and is written again.
+    not counted and is written again; so are batches still buffered (at most
+    one chunk per layer) when the run stopped.
 
     Parameters
     ----------
@@ -297,8 +298,8 @@ def extract_activations(
         Samples in the dataset; by default ``len(batches.dataset)`` when the
         batches come from a DataLoader. Known, it makes a short run detectable.
     chunk_samples : int, optional
-        Samples per chunk; default about 16 MiB per chunk as float64, a multiple
-        of the batch size.
+        Samples per chunk; default about 16 MiB per chunk as float64. Batches
+        are buffered per layer and written in whole chunks.
     dims : dict, optional
         Dimension names per layer, overriding :func:`svcca_dask.store.default_dims`
         (e.g. ``{"blocks.3": ("sample", "token", "neuron")}``).
@@ -376,6 +377,7 @@ def extract_activations(
     )
     seen = 0
     created: set[str] = set(tracked)
+    pending = _Pending(s)
     try:
         with torch.inference_mode():
             for batch in batches:
@@ -393,34 +395,33 @@ def extract_activations(
                 del out
                 outputs = hooks.take()
                 for name, t in outputs.items():
-                    arr = _to_numpy(t, np_dtype)[skip:]
-                    if arr.ndim == 0 or t.shape[0] != b:
+                    if t.ndim == 0 or t.shape[0] != b:
                         raise ValueError(
                             f"module {name!r} output has shape {tuple(t.shape)}, not batch-first "
                             f"with {b} samples; hook a module whose output is (batch, ...)"
                         )
+                    arr = _to_numpy(t, np_dtype)[skip:]
                     if name not in created:
                         s.create_layer(
                             name,
                             sample_shape=arr.shape[1:],
                             dtype=np_dtype,
                             dims=dims.get(name.split(".call")[0], default_dims(arr.ndim)),
-                            chunk_samples=chunk_samples or _chunk_rows(arr.shape[1:], b),
+                            chunk_samples=chunk_samples or _chunk_rows(arr.shape[1:]),
                             expected_samples=dataset_size,
                         )
                         s.set_writing([name], True)
                         created.add(name)
-                    s.append(name, arr)
+                    pending.add(name, arr)
                 if labels and ys is not None:
                     yv = ys.cpu().numpy() if hasattr(ys, "cpu") else np.asarray(ys)
+                    s.append_labels(yv[skip:])  # small: written every batch
                     if LABELS not in created:
-                        s.append_labels(yv[skip:])
                         s.set_writing([LABELS], True, expected_samples=dataset_size)
                         created.add(LABELS)
-                    else:
-                        s.append_labels(yv[skip:])
                 seen += b
                 bar.update(1)
+        pending.flush_all()
     finally:
         hooks.remove()
         model.train(was_training)
@@ -438,12 +439,55 @@ def extract_activations(
     return s
 
 
-def _chunk_rows(sample_shape: tuple[int, ...], batch: int) -> int:
-    """Samples per chunk: about 16 MiB as float64, a multiple of the batch size."""
+def _chunk_rows(sample_shape: tuple[int, ...]) -> int:
+    """Samples per chunk: about 16 MiB as float64 (the size the statistics run fastest on)."""
     from svcca_dask._input import _rows_per_chunk
 
-    rows = _rows_per_chunk(int(np.prod(sample_shape, dtype=np.int64)))
-    return max(batch, (rows // batch) * batch)
+    return _rows_per_chunk(int(np.prod(sample_shape, dtype=np.int64)))
+
+
+class _Pending:
+    """Per-layer buffers that reach the store in whole chunks.
+
+    Appending every batch would rewrite a partly filled chunk once per batch
+    (read, decompress, compress, write). Batches wait here until they fill the
+    layer's next chunk; then every whole chunk is appended at once. A crash
+    loses at most a chunk per layer of buffered work, which a resumed run
+    recomputes (the complete counts only cover what was appended).
+    """
+
+    def __init__(self, store: ActivationStore) -> None:
+        self.store = store
+        self.parts: dict[str, list[np.ndarray]] = {}
+        self.rows: dict[str, int] = {}
+        self.chunk: dict[str, int] = {}
+        self.done: dict[str, int] = {}
+
+    def add(self, name: str, arr: np.ndarray) -> None:
+        if name not in self.parts:
+            self.parts[name], self.rows[name] = [], 0
+            self.chunk[name] = int(self.store.info(name).chunks[0])
+            self.done[name] = self.store.complete_samples(name)
+        self.parts[name].append(arr)
+        self.rows[name] += arr.shape[0]
+        total = self.done[name] + self.rows[name]
+        n = (total // self.chunk[name]) * self.chunk[name] - self.done[name]
+        if n > 0:
+            self._write(name, n)
+
+    def _write(self, name: str, n: int) -> None:
+        data = (
+            np.concatenate(self.parts[name]) if len(self.parts[name]) > 1 else self.parts[name][0]
+        )
+        self.done[name] = self.store.append(name, data[:n])
+        rest = data[n:]
+        self.parts[name] = [rest] if rest.shape[0] else []
+        self.rows[name] = rest.shape[0]
+
+    def flush_all(self) -> None:
+        for name in list(self.parts):
+            if self.rows[name]:
+                self._write(name, self.rows[name])
 
 
 def _open_or_create(path: str, *, spec: dict[str, Any], overwrite: bool) -> ActivationStore:

@@ -630,7 +630,7 @@ class ActivationStore:
                 sample_shape=labels.shape[1:],
                 dtype=dtype,
                 dims=("sample", *(f"dim_{i}" for i in range(1, labels.ndim))),
-                chunk_samples=65536,
+                chunk_samples=4096,
                 kind="labels",
             )
         return self.append(LABELS, labels)

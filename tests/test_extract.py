@@ -131,7 +131,9 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ActivationStore, "_set_meta", flaky)
     with pytest.raises(KeyboardInterrupt):
-        extract_activations(model, loader, tmp_path / "b.zarr", layers=LAYERS, progress=False)
+        extract_activations(
+            model, loader, tmp_path / "b.zarr", layers=LAYERS, chunk_samples=8, progress=False
+        )
     monkeypatch.undo()
 
     crashed = open_store(tmp_path / "b.zarr")
@@ -169,7 +171,12 @@ def test_resume_with_a_different_batch_size(tmp_path):
 
     with pytest.raises(RuntimeError, match="stop"):
         extract_activations(
-            model, first_two(loader), tmp_path / "b.zarr", layers=["fc"], progress=False
+            model,
+            first_two(loader),
+            tmp_path / "b.zarr",
+            layers=["fc"],
+            chunk_samples=8,
+            progress=False,
         )
     assert open_store(tmp_path / "b.zarr").complete_samples("fc") == 16
     # resume with batches of 6: the batch straddling sample 16 is cut
@@ -179,6 +186,29 @@ def test_resume_with_a_different_batch_size(tmp_path):
     np.testing.assert_allclose(
         resumed.read("fc").data.compute(), full.read("fc").data.compute(), rtol=1e-6, atol=1e-6
     )
+
+
+def test_batches_reach_the_store_in_whole_chunks(tmp_path, monkeypatch):
+    from svcca_dask.store import ActivationStore
+
+    sizes = []
+    real = ActivationStore.append
+
+    def spy(self, name, batch, **kw):
+        if name == "fc":
+            sizes.append(len(batch))
+        return real(self, name, batch, **kw)
+
+    monkeypatch.setattr(ActivationStore, "append", spy)
+    model, loader = make_model(), make_loader(40, batch_size=6)
+    s = extract_activations(
+        model, loader, tmp_path / "a.zarr", layers=["fc"], chunk_samples=16, progress=False
+    )
+    assert sizes == [16, 16, 8]  # batches of 6 buffered into chunks of 16, the rest at the end
+    np.testing.assert_allclose(
+        s.read("fc").data.compute(), reference(model, loader, "fc"), rtol=1e-6, atol=1e-6
+    )
+    assert s.info("fc").chunks == (16, 5)
 
 
 def test_float16_and_no_labels(tmp_path):
