@@ -389,9 +389,9 @@ def extract_activations(
                     continue
                 skip = done - seen if seen < done else 0
                 if isinstance(inputs, dict):
-                    out = model(**{k: v.to(device) for k, v in inputs.items()})
+                    out = model(**{k: torch.as_tensor(v).to(device) for k, v in inputs.items()})
                 else:
-                    out = model(inputs.to(device))
+                    out = model(torch.as_tensor(inputs).to(device))
                 del out
                 outputs = hooks.take()
                 for name, t in outputs.items():

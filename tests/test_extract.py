@@ -318,3 +318,13 @@ def test_load_callable(tmp_path):
         load_callable("numpy.zeros")
     with pytest.raises(ValueError, match="no callable 'nope'"):
         load_callable(f"{f}:nope")
+
+
+def test_numpy_batches(tmp_path):
+    model, loader = make_model(), make_loader(16)
+    batches = [(xb.numpy(), yb.numpy()) for xb, yb in loader]  # NumPy inputs and labels
+    s = extract_activations(model, batches, tmp_path / "n.zarr", layers=["fc"], progress=False)
+    np.testing.assert_allclose(
+        s.read("fc").data.compute(), reference(model, loader, "fc"), rtol=1e-6, atol=1e-6
+    )
+    np.testing.assert_array_equal(s.labels().compute(), np.arange(16) % 5)
