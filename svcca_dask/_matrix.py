@@ -166,8 +166,8 @@ def similarity_matrix(
         Axis order of conv layers, passed to :func:`conv_features`.
     max_width : int, default DEFAULT_MAX_FEATURES
         Largest stacked feature count of one accumulated statistic (memory is
-        ``8 * max_width**2`` bytes per partial). Wider layer sets are split
-        into tiles.
+        at most ``8 * max_width**2`` bytes per partial). Wider layer sets are
+        split into tiles.
     split_every : int, default 8
         Fan-in of the tree reduction over row chunks.
     return_results : bool, default True
@@ -197,11 +197,11 @@ def similarity_matrix(
     Notes
     -----
     One pass per tile row: each row chunk task reads the same rows of every
-    layer of the tile, stacks them into one float64 buffer and runs one SYRK;
-    the pair ``(a, b)`` then reads its blocks ``S_aa``, ``S_ab``, ``S_bb`` from
-    the stacked statistics (:func:`pair_stats`), so pairs that share a layer
-    share its statistics. Scores equal the pair-by-pair calls up to rounding
-    (~1e-12). Runs on the current ``distributed`` client when there is one.
+    layer of the tile and stacks them into one centred float64 buffer; the
+    pair ``(a, b)`` then takes its blocks ``S_aa``, ``S_ab``, ``S_bb`` from the
+    accumulated statistics, so pairs that share a layer share its statistics.
+    Scores equal the pair-by-pair calls up to rounding (~1e-12). Runs on the
+    current ``distributed`` client when there is one.
 
     Cost: with disjoint sides only the needed blocks are accumulated (each
     layer's own SYRK and one x-by-y GEMM: 1.6x faster than the joint SYRK for

@@ -148,6 +148,8 @@ def connect(
     if text == "local":
         from distributed import LocalCluster
 
+        if jobs is not None:
+            raise ValueError("jobs= is a slurm/pbs option: size a local cluster with n_workers=")
         if options.get("processes") is False:
             # in-process workers would talk over inproc://, whose addresses (and
             # dashboard link) carry the machine's IP: stay on tcp:// loopback
@@ -203,6 +205,11 @@ def connect(
             raise ImportError(
                 "spec 'kubernetes' needs dask-kubernetes: pip install 'svcca-dask[kubernetes]'"
             ) from err
+        if jobs is not None or threads_per_worker is not None:
+            raise ValueError(
+                "jobs= and threads_per_worker= are not kubernetes options: use n_workers= "
+                "and size worker pods in the cluster spec (resources, --nthreads)"
+            )
         if n_workers is not None:
             options["n_workers"] = n_workers
         cluster = KubeCluster(**options)

@@ -195,6 +195,8 @@ def test_connect_bad_specs(tmp_path):
         connect("tls://127.0.0.1:8786")
     with pytest.raises(ValueError, match="n_workers: options for starting a cluster"):
         connect("tcp://127.0.0.1:8786", n_workers=2)
+    with pytest.raises(ValueError, match="jobs= is a slurm/pbs option"):
+        connect("local", jobs=2)
 
 
 @pytest.mark.parametrize(
