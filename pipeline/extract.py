@@ -378,6 +378,7 @@ def extract_activations(
     seen = 0
     created: set[str] = set(tracked)
     pending = _Pending(s)
+    label_parts: list[np.ndarray] = []
     try:
         with torch.inference_mode():
             for batch in batches:
@@ -394,6 +395,7 @@ def extract_activations(
                     out = model(torch.as_tensor(inputs).to(device))
                 del out
                 outputs = hooks.take()
+                wrote = False
                 for name, t in outputs.items():
                     if t.ndim == 0 or t.shape[0] != b:
                         raise ValueError(
@@ -412,16 +414,23 @@ def extract_activations(
                         )
                         s.set_writing([name], True)
                         created.add(name)
-                    pending.add(name, arr)
+                    wrote = pending.add(name, arr) or wrote
                 if labels and ys is not None:
                     yv = ys.cpu().numpy() if hasattr(ys, "cpu") else np.asarray(ys)
-                    s.append_labels(yv[skip:])  # small: written every batch
+                    label_parts.append(yv[skip:])
+                if label_parts and (wrote or LABELS not in created):
+                    # labels go out whenever a layer writes, so their complete
+                    # count never falls below the layers' (the resume point)
+                    s.append_labels(np.concatenate(label_parts))
+                    label_parts.clear()
                     if LABELS not in created:
                         s.set_writing([LABELS], True, expected_samples=dataset_size)
                         created.add(LABELS)
                 seen += b
                 bar.update(1)
         pending.flush_all()
+        if label_parts:
+            s.append_labels(np.concatenate(label_parts))
     finally:
         hooks.remove()
         model.train(was_training)
@@ -463,7 +472,8 @@ class _Pending:
         self.chunk: dict[str, int] = {}
         self.done: dict[str, int] = {}
 
-    def add(self, name: str, arr: np.ndarray) -> None:
+    def add(self, name: str, arr: np.ndarray) -> bool:
+        """Buffer ``arr`` for layer ``name``; True if whole chunks were written."""
         if name not in self.parts:
             self.parts[name], self.rows[name] = [], 0
             self.chunk[name] = int(self.store.info(name).chunks[0])
@@ -474,6 +484,8 @@ class _Pending:
         n = (total // self.chunk[name]) * self.chunk[name] - self.done[name]
         if n > 0:
             self._write(name, n)
+            return True
+        return False
 
     def _write(self, name: str, n: int) -> None:
         data = (

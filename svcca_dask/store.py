@@ -598,7 +598,7 @@ class ActivationStore:
                     f"layer {name!r}: activations overflow {arr.dtype} (largest |value| "
                     f"{np.abs(batch).max():.3g}); store this layer as float32"
                 )
-        done = self.complete_samples(name)
+        done = int(_meta(arr).get("complete_samples", arr.shape[0]))
         end = done + data.shape[0]
         if arr.shape[0] != end:
             arr.resize((end, *arr.shape[1:]))
@@ -610,7 +610,7 @@ class ActivationStore:
     def truncate(self, name: str, n_samples: int) -> None:
         """Cut a layer back to its first ``n_samples`` complete samples."""
         arr = self._array(name, write=True)
-        done = self.complete_samples(name)
+        done = int(_meta(arr).get("complete_samples", arr.shape[0]))
         if n_samples > done:
             raise ValueError(
                 f"layer {name!r} has {done} complete samples; cannot truncate to {n_samples}"
