@@ -27,12 +27,19 @@ statistics (:class:`DFTStats`) and results (:class:`DFTCCAResult`, ...).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
+import scipy.fft as sfft
+from dask.delayed import delayed
+from scipy.linalg.blas import zherk as _zherk
 
 from ._input import ArrayLike, as_dask, open_zarr_array
+from ._linalg import cca_from_cov, top_eigh
+from ._stats import _current_client, _raise_non_finite, compute, moments_combine
 
 __all__ = [
     "CONV_MODES",
@@ -305,3 +312,1081 @@ def conv_features(
     if lay is None:
         return arr
     return features_4d(arr, lay, mode)
+
+
+# --------------------------------------------------------------------------- #
+# the DFT path: options and frequency plan
+
+
+@dataclass(frozen=True)
+class DFT:
+    """Options of ``conv="dft"`` (``conv=DFT(...)`` in any measure).
+
+    Parameters
+    ----------
+    memory_limit : int or str, optional
+        Bytes (or a string such as ``"2GiB"``) the per-frequency statistics
+        may take, all lanes together. When the statistics of all frequencies
+        do not fit, the frequencies are split into bands and each band takes
+        one pass over the data (the data is read once per band). Default: the
+        Dask config value ``svcca_dask.dft_memory_limit`` if set, else a
+        quarter of the machine's physical memory.
+    lanes : int, optional
+        Number of independent accumulators (each a chain of tasks over
+        consecutive row chunks, merged at the end): the parallelism of the
+        pass. Default: the number of threads of the scheduler (of all workers
+        on a ``distributed`` cluster), at most the number of row chunks.
+    rows : int, optional
+        Images per task. Default: stored chunks merged (never split) up to
+        about 64 MiB of Fourier coefficients per task, at least 8 images.
+    """
+
+    memory_limit: int | str | None = None
+    lanes: int | None = None
+    rows: int | None = None
+
+
+def _freq_range(s: int) -> np.ndarray:
+    """Integer frequencies of an s-point DFT, ``[-(s // 2), (s - 1) // 2]``
+    (``numpy.fft.fftfreq(s, 1 / s)``): the reference code's band for size s."""
+    return np.concatenate([np.arange(0, (s - 1) // 2 + 1), np.arange(-(s // 2), 0)]).astype(int)
+
+
+def _axis_partner(k: int, s: int, sx: int, sy: int) -> int | None:
+    """The frequency of the band ``_freq_range(s)`` whose coefficients are the
+    conjugates of those at ``k`` for both layers (sizes ``sx``, ``sy`` on this
+    axis), or None when it lies outside the band."""
+    if -(s // 2) <= -k <= (s - 1) // 2:
+        return -k
+    # k = -s/2 (s even): its conjugate +s/2 aliases back to -s/2 only for a layer of size s
+    return k if sx == s and sy == s else None
+
+
+@dataclass(frozen=True)
+class _Gather:
+    """Where one layer's coefficient at each planned frequency sits in its rfft2."""
+
+    rows: np.ndarray  # (F,) row of the full FFT along H
+    cols: np.ndarray  # (F,) position among the computed rfft columns
+    conj: np.ndarray  # (F,) bool: the coefficient is the conjugate of the stored one
+    columns: np.ndarray  # the rfft columns to compute (sorted, unique)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The common band, one representative per conjugate pair, and the gathers."""
+
+    frequencies: np.ndarray  # (F, 2) int (kh, kw)
+    multiplicity: np.ndarray  # (F,) int, 1 or 2
+    band: tuple[int, int]
+    x_shape: tuple[int, int, int]  # (C, H, W); a 2-D side is (d, 1, 1)
+    y_shape: tuple[int, int, int]
+    x_layout: str | None  # None for a 2-D side
+    y_layout: str | None
+
+    def gather(self, shape: tuple[int, int, int], idx: np.ndarray) -> _Gather:
+        _, h, _ = shape
+        kh, kw = self.frequencies[idx, 0], self.frequencies[idx, 1]
+        conj = kw < 0
+        rows = np.where(conj, -kh, kh) % h
+        col = np.abs(kw)
+        columns = np.unique(col)
+        return _Gather(rows, np.searchsorted(columns, col), conj, columns)
+
+
+def _dft_plan(
+    x_shape: tuple[int, int, int],
+    y_shape: tuple[int, int, int],
+    x_layout: str | None,
+    y_layout: str | None,
+) -> _Plan:
+    """Frequencies of the common low-frequency band, one per conjugate pair.
+
+    The band is the reference code's (google/svcca ``fft_resize``): along each
+    axis the frequencies ``-s/2 <= k < s/2`` of the smaller size ``s``. A
+    frequency and its conjugate (``-kh, -kw``) carry conjugate coefficients
+    (the input is real) and so the same canonical correlations: only one is
+    computed, with multiplicity 2.
+    """
+    (_, hx, wx), (_, hy, wy) = x_shape, y_shape
+    h, w = min(hx, hy), min(wx, wy)
+    seen: set[tuple[int, int]] = set()
+    reps: list[tuple[int, int]] = []
+    mult: list[int] = []
+    for kh in _freq_range(h):
+        for kw in _freq_range(w):
+            f = (int(kh), int(kw))
+            if f in seen:
+                continue
+            ph, pw = _axis_partner(f[0], h, hx, hy), _axis_partner(f[1], w, wx, wy)
+            p = (ph, pw) if ph is not None and pw is not None else None
+            seen.add(f)
+            if p is None or p == f:
+                reps.append(f)
+                mult.append(1)
+                continue
+            seen.add(p)  # type: ignore[arg-type]
+            # prefer the member stored directly in rfft2 (kw >= 0)
+            reps.append(max(f, p, key=lambda t: (t[1] >= 0, t[1], t[0])))  # type: ignore[arg-type]
+            mult.append(2)
+    freqs = np.array(reps, dtype=int).reshape(-1, 2)
+    order = np.lexsort((freqs[:, 1], freqs[:, 0], np.abs(freqs[:, 1])))
+    return _Plan(
+        frequencies=freqs[order],
+        multiplicity=np.array(mult, dtype=int)[order],
+        band=(h, w),
+        x_shape=x_shape,
+        y_shape=y_shape,
+        x_layout=x_layout,
+        y_layout=y_layout,
+    )
+
+
+# --------------------------------------------------------------------------- #
+# the DFT path: one fused task per row chunk, folded into a lane accumulator
+
+#: Bytes of float64 image data transformed at once inside a task.
+_FFT_BATCH_BYTES = 16 * 2**20
+#: Bytes of Fourier coefficients a task aims for when merging stored chunks.
+_TASK_COEF_BYTES = 64 * 2**20
+
+
+def _coefficients_into(
+    buf: np.ndarray,
+    offset: int,
+    block: np.ndarray,
+    layout: str | None,
+    shape: tuple[int, int, int],
+    g: _Gather,
+) -> None:
+    """Write the planned DFT coefficients of one side's row chunk into
+    ``buf[:, offset:offset + C, :m]`` (frequency, channel, image)."""
+    c, h, w = shape
+    m = block.shape[0]
+    if layout is None:  # a 2-D side: a 1x1 map, its only coefficient is itself
+        buf[0, offset : offset + c, :m] = np.asarray(block, dtype=np.float64).T
+        return
+    hax, wax = layout.index("H"), layout.index("W")
+    if g.columns.size == 1 and g.columns[0] == 0 and np.all(g.rows == 0):
+        # DC only (the other side is 2-D or 1x1): the spatial sum, no FFT
+        s = block.sum(axis=(hax, wax), dtype=np.float64)  # (m, C)
+        buf[0, offset : offset + c, :m] = s.T
+        return
+    per_image = c * h * w * 8
+    step = max(1, _FFT_BATCH_BYTES // per_image)
+    perm = (0, hax, wax, layout.index("C"))
+    for s0 in range(0, m, step):
+        b = np.asarray(block[s0 : s0 + step], dtype=np.float64)
+        r = sfft.rfft(b, axis=wax, workers=1)
+        if g.columns.size < r.shape[wax]:
+            r = np.take(r, g.columns, axis=wax)
+        r = sfft.fft(r, axis=hax, workers=1, overwrite_x=True)
+        coef = r.transpose(perm)[:, g.rows, g.cols, :]  # (m_s, F, C)
+        if g.conj.any():
+            coef[:, g.conj, :] = coef[:, g.conj, :].conj()
+        buf[:, offset : offset + c, s0 : s0 + b.shape[0]] = coef.transpose(1, 2, 0)
+
+
+def _dft_fold(
+    acc: dict[str, Any] | None,
+    xb: np.ndarray,
+    yb: np.ndarray,
+    *,
+    plan: _Plan,
+    idx: np.ndarray,
+    names: tuple[str, str],
+    row_start: int,
+    with_scale: bool = False,
+) -> dict[str, Any]:
+    """Merge one row chunk into a lane's per-frequency statistics, in place.
+
+    The chunk's DFT coefficients ``Z`` (frequency, channel, image) are centred
+    on the chunk mean, and one extra column ``sqrt(na nb / n) (mean_b -
+    mean_a)`` is appended: then ``acc.m2 += Z Z^H`` per frequency is exactly
+    the Chan/Pebay merge of :func:`svcca_dask._stats.moments_combine`
+    (``M = Ma + Mb + (na nb / n) d d^H``), done by one ZHERK per frequency
+    that writes into the accumulator (beta = 1): half the flops of a general
+    product, no partial statistics allocated, no separate merge pass over the
+    ``F x D x D`` accumulator. Only the lower triangle of each ``m2[f]`` is
+    kept (Hermitian); :func:`_finalize` fills the rest.
+
+    The accumulator is owned by its lane: each fold task is the only consumer
+    of the previous one's result, so updating it in place is safe.
+
+    With ``with_scale``, the variance of every single activation (channel,
+    position) is accumulated too, as ``P`` independent 1 x 1 problems merged
+    by the same :func:`moments_combine`: it sets the dead-channel threshold
+    (:attr:`DFTStats.x_scale`) in the same pass.
+    """
+    m = xb.shape[0]
+    for b, name in ((xb, names[0]), (yb, names[1])):
+        sums = np.asarray(b, dtype=np.float64).reshape(m, -1).sum(axis=1)
+        if not np.all(np.isfinite(sums)):
+            _raise_non_finite([np.asarray(b).reshape(m, -1)], [name], row_start)
+    cx, cy = plan.x_shape[0], plan.y_shape[0]
+    f_count, d = idx.size, cx + cy
+    z = np.empty((f_count, d, m + 1), dtype=np.complex128)
+    _coefficients_into(z, 0, xb, plan.x_layout, plan.x_shape, plan.gather(plan.x_shape, idx))
+    _coefficients_into(z, cx, yb, plan.y_layout, plan.y_shape, plan.gather(plan.y_shape, idx))
+    mean_b = z[:, :, :m].mean(axis=2)
+    z[:, :, :m] -= mean_b[:, :, None]
+    if acc is None:
+        acc = {
+            "n": 0,
+            "mean": np.zeros((f_count, d), dtype=np.complex128),
+            "m2": np.zeros((f_count, d, d), dtype=np.complex128),
+        }
+    if with_scale:
+        for key, b in (("x_pos", xb), ("y_pos", yb)):
+            acc[key] = moments_combine([acc.get(key, _EMPTY), _position_moments(b)])
+    na = acc["n"]
+    tot = na + m
+    delta = mean_b - acc["mean"]
+    z[:, :, m] = np.sqrt(na * m / tot) * delta
+    acc["mean"] += delta * (m / tot)
+    acc["n"] = tot
+    m2 = acc["m2"]
+    for f in range(f_count):
+        # m2[f] (C order) seen as m2[f].T (Fortran order): upper(m2[f].T) += conj(Z) Z^T,
+        # i.e. lower(m2[f]) += Z Z^H
+        c = m2[f].T
+        r = _zherk(1.0, z[f].T, beta=1.0, c=c, trans=2, lower=0, overwrite_c=1)
+        if not np.may_share_memory(r, c):  # pragma: no cover - f2py copied c
+            c[...] = r
+    return acc
+
+
+_EMPTY: dict[str, Any] = {"n": 0, "mean": np.zeros((0, 1)), "m2": np.zeros((0, 1, 1))}
+
+
+def _position_moments(b: np.ndarray) -> dict[str, Any]:
+    """Chunk statistics of every activation taken alone: ``P`` problems of size 1."""
+    flat = np.asarray(b, dtype=np.float64).reshape(b.shape[0], -1)
+    mean = flat.mean(axis=0)
+    m2 = np.einsum("ij,ij->j", flat - mean, flat - mean)
+    return {"n": flat.shape[0], "mean": mean[:, None], "m2": m2[:, None, None]}
+
+
+def _merge_lanes(*accs: dict[str, Any]) -> dict[str, Any]:
+    """Chan/Pebay merge of the lanes' accumulators (lower triangles stay exact)."""
+    parts = [a for a in accs if a is not None]
+    out = moments_combine(parts) if len(parts) > 1 else dict(parts[0])
+    for key in ("x_pos", "y_pos"):
+        if key in parts[0]:
+            out[key] = moments_combine([p[key] for p in parts])
+    return out
+
+
+def _finalize(out: dict[str, Any]) -> dict[str, Any]:
+    """Fill the upper triangles from the lower ones (Hermitian), in place."""
+    m2 = out["m2"]
+    d = m2.shape[-1]
+    iu = np.triu_indices(d, 1)
+    block = max(1, (64 * 2**20) // max(1, iu[0].size * 16))
+    for f0 in range(0, m2.shape[0], block):
+        sl = m2[f0 : f0 + block]
+        sl[:, iu[0], iu[1]] = sl[:, iu[1], iu[0]].conj()
+        # herk leaves exactly real diagonals; the merges keep them real
+    return out
+
+
+@dataclass(frozen=True)
+class DFTStats:
+    """Per-frequency covariance statistics of a pair of (conv) layers.
+
+    Attributes
+    ----------
+    n : int
+        Number of images.
+    frequencies : ndarray of int, shape (F, 2)
+        ``(kh, kw)`` of each frequency, in cycles per map of the common band
+        (``-h/2 <= kh < h/2``, same for ``kw``); one of each conjugate pair.
+    multiplicity : ndarray of int, shape (F,)
+        2 for a frequency that stands for itself and its conjugate, else 1.
+        ``multiplicity.sum() == band[0] * band[1]``.
+    band : (int, int)
+        The common band ``(h, w)``: the smaller height and width.
+    sizes : (int, int)
+        Channels of x and y.
+    mean : ndarray, complex128, shape (F, Cx + Cy)
+        Mean DFT coefficient of each channel (x's channels first).
+    cov : ndarray, complex128, shape (F, Cx + Cy, Cx + Cy)
+        Hermitian covariance (ddof=1) of the coefficients at each frequency.
+    x_shape, y_shape : (int, int, int)
+        ``(C, H, W)`` of each layer; a 2-D layer is ``(d, 1, 1)``.
+    x_scale, y_scale : float
+        ``H * W`` times the largest variance of a single activation (channel,
+        position) of each layer: the variance of a DFT coefficient of white
+        noise that strong. Channels whose variance at a frequency is below
+        ``epsilon`` times this are dead at that frequency.
+    """
+
+    n: int
+    frequencies: np.ndarray
+    multiplicity: np.ndarray
+    band: tuple[int, int]
+    sizes: tuple[int, int]
+    mean: np.ndarray
+    cov: np.ndarray
+    x_shape: tuple[int, int, int]
+    y_shape: tuple[int, int, int]
+    x_scale: float
+    y_scale: float
+
+    @property
+    def sxx(self) -> np.ndarray:
+        """``(F, Cx, Cx)`` covariance of x's coefficients."""
+        return self.cov[:, : self.sizes[0], : self.sizes[0]]
+
+    @property
+    def sxy(self) -> np.ndarray:
+        """``(F, Cx, Cy)`` cross-covariance."""
+        return self.cov[:, : self.sizes[0], self.sizes[0] :]
+
+    @property
+    def syy(self) -> np.ndarray:
+        """``(F, Cy, Cy)`` covariance of y's coefficients."""
+        return self.cov[:, self.sizes[0] :, self.sizes[0] :]
+
+    @property
+    def x_mean(self) -> np.ndarray:
+        return self.mean[:, : self.sizes[0]]
+
+    @property
+    def y_mean(self) -> np.ndarray:
+        return self.mean[:, self.sizes[0] :]
+
+
+# --------------------------------------------------------------------------- #
+# the DFT path: passes, bands, lanes
+
+
+def _physical_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - non-POSIX
+        return 16 * 2**30
+
+
+def _memory_limit(opt: DFT) -> int:
+    from dask.utils import parse_bytes
+
+    value = opt.memory_limit
+    if value is None:
+        value = dask.config.get("svcca_dask.dft_memory_limit", None)
+    if value is None:
+        return max(256 * 2**20, _physical_memory() // 4)
+    out = parse_bytes(value) if isinstance(value, str) else int(value)
+    if out <= 0:
+        raise ValueError(f"memory_limit must be positive, got {value!r}")
+    return out
+
+
+def _default_lanes() -> int:
+    client = _current_client()
+    if client is not None:
+        return max(1, sum(client.nthreads().values()))
+    return max(1, int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
+
+
+def _as_options(conv: Any) -> DFT:
+    return conv if isinstance(conv, DFT) else DFT()
+
+
+def _bands(plan: _Plan, lanes: int, budget: int) -> list[np.ndarray]:
+    """Split the planned frequencies into bands whose statistics fit the budget.
+
+    Each lane holds one ``(F_band, D, D)`` complex128 accumulator; one more
+    is counted for the merge of the lanes and the per-frequency CCA.
+    """
+    d = plan.x_shape[0] + plan.y_shape[0]
+    per_freq = d * d * 16
+    f_total = plan.frequencies.shape[0]
+    per_band = max(1, budget // ((lanes + 1) * per_freq))
+    n_bands = -(-f_total // per_band)
+    return [a for a in np.array_split(np.arange(f_total), n_bands) if a.size]
+
+
+def _rows_target(plan: _Plan, idx: np.ndarray, opt: DFT, stored: int) -> int:
+    if opt.rows is not None:
+        if opt.rows < 1:
+            raise ValueError(f"rows must be a positive number of images, got {opt.rows}")
+        return int(opt.rows)
+    d = plan.x_shape[0] + plan.y_shape[0]
+    want = max(8, _TASK_COEF_BYTES // max(1, idx.size * d * 16))
+    return max(stored, want // stored * stored)
+
+
+def _same_rows(xd: da.Array, yd: da.Array, rows: int) -> tuple[da.Array, da.Array]:
+    if xd.chunks[0] == yd.chunks[0] and max(xd.chunks[0]) >= rows:
+        return xd, yd
+    return xd.rechunk({0: rows}), yd.rechunk({0: rows})
+
+
+def _accumulate_band(
+    xd: da.Array,
+    yd: da.Array,
+    plan: _Plan,
+    idx: np.ndarray,
+    *,
+    opt: DFT,
+    lanes: int,
+    names: tuple[str, str],
+    with_scale: bool,
+) -> tuple[DFTStats, tuple[float, float] | None]:
+    """One pass over the data: the statistics of the frequencies ``idx``."""
+    stored = max(max(xd.chunks[0]), max(yd.chunks[0]))
+    xr, yr = _same_rows(xd, yd, _rows_target(plan, idx, opt, stored))
+    xs = xr.to_delayed(optimize_graph=True).reshape(-1)
+    ys = yr.to_delayed(optimize_graph=True).reshape(-1)
+    starts = np.concatenate([[0], np.cumsum(xr.chunks[0])])[:-1]
+    n_chunks = len(xs)
+    n_lanes = max(1, min(lanes, n_chunks))
+    fold = delayed(_dft_fold, pure=False)
+    accs = []
+    for lane in np.array_split(np.arange(n_chunks), n_lanes):
+        acc = None
+        for i in lane:
+            acc = fold(
+                acc, xs[i], ys[i], plan=plan, idx=idx, names=names,
+                row_start=int(starts[i]), with_scale=with_scale,
+            )  # fmt: skip
+        accs.append(acc)
+    (out,) = compute(delayed(_merge_lanes, pure=False)(*accs))
+    _finalize(out)
+    n = int(out["n"])
+    cov = out["m2"]
+    cov /= n - 1
+    scale = None
+    if with_scale:
+        scale = tuple(
+            float(np.max(out[k]["m2"], initial=0.0)) / (n - 1) * shape[1] * shape[2]
+            for k, shape in (("x_pos", plan.x_shape), ("y_pos", plan.y_shape))
+        )
+    stats = DFTStats(
+        n=n,
+        frequencies=plan.frequencies[idx],
+        multiplicity=plan.multiplicity[idx],
+        band=plan.band,
+        sizes=(plan.x_shape[0], plan.y_shape[0]),
+        mean=out["mean"],
+        cov=cov,
+        x_shape=plan.x_shape,
+        y_shape=plan.y_shape,
+        x_scale=scale[0] if scale else float("nan"),
+        y_scale=scale[1] if scale else float("nan"),
+    )
+    return stats, scale  # type: ignore[return-value]
+
+
+def _open_pair(
+    x: ArrayLike, y: ArrayLike, layout: Any, names: tuple[str, str]
+) -> tuple[da.Array, da.Array, str | None, str | None]:
+    lx, ly = layout if isinstance(layout, tuple) else (layout, layout)
+    xd, x_layout = open_conv(x, lx, name=names[0])
+    yd, y_layout = open_conv(y, ly, name=names[1])
+    if xd.shape[0] != yd.shape[0]:
+        raise ValueError(
+            f"{names[0]} and {names[1]} must have the same number of samples (first axis, "
+            f"samples first): got {xd.shape[0]} and {yd.shape[0]}"
+        )
+    return xd, yd, x_layout, y_layout
+
+
+def _shape_of(arr: da.Array, layout: str | None) -> tuple[int, int, int]:
+    return (int(arr.shape[1]), 1, 1) if layout is None else spatial_shape(arr, layout)
+
+
+class _DFTRun:
+    """The opened pair, its plan, and the passes that compute band statistics."""
+
+    def __init__(
+        self,
+        x: ArrayLike,
+        y: ArrayLike,
+        *,
+        conv: Any,
+        layout: Any,
+        names: tuple[str, str],
+        lanes: int | None = None,
+        frequencies: np.ndarray | None = None,
+    ) -> None:
+        self.opt = _as_options(conv)
+        self.names = names
+        self.xd, self.yd, xl, yl = _open_pair(x, y, layout, names)
+        self.plan = _dft_plan(_shape_of(self.xd, xl), _shape_of(self.yd, yl), xl, yl)
+        self.lanes = lanes or self.opt.lanes or _default_lanes()
+        f_total = self.plan.frequencies.shape[0]
+        self.idx = np.arange(f_total) if frequencies is None else np.asarray(frequencies)
+        self.bands = [self.idx[b] for b in _bands(self.plan, self.lanes, _memory_limit(self.opt))]
+        if frequencies is not None:
+            self.bands = [self.idx]
+        self.scale: tuple[float, float] | None = None
+
+    def stats(self, band: np.ndarray) -> DFTStats:
+        """One pass: the statistics of one band (the first pass also measures the scales)."""
+        stats, scale = _accumulate_band(
+            self.xd, self.yd, self.plan, band, opt=self.opt, lanes=self.lanes,
+            names=self.names, with_scale=self.scale is None,
+        )  # fmt: skip
+        if self.scale is None:
+            self.scale = scale
+        return replace(stats, x_scale=self.scale[0], y_scale=self.scale[1])  # type: ignore[index]
+
+
+def dft_stats(
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    layout: str | tuple[str | None, str | None] | None = None,
+    lanes: int | None = None,
+    rows: int | None = None,
+    frequencies: np.ndarray | None = None,
+) -> DFTStats:
+    """Per-frequency covariance statistics of two conv layers, in one pass.
+
+    Every row chunk is transformed (``scipy.fft``: an rfft along the width,
+    the needed columns only along the height, in float64), its coefficients
+    at the planned frequencies are centred, and they are merged into a lane
+    accumulator with one ZHERK per frequency (see :func:`_dft_fold`); the
+    lanes merge with :func:`svcca_dask._stats.moments_combine`.
+
+    Parameters
+    ----------
+    x, y : array-like, shape (n, C, H, W) or (n, H, W, C), or (n, d)
+        Conv layers (a 2-D layer is a 1 x 1 map: against it only the DC
+        frequency, the spatial sum, is common). NumPy, Dask, Zarr, xarray or a
+        ``"store.zarr/layer"`` path.
+    layout : str or (str, str), optional
+        ``"NCHW"`` or ``"NHWC"`` for both or each layer; needed unless the
+        arrays name their dimensions (Zarr ``dimension_names``).
+    lanes, rows : int, optional
+        See :class:`DFT`.
+    frequencies : array of int, optional
+        Indices into the planned frequencies to accumulate (default all).
+
+    Returns
+    -------
+    DFTStats
+
+    Notes
+    -----
+    Memory: ``lanes`` accumulators of ``F * (Cx + Cy)**2 * 16`` bytes, plus one
+    task's chunk and coefficients per thread; nothing scales with ``n``. For
+    two 256-channel 56 x 56 layers (F = 1570) that is 6.6 GB per lane: the
+    measures split such layers into frequency bands (one pass each) under
+    :attr:`DFT.memory_limit`; this function does not.
+    """
+    run = _DFTRun(
+        x, y, conv=DFT(lanes=lanes, rows=rows), layout=layout, names=("x", "y"),
+        lanes=lanes, frequencies=frequencies,
+    )  # fmt: skip
+    if frequencies is None:
+        run.bands = [run.idx]
+    return run.stats(run.bands[0])
+
+
+# --------------------------------------------------------------------------- #
+# the DFT path: batched per-frequency measures
+
+#: Bytes of one (frequencies, D, D) complex128 work array in the batched CCA.
+_CCA_BLOCK_BYTES = 32 * 2**20
+
+
+def _freq_blocks(f_count: int, d: int) -> list[slice]:
+    size = max(1, _CCA_BLOCK_BYTES // max(1, d * d * 16))
+    return [slice(i, min(i + size, f_count)) for i in range(0, f_count, size)]
+
+
+def _live(s: np.ndarray, scale: float, epsilon: float) -> np.ndarray:
+    """``(F, C)``: channels whose variance at a frequency is at least
+    ``epsilon * scale`` (see :attr:`DFTStats.x_scale`)."""
+    diag = np.real(np.diagonal(s, axis1=-2, axis2=-1))
+    if not scale > 0:
+        return np.zeros(diag.shape, dtype=bool)
+    return diag >= epsilon * scale
+
+
+def _decouple(s: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """Covariances with the dead channels of each frequency made independent
+    unit-variance (relative to the frequency's scale) channels: in the CCA they
+    give zero correlations and leave the live channels' correlations as they
+    would be alone."""
+    out = np.where(live[:, :, None] & live[:, None, :], s, 0)
+    top = np.max(np.abs(out), axis=(1, 2))
+    top = np.where(top > 0, top, 1.0)
+    d = s.shape[-1]
+    out[:, np.arange(d), np.arange(d)] += (~live) * top[:, None]
+    return out
+
+
+def _cross(s: np.ndarray, lx: np.ndarray, ly: np.ndarray) -> np.ndarray:
+    return np.where(lx[:, :, None] & ly[:, None, :], s, 0)
+
+
+def _batched_cca(
+    sxx: np.ndarray,
+    sxy: np.ndarray,
+    syy: np.ndarray,
+    lx: np.ndarray,
+    ly: np.ndarray,
+    epsilon: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """CCA of a block of frequencies at once (no loop over frequencies).
+
+    Returns the correlations ``(F, k)`` (zero past each frequency's count),
+    the counts ``min(live x, live y)``, and the weights ``a (F, Cx, k)``,
+    ``b (F, Cy, k)``.
+    """
+    sxx_d, syy_d = _decouple(sxx, lx), _decouple(syy, ly)
+    rho, a, b = cca_from_cov(sxx_d, _cross(sxy, lx, ly), syy_d, epsilon=epsilon)
+    counts = np.minimum(lx.sum(axis=1), ly.sum(axis=1))
+    valid = np.arange(rho.shape[1]) < counts[:, None]
+    return np.where(valid, rho, 0.0), counts, a, b
+
+
+def _projection_weights(s: np.ndarray, live: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """PWCCA's ``alpha_i = sum_c |<h_i, x_c>|`` up to a common factor, per frequency:
+    ``|(S a_i)_c|`` summed over the live channels ``c``."""
+    return np.abs(_cross(s, live, live) @ w).sum(axis=1)
+
+
+@dataclass(frozen=True)
+class DFTCCAResult:
+    """CCA of two conv layers with ``conv="dft"``.
+
+    Attributes
+    ----------
+    score : float
+        Mean of ``coefficients``.
+    coefficients : ndarray, shape (K,)
+        Canonical correlations of every frequency of the common band, each
+        frequency counted with its multiplicity, descending, in [0, 1]. With
+        all channels live, ``K = h * w * min(Cx, Cy)`` (``(h, w) = band``).
+    per_frequency : ndarray, shape (F, min(Cx, Cy))
+        Each row: the correlations at one frequency, descending; entries past
+        ``n_coefficients[f]`` are 0 (no NaN).
+    n_coefficients : ndarray of int, shape (F,)
+        Coefficients of each frequency: ``min(live channels of x, of y)`` there.
+    frequencies : ndarray of int, shape (F, 2)
+        ``(kh, kw)`` per row of ``per_frequency``; see :class:`DFTStats`.
+    multiplicity : ndarray of int, shape (F,)
+        2 where a frequency stands for its conjugate too, else 1.
+    band : (int, int)
+        The common band (the smaller height and width).
+    n_samples : int
+        Number of images.
+    """
+
+    score: float
+    coefficients: np.ndarray
+    per_frequency: np.ndarray
+    n_coefficients: np.ndarray
+    frequencies: np.ndarray
+    multiplicity: np.ndarray
+    band: tuple[int, int]
+    n_samples: int
+
+    @property
+    def frequency_scores(self) -> np.ndarray:
+        """``(F,)`` mean correlation at each frequency (0 where there is none)."""
+        n = np.maximum(self.n_coefficients, 1)
+        return self.per_frequency.sum(axis=1) / n
+
+
+@dataclass(frozen=True)
+class DFTSVCCAResult(DFTCCAResult):
+    """SVCCA of two conv layers with ``conv="dft"``.
+
+    Attributes
+    ----------
+    x_kept, y_kept : ndarray of int, shape (F,)
+        Directions kept at each frequency (chosen globally, see :func:`svcca`).
+    x_explained, y_explained : float
+        Fraction of each layer's variance in the band the kept directions explain.
+    """
+
+    x_kept: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=int))
+    y_kept: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=int))
+    x_explained: float = 1.0
+    y_explained: float = 1.0
+
+
+@dataclass(frozen=True)
+class DFTPWCCAResult(DFTCCAResult):
+    """PWCCA of two conv layers with ``conv="dft"``.
+
+    Attributes
+    ----------
+    weights : ndarray, shape (K,)
+        Projection weights aligned with ``coefficients`` (sum 1).
+    per_frequency_weights : ndarray, shape (F, min(Cx, Cy))
+        The same weights per frequency (one member of a conjugate pair; the
+        other has the same), zero past ``n_coefficients``.
+    side : {"x", "y"}
+    """
+
+    weights: np.ndarray = field(default_factory=lambda: np.empty(0))
+    per_frequency_weights: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
+    side: str = "x"
+
+
+def _pool(
+    values: np.ndarray, counts: np.ndarray, mult: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flatten per-frequency values (F, k) with multiplicity; return values and the
+    order that sorts the first argument's pooled values descending."""
+    valid = np.arange(values.shape[1]) < counts[:, None]
+    rows = np.repeat(np.arange(values.shape[0]), mult)
+    pooled = values[rows][valid[rows]]
+    return pooled, np.argsort(-pooled, kind="stable")
+
+
+def _fields(parts: _Parts, names: tuple[str, str]) -> dict[str, Any]:
+    """Pool per-frequency correlations into the result's fields.
+
+    The pooled list is what the CCA of the two flattened (band-limited) layers
+    gives when different frequencies are uncorrelated (exactly so for
+    translation-invariant data): every frequency's correlations, counted with
+    multiplicity, and zeros up to ``min(Kx, Ky)``, where ``Kx`` is the number
+    of real directions of x that enter (live channels, or kept SVD directions,
+    summed over frequencies with multiplicity): a direction of x at a
+    frequency where y has fewer directions correlates with nothing.
+    """
+    a = parts.arrays
+    rho, counts, mult = a["rho"], a["counts"], parts.multiplicity
+    stats_like = parts
+    if counts.sum() == 0:
+        raise ValueError(
+            f"{names[0]} and {names[1]} have no frequency where both have a live channel: "
+            "every channel has zero variance over the images at every common frequency "
+            "(a dead layer, or constant input)"
+        )
+    pooled, order = _pool(rho, counts, mult)
+    n_dirs = min(int(np.sum(mult * a["nx"])), int(np.sum(mult * a["ny"])))
+    coef = np.concatenate([pooled[order], np.zeros(max(0, n_dirs - pooled.size))])
+    return {
+        "score": float(np.mean(coef)),
+        "coefficients": coef,
+        "per_frequency": rho,
+        "n_coefficients": counts,
+        "frequencies": stats_like.frequencies,
+        "multiplicity": stats_like.multiplicity,
+        "band": stats_like.band,
+        "n_samples": stats_like.n,
+    }
+
+
+@dataclass
+class _Parts:
+    """Per-frequency results of bands, concatenated."""
+
+    n: int
+    band: tuple[int, int]
+    frequencies: np.ndarray
+    multiplicity: np.ndarray
+    arrays: dict[str, np.ndarray]
+
+    @classmethod
+    def join(cls, parts: list[tuple[DFTStats, dict[str, np.ndarray]]]) -> _Parts:
+        st0 = parts[0][0]
+        keys = parts[0][1].keys()
+        return cls(
+            n=st0.n,
+            band=st0.band,
+            frequencies=np.concatenate([s.frequencies for s, _ in parts]),
+            multiplicity=np.concatenate([s.multiplicity for s, _ in parts]),
+            arrays={k: np.concatenate([a[k] for _, a in parts]) for k in keys},
+        )
+
+
+def _cca_part(st: DFTStats, *, epsilon: float, side: str | None = None) -> dict[str, np.ndarray]:
+    """Per-frequency CCA (and PWCCA weights of ``side``) of one band."""
+    f_count = st.frequencies.shape[0]
+    cx, cy = st.sizes
+    k = min(cx, cy)
+    rho = np.zeros((f_count, k))
+    counts = np.zeros(f_count, dtype=int)
+    nx, ny = np.zeros(f_count, dtype=int), np.zeros(f_count, dtype=int)
+    alpha = np.zeros((f_count, k))
+    for sl in _freq_blocks(f_count, cx + cy):
+        sxx, sxy, syy = st.sxx[sl], st.sxy[sl], st.syy[sl]
+        lx, ly = _live(sxx, st.x_scale, epsilon), _live(syy, st.y_scale, epsilon)
+        r, c, a, b = _batched_cca(sxx, sxy, syy, lx, ly, epsilon)
+        rho[sl], counts[sl] = r, c
+        nx[sl], ny[sl] = lx.sum(axis=1), ly.sum(axis=1)
+        if side is not None:
+            s, live, w = (sxx, lx, a) if side == "x" else (syy, ly, b)
+            al = _projection_weights(s, live, w)
+            alpha[sl] = np.where(np.arange(k) < c[:, None], al, 0.0)
+    return {"rho": rho, "counts": counts, "nx": nx, "ny": ny, "alpha": alpha}
+
+
+def _eig_part(st: DFTStats) -> dict[str, np.ndarray]:
+    """Per-frequency covariance eigenvalues (descending) of each side."""
+    wx = np.linalg.eigvalsh(st.sxx)[:, ::-1].clip(0.0)
+    wy = np.linalg.eigvalsh(st.syy)[:, ::-1].clip(0.0)
+    return {"wx": wx, "wy": wy}
+
+
+def _svcca_part(
+    st: DFTStats, kx: np.ndarray, ky: np.ndarray, *, epsilon: float
+) -> dict[str, np.ndarray]:
+    """Per-frequency CCA of the top ``kx[f]``, ``ky[f]`` eigen-directions."""
+    f_count = st.frequencies.shape[0]
+    cx, cy = st.sizes
+    k = min(cx, cy)
+    rho = np.zeros((f_count, k))
+    counts = np.zeros(f_count, dtype=int)
+    for sl in _freq_blocks(f_count, cx + cy):
+        kx_b, ky_b = kx[sl], ky[sl]
+        big_x, big_y = int(kx_b.max(initial=0)), int(ky_b.max(initial=0))
+        if big_x == 0 or big_y == 0:
+            continue
+        wx, vx = top_eigh(st.sxx[sl])
+        wy, vy = top_eigh(st.syy[sl])
+        vx, vy = vx[..., :big_x], vy[..., :big_y]
+        sxy = np.swapaxes(vx.conj(), -1, -2) @ st.sxy[sl] @ vy
+        lx = np.arange(big_x) < kx_b[:, None]
+        ly = np.arange(big_y) < ky_b[:, None]
+        sxx = wx[:, :big_x, None] * np.eye(big_x)
+        syy = wy[:, :big_y, None] * np.eye(big_y)
+        r, c, _, _ = _batched_cca(sxx, sxy, syy, lx, ly, epsilon)
+        rho[sl, : r.shape[1]], counts[sl] = r, c
+    return {"rho": rho, "counts": counts, "nx": kx, "ny": ky}
+
+
+def _keep_counts(
+    w: np.ndarray,
+    mult: np.ndarray,
+    keep: float | int,
+    scale: float,
+    epsilon: float,
+    name: str,
+) -> tuple[np.ndarray, float]:
+    """Directions kept per frequency, chosen over the whole band at once.
+
+    The eigenvalues of all frequencies are pooled, each counted with its
+    frequency's multiplicity (a conjugate pair is two real directions of the
+    flattened layer with the same variance), and the largest are kept: a
+    float ``keep`` until that fraction of the total variance is explained, an
+    int until that many directions are. Conjugate pairs are kept whole.
+    Eigenvalues below ``epsilon * scale`` (dead directions) are never kept.
+    Returns the counts ``(F,)`` and the fraction explained.
+    """
+    if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)):
+        raise TypeError(f"keep must be a float in (0, 1] or a positive int, got {keep!r}")
+    total = float(np.sum(mult[:, None] * w))
+    if not total > 0:
+        raise ValueError(f"{name} has zero total variance over the common band")
+    valid = w >= epsilon * scale
+    f_idx, j_idx = np.nonzero(valid)
+    vals = w[f_idx, j_idx]
+    order = np.argsort(-vals, kind="stable")
+    weight = mult[f_idx[order]]
+    if isinstance(keep, (int, np.integer)):
+        if keep < 1:
+            raise ValueError(f"keep as an int is a number of directions, at least 1; got {keep}")
+        n_take = int(np.searchsorted(np.cumsum(weight), keep, side="left")) + 1
+    else:
+        if not 0.0 < keep <= 1.0:
+            raise ValueError(
+                f"keep as a float is a fraction of variance in (0, 1], got {keep}; "
+                "pass an int for a number of directions"
+            )
+        cum = np.cumsum(weight * vals[order]) / total
+        n_take = int(np.searchsorted(cum, keep * (1.0 - 1e-12), side="left")) + 1
+    n_take = max(1, min(n_take, order.size))
+    taken = f_idx[order[:n_take]]
+    counts = np.bincount(taken, minlength=w.shape[0])
+    explained = float(np.sum(weight[:n_take] * vals[order[:n_take]]) / total)
+    return counts, explained
+
+
+# --------------------------------------------------------------------------- #
+# the DFT path: measures from statistics, and from data band by band
+
+
+def _light(st: DFTStats) -> DFTStats:
+    """The band's description without its (large) statistics."""
+    return replace(st, mean=np.empty((0, 0)), cov=np.empty((0, 0, 0)))
+
+
+def _pwcca_fields(parts: _Parts, side: str, names: tuple[str, str]) -> dict[str, Any]:
+    """PWCCA pooled over frequencies: ``score = sum alpha rho / sum alpha`` over
+    every frequency's coefficients with multiplicity (the zero padding of
+    :func:`_fields` has zero weight)."""
+    a = parts.arrays
+    f = _fields(parts, names)
+    pooled_rho, order = _pool(a["rho"], a["counts"], parts.multiplicity)
+    pooled_alpha, _ = _pool(a["alpha"], a["counts"], parts.multiplicity)
+    total = pooled_alpha.sum()
+    if total > 0:
+        weights = pooled_alpha / total
+    else:  # every projection is zero: fall back to the plain mean
+        weights = np.full(pooled_alpha.size, 1.0 / pooled_alpha.size)
+    f["score"] = float(np.sum(weights * pooled_rho))
+    pad = f["coefficients"].size - pooled_rho.size
+    f.update(
+        weights=np.concatenate([weights[order], np.zeros(pad)]),
+        per_frequency_weights=a["alpha"] / total if total > 0 else a["alpha"],
+        side=side,
+    )
+    return f
+
+
+def _pick_side(side: str, sizes: tuple[int, int]) -> str:
+    if side not in ("x", "y", "smaller"):
+        raise ValueError(f"side must be 'x', 'y' or 'smaller', got {side!r}")
+    if side == "smaller":
+        return "x" if sizes[0] <= sizes[1] else "y"
+    return side
+
+
+def _keep_pair(keep: Any) -> tuple[Any, Any]:
+    return keep if isinstance(keep, tuple) else (keep, keep)
+
+
+def cca_from_dft_stats(
+    stats: DFTStats, *, epsilon: float = 1e-10, names: tuple[str, str] = ("x", "y")
+) -> DFTCCAResult:
+    """CCA per frequency, pooled (see :func:`svcca_dask.cca` with ``conv="dft"``)."""
+    parts = _Parts.join([(_light(stats), _cca_part(stats, epsilon=epsilon))])
+    return DFTCCAResult(**_fields(parts, names))
+
+
+def svcca_from_dft_stats(
+    stats: DFTStats,
+    *,
+    keep: float | int | tuple[float | int, float | int] = 0.99,
+    epsilon: float = 1e-10,
+    names: tuple[str, str] = ("x", "y"),
+) -> DFTSVCCAResult:
+    """SVCCA per frequency with a global ``keep`` (see :func:`svcca_dask.svcca`)."""
+    eig = _Parts.join([(_light(stats), _eig_part(stats))])
+    kx, ky, ex, ey = _global_keep(eig, keep, stats.x_scale, stats.y_scale, epsilon, names)
+    parts = _Parts.join([(_light(stats), _svcca_part(stats, kx, ky, epsilon=epsilon))])
+    return DFTSVCCAResult(
+        **_fields(parts, names),
+        x_kept=kx, y_kept=ky, x_explained=ex, y_explained=ey,
+    )  # fmt: skip
+
+
+def pwcca_from_dft_stats(
+    stats: DFTStats,
+    *,
+    epsilon: float = 1e-10,
+    side: str = "x",
+    names: tuple[str, str] = ("x", "y"),
+) -> DFTPWCCAResult:
+    """PWCCA per frequency, weights pooled (see :func:`svcca_dask.pwcca`)."""
+    side = _pick_side(side, stats.sizes)
+    parts = _Parts.join([(_light(stats), _cca_part(stats, epsilon=epsilon, side=side))])
+    return DFTPWCCAResult(**_pwcca_fields(parts, side, names))
+
+
+def _cka_part(st: DFTStats) -> dict[str, np.ndarray]:
+    def sq(s: np.ndarray) -> np.ndarray:
+        return np.sum(np.abs(s) ** 2, axis=(1, 2))
+
+    return {"xy": sq(st.sxy), "xx": sq(st.sxx), "yy": sq(st.syy)}
+
+
+def _cka_result(parts: _Parts, names: tuple[str, str]) -> Any:
+    from ._measures import CKAResult
+
+    m = parts.multiplicity
+    a = parts.arrays
+    nx, ny = np.sqrt(np.sum(m * a["xx"])), np.sqrt(np.sum(m * a["yy"]))
+    for norm, name in ((nx, names[0]), (ny, names[1])):
+        if norm == 0:
+            raise ValueError(
+                f"{name} has no live feature: every channel has zero variance at every "
+                "common frequency, and linear CKA is undefined for a constant layer"
+            )
+    score = float(np.sum(m * a["xy"]) / (nx * ny))
+    return CKAResult(score=min(max(score, 0.0), 1.0), n_samples=parts.n)
+
+
+def cka_from_dft_stats(stats: DFTStats, *, names: tuple[str, str] = ("x", "y")) -> Any:
+    """Linear CKA from per-frequency statistics (see :func:`svcca_dask.linear_cka`)."""
+    return _cka_result(_Parts.join([(_light(stats), _cka_part(stats))]), names)
+
+
+def _global_keep(
+    eig: _Parts,
+    keep: Any,
+    x_scale: float,
+    y_scale: float,
+    epsilon: float,
+    names: tuple[str, str],
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    keep_x, keep_y = _keep_pair(keep)
+    kx, ex = _keep_counts(eig.arrays["wx"], eig.multiplicity, keep_x, x_scale, epsilon, names[0])
+    ky, ey = _keep_counts(eig.arrays["wy"], eig.multiplicity, keep_y, y_scale, epsilon, names[1])
+    return kx, ky, ex, ey
+
+
+def dft_measure(
+    measure: str,
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    conv: Any = "dft",
+    layout: Any = None,
+    epsilon: float = 1e-10,
+    keep: Any = 0.99,
+    side: str = "x",
+    names: tuple[str, str] = ("x", "y"),
+) -> Any:
+    """One measure with ``conv="dft"``, band by band under the memory limit.
+
+    Each band of frequencies takes one pass over the data; its statistics are
+    reduced to per-frequency results and dropped before the next band. SVCCA
+    with more than one band needs the eigenvalues of every frequency before it
+    can choose the kept directions: it makes one pass per band for those and
+    one per band for the CCA (with one band, one pass does both).
+    """
+    run = _DFTRun(x, y, conv=conv, layout=layout, names=names)
+    if measure == "svcca":
+        if len(run.bands) == 1:
+            st = run.stats(run.bands[0])
+            return svcca_from_dft_stats(st, keep=keep, epsilon=epsilon, names=names)
+        eig_parts = []
+        for b in run.bands:
+            st = run.stats(b)
+            eig_parts.append((_light(st), _eig_part(st)))
+            del st
+        eig = _Parts.join(eig_parts)
+        assert run.scale is not None
+        kx, ky, ex, ey = _global_keep(eig, keep, run.scale[0], run.scale[1], epsilon, names)
+        parts, start = [], 0
+        for b in run.bands:
+            st = run.stats(b)
+            sl = slice(start, start + b.size)
+            parts.append((_light(st), _svcca_part(st, kx[sl], ky[sl], epsilon=epsilon)))
+            start += b.size
+            del st
+        joined = _Parts.join(parts)
+        return DFTSVCCAResult(
+            **_fields(joined, names),
+            x_kept=kx, y_kept=ky, x_explained=ex, y_explained=ey,
+        )  # fmt: skip
+    if measure == "pwcca":
+        side = _pick_side(side, (run.plan.x_shape[0], run.plan.y_shape[0]))
+    fn = {
+        "cca": lambda st: _cca_part(st, epsilon=epsilon),
+        "pwcca": lambda st: _cca_part(st, epsilon=epsilon, side=side),
+        "cka": _cka_part,
+    }[measure]
+    collected = []
+    for b in run.bands:
+        st = run.stats(b)
+        collected.append((_light(st), fn(st)))
+        del st
+    parts = _Parts.join(collected)
+    if measure == "cka":
+        return _cka_result(parts, names)
+    if measure == "pwcca":
+        return DFTPWCCAResult(**_pwcca_fields(parts, side, names))
+    return DFTCCAResult(**_fields(parts, names))

@@ -115,9 +115,10 @@ def _check_shape_dtype(shape: tuple[int, ...], dtype: Any, *, name: str, allowed
             hint = "conv activations need a conv= reduction"
         else:
             hint = "activations are (n_samples, n_features)"
-        raise ValueError(
-            f"{name} must be {' or '.join(f'{d}-D' for d in allowed)}, got shape {tuple(shape)}: {hint}"
-        )
+            if 4 in allowed:
+                hint += ", or conv layers (n, C, H, W) / (n, H, W, C)"
+        what = " or ".join(f"{d}-D" for d in allowed)
+        raise ValueError(f"{name} must be {what}, got shape {tuple(shape)}: {hint}")
     if shape[0] < 2:
         raise ValueError(f"{name} has {shape[0]} sample(s); at least 2 are needed")
 

@@ -7,9 +7,23 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._input import ArrayLike, as_dask, check_pair
+from ._conv import (
+    CONV_MODES,
+    DFT,
+    DFTCCAResult,
+    DFTPWCCAResult,
+    DFTSVCCAResult,
+    dft_measure,
+    features_4d,
+    open_conv,
+    repeat_rows,
+    spatial_shape,
+)
+from ._input import ArrayLike, check_pair
 from ._linalg import cca_from_cov, top_eigh
 from ._stats import Moments, accumulate
+from ._svd import SVD_METHODS, RandomizedSVD, reduce_pair
+from ._svd import projected_stats as _projected_stats
 
 __all__ = [
     "DEFAULT_MAX_FEATURES",
@@ -361,16 +375,62 @@ def cka_from_stats(p: PairStats, *, names: tuple[str, str] = ("x", "y")) -> CKAR
 # from data
 
 
-def _stats(
-    x: ArrayLike,
-    y: ArrayLike,
-    *,
-    split_every: int,
-    max_features: int,
-) -> PairStats:
-    xd = as_dask(x, name="x")
-    yd = as_dask(y, name="y")
+#: What ``conv=`` takes: a mode name, or :class:`DFT` options (``conv="dft"``).
+ConvOption = Literal["dft", "samples", "mean", "flatten"] | DFT
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """Both inputs opened; 2-D (reduced if they were conv layers) unless ``dft``."""
+
+    x: Any
+    y: Any
+    dft: bool
+    layouts: tuple[str | None, str | None]
+
+
+def _check_conv(conv: Any) -> str:
+    if isinstance(conv, DFT):
+        return "dft"
+    if not isinstance(conv, str) or conv not in CONV_MODES:
+        raise ValueError(
+            f"conv must be one of {', '.join(map(repr, CONV_MODES))} or DFT(...) options; "
+            f"got {conv!r}"
+        )
+    return conv
+
+
+def _prepare(x: ArrayLike, y: ArrayLike, *, conv: Any, layout: Any) -> _Pair:
+    """Open both inputs; reduce 4-D ones per ``conv`` (2-D inputs ignore it)."""
+    mode = _check_conv(conv)
+    lx, ly = layout if isinstance(layout, tuple) else (layout, layout)
+    xd, x_layout = open_conv(x, lx, name="x")
+    yd, y_layout = open_conv(y, ly, name="y")
     check_pair(xd, yd)
+    if x_layout is None and y_layout is None:
+        return _Pair(xd, yd, False, (None, None))
+    if mode == "dft":
+        return _Pair(xd, yd, True, (x_layout, y_layout))
+    if mode == "samples":
+        sx = spatial_shape(xd, x_layout)[1:] if x_layout else None
+        sy = spatial_shape(yd, y_layout)[1:] if y_layout else None
+        if sx is not None and sy is not None and sx != sy:
+            raise ValueError(
+                f"conv='samples' makes every spatial position a sample, so both layers must "
+                f"have the same height and width; got {sx} and {sy}. Use conv='dft' (the "
+                "common low-frequency band) or conv='mean' (spatial average) instead."
+            )
+    xr = features_4d(xd, x_layout, mode) if x_layout else xd
+    yr = features_4d(yd, y_layout, mode) if y_layout else yd
+    if mode == "samples":  # a 2-D side (e.g. logits) holds for every position of its image
+        if x_layout is None:
+            xr = repeat_rows(xr, int(np.prod(spatial_shape(yd, y_layout)[1:])))  # type: ignore[arg-type]
+        if y_layout is None:
+            yr = repeat_rows(yr, int(np.prod(spatial_shape(xd, x_layout)[1:])))  # type: ignore[arg-type]
+    return _Pair(xr, yr, False, (x_layout, y_layout))
+
+
+def _check_width(xd: Any, yd: Any, max_features: int) -> None:
     d = xd.shape[1] + yd.shape[1]
     if d > max_features:
         raise ValueError(
@@ -378,10 +438,30 @@ def _stats(
             f"max_features={max_features} for the covariance path (a {d} x {d} float64 "
             f"matrix is {d * d * 8 / 2**30:.1f} GiB per partial statistic). Raise "
             "max_features if memory allows, or reduce the layers first (conv= for conv "
-            "layers, a randomized SVD for wide ones)."
+            "layers; svcca(..., svd='randomized') for wide ones)."
         )
-    m = accumulate([xd, yd], names=["x", "y"], split_every=split_every)
+
+
+def _pair_stats(pair: _Pair, *, split_every: int, max_features: int) -> PairStats:
+    _check_width(pair.x, pair.y, max_features)
+    m = accumulate([pair.x, pair.y], names=["x", "y"], split_every=split_every)
     return pair_stats(m)
+
+
+def _stats(
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    split_every: int,
+    max_features: int,
+    conv: Any = "dft",
+    layout: Any = None,
+) -> PairStats:
+    """The covariance statistics of a pair (2-D, or conv layers reduced by a feature map)."""
+    pair = _prepare(x, y, conv=conv, layout=layout)
+    if pair.dft:
+        raise ValueError("conv='dft' has per-frequency statistics: use dft_stats")
+    return _pair_stats(pair, split_every=split_every, max_features=max_features)
 
 
 def cca(
@@ -389,9 +469,11 @@ def cca(
     y: ArrayLike,
     *,
     epsilon: float = 1e-10,
+    conv: ConvOption = "dft",
+    layout: str | tuple[str | None, str | None] | None = None,
     split_every: int = 8,
     max_features: int = DEFAULT_MAX_FEATURES,
-) -> CCAResult:
+) -> CCAResult | DFTCCAResult:
     """Canonical correlation analysis of two layers in one pass over the data.
 
     Parameters
@@ -406,6 +488,18 @@ def cca(
         Features whose variance, scaled by the block's largest entry, is below
         ``epsilon`` are dropped as dead; ``epsilon`` is also the ridge added to
         the scaled covariance diagonals (as in google/svcca).
+    conv : {"dft", "samples", "mean", "flatten"} or DFT, default "dft"
+        How 4-D conv layers ``(n, C, H, W)`` / ``(n, H, W, C)`` are compared;
+        ignored when both inputs are 2-D. ``"dft"``: the SVCCA paper's per-channel
+        2-D DFT, a CCA per spatial frequency of the common low-frequency band,
+        the coefficients of all frequencies pooled (returns a ``DFT*Result``
+        with per-frequency coefficients); ``DFT(memory_limit=..., lanes=...)``
+        tunes it. ``"samples"``: every position a sample (same ``H, W`` on both
+        sides). ``"mean"``: spatial average. ``"flatten"``: every (channel,
+        position) a feature. See :mod:`svcca_dask._conv` and the README.
+    layout : {"NCHW", "NHWC"} or a pair of them, optional
+        Axis order of 4-D inputs (one for both, or ``(x_layout, y_layout)``);
+        not needed for Zarr arrays whose ``dimension_names`` say it.
     split_every : int, default 8
         Fan-in of the tree reduction over row chunks.
     max_features : int, default DEFAULT_MAX_FEATURES
@@ -413,7 +507,7 @@ def cca(
 
     Returns
     -------
-    CCAResult
+    CCAResult or DFTCCAResult
         ``score`` is the mean canonical correlation.
 
     Notes
@@ -424,8 +518,11 @@ def cca(
     Memory is one chunk plus ``(dx + dy)**2`` float64 per partial, whatever
     ``n_samples``.
     """
+    pair = _prepare(x, y, conv=conv, layout=layout)
+    if pair.dft:
+        return dft_measure("cca", pair.x, pair.y, conv=conv, layout=pair.layouts, epsilon=epsilon)
     return cca_from_stats(
-        _stats(x, y, split_every=split_every, max_features=max_features), epsilon=epsilon
+        _pair_stats(pair, split_every=split_every, max_features=max_features), epsilon=epsilon
     )
 
 
@@ -435,9 +532,12 @@ def svcca(
     *,
     keep: float | int | tuple[float | int, float | int] = 0.99,
     epsilon: float = 1e-10,
+    svd: Literal["auto", "covariance", "randomized", "tsqr"] | RandomizedSVD = "auto",
+    conv: ConvOption = "dft",
+    layout: str | tuple[str | None, str | None] | None = None,
     split_every: int = 8,
     max_features: int = DEFAULT_MAX_FEATURES,
-) -> SVCCAResult:
+) -> SVCCAResult | DFTSVCCAResult:
     """SVCCA (Raghu et al. 2017): CCA of each layer's top singular directions.
 
     Parameters
@@ -449,24 +549,127 @@ def svcca(
         (sum of the covariance eigenvalues, i.e. squared singular values of the
         centred data) the kept directions must explain: the smallest number of
         directions that reaches it is kept. An int is the number of directions.
-        A tuple gives x's and y's separately.
-    epsilon, split_every, max_features
-        As for :func:`cca`.
+        A tuple gives x's and y's separately. With ``conv="dft"`` ``keep`` is
+        read over the whole layer, not per frequency: the covariance
+        eigenvalues of all frequencies are pooled (a conjugate pair counted
+        twice, as the two real directions it is) and the largest are kept, so
+        that ``keep=0.99`` keeps the directions that explain 99% of the
+        layer's variance in the band, as SVCCA of the flattened layer would
+        for translation-invariant data; conjugate pairs are kept whole.
+    svd : {"auto", "covariance", "randomized", "tsqr"} or RandomizedSVD, default "auto"
+        How the top singular directions are found (see :mod:`svcca_dask._svd`).
+        ``"covariance"``: eigh of the covariance of the single pass (exact,
+        ``(dx + dy)**2`` memory). ``"tsqr"``: Dask's exact tall-skinny SVD of
+        the centred data (3 passes). ``"randomized"``: Dask's
+        ``svd_compressed`` (Halko et al.) on the centred data, never a ``d x d``
+        matrix (``3 + 2 * n_power_iter`` passes); ``RandomizedSVD(...)`` sets
+        its options. ``"auto"``: ``"covariance"`` when ``dx + dy <=
+        max_features``, else per side: its own covariance when its width is
+        at most ``max_features``, else randomized. ``conv="dft"`` always uses
+        the per-frequency covariances (``"auto"`` or ``"covariance"``).
+    epsilon, conv, layout, split_every, max_features
+        As for :func:`cca`. ``max_features`` is also the threshold of ``svd="auto"``.
 
     Returns
     -------
-    SVCCAResult
+    SVCCAResult or DFTSVCCAResult
         ``score`` is the mean of the canonical correlations of the reduced layers.
 
     Notes
     -----
-    The SVD needs no second pass: the eigendecomposition of each side's
-    covariance gives the right singular vectors and squared singular values of
-    its centred data, and the reduced covariance blocks are projections of the
-    accumulated ones.
+    On the covariance path the SVD needs no second pass: the eigendecomposition
+    of each side's covariance gives the right singular vectors and squared
+    singular values of its centred data, and the reduced covariance blocks are
+    projections of the accumulated ones. The other paths project the data
+    lazily on the kept directions and accumulate the projected statistics in
+    one more pass.
     """
-    p = _stats(x, y, split_every=split_every, max_features=max_features)
-    return svcca_from_stats(p, keep=keep, epsilon=epsilon)
+    pair = _prepare(x, y, conv=conv, layout=layout)
+    methods = _svd_methods(svd, pair, max_features)
+    if pair.dft:
+        return dft_measure(
+            "svcca", pair.x, pair.y, conv=conv, layout=pair.layouts, epsilon=epsilon, keep=keep
+        )
+    if methods is None:
+        p = _pair_stats(pair, split_every=split_every, max_features=max_features)
+        return svcca_from_stats(p, keep=keep, epsilon=epsilon)
+    return _svcca_two_stage(
+        pair, methods=methods, keep=keep, epsilon=epsilon, split_every=split_every,
+        options=svd if isinstance(svd, RandomizedSVD) else RandomizedSVD(),
+        max_features=max_features,
+    )  # fmt: skip
+
+
+def _svd_methods(svd: Any, pair: _Pair, max_features: int) -> tuple[str, str] | None:
+    """Per-side SVD methods, or None for the joint covariance path."""
+    if isinstance(svd, RandomizedSVD):
+        method = "randomized"
+    elif isinstance(svd, str) and svd in SVD_METHODS:
+        method = svd
+    else:
+        raise ValueError(
+            f"svd must be one of {', '.join(map(repr, SVD_METHODS))} or RandomizedSVD(...); "
+            f"got {svd!r}"
+        )
+    if pair.dft:
+        if method not in ("auto", "covariance"):
+            raise ValueError(
+                f"svd={method!r} does not apply to conv='dft': each frequency's SVD step is "
+                "the eigh of its C x C covariance. Use svd='auto', or a feature map "
+                "(conv='flatten', 'samples' or 'mean') with a randomized SVD."
+            )
+        return None
+    if method == "covariance":
+        return None
+    dx, dy = int(pair.x.shape[1]), int(pair.y.shape[1])
+    if method == "auto":
+        if dx + dy <= max_features:
+            return None
+        return tuple("covariance" if d <= max_features else "randomized" for d in (dx, dy))  # type: ignore[return-value]
+    return (method, method)
+
+
+def _svcca_two_stage(
+    pair: _Pair,
+    *,
+    methods: tuple[str, str],
+    keep: Any,
+    epsilon: float,
+    split_every: int,
+    options: RandomizedSVD,
+    max_features: int,
+) -> SVCCAResult:
+    """SVD step per side (covariance, TSQR or randomized), then the CCA of the
+    lazily projected data from one more accumulated pass."""
+    keep_x, keep_y = keep if isinstance(keep, tuple) else (keep, keep)
+    names = ("x", "y")
+    sx, sy = reduce_pair(
+        (pair.x, pair.y), methods=methods, keep=(keep_x, keep_y), options=options,
+        epsilon=epsilon, names=names, split_every=split_every,
+    )  # fmt: skip
+    _check_width(sx.directions, sy.directions, max_features)  # (d, k): k columns each
+    m = _projected_stats((pair.x, pair.y), (sx, sy), names=names, split_every=split_every)
+    f = _cca_fields(pair_stats(m), epsilon, names)
+    dx, dy = int(pair.x.shape[1]), int(pair.y.shape[1])
+    f.update(
+        x_weights=sx.directions @ f["x_weights"],
+        y_weights=sy.directions @ f["y_weights"],
+        x_mean=sx.mean,
+        y_mean=sy.mean,
+        x_features=sx.live,
+        y_features=sy.live,
+        x_dropped=_dropped(sx.live, dx),
+        y_dropped=_dropped(sy.live, dy),
+    )
+    return SVCCAResult(
+        **f,
+        x_directions=sx.directions,
+        y_directions=sy.directions,
+        x_kept=int(sx.directions.shape[1]),
+        y_kept=int(sy.directions.shape[1]),
+        x_explained=sx.explained,
+        y_explained=sy.explained,
+    )
 
 
 def pwcca(
@@ -475,9 +678,11 @@ def pwcca(
     *,
     epsilon: float = 1e-10,
     side: Literal["x", "y", "smaller"] = "x",
+    conv: ConvOption = "dft",
+    layout: str | tuple[str | None, str | None] | None = None,
     split_every: int = 8,
     max_features: int = DEFAULT_MAX_FEATURES,
-) -> PWCCAResult:
+) -> PWCCAResult | DFTPWCCAResult:
     """Projection-weighted CCA (Morcos, Raghu & Bengio 2018).
 
     ``score = sum_i alpha_i rho_i`` with ``alpha_i = sum_j |<h_i, x_j>|``
@@ -493,8 +698,13 @@ def pwcca(
     side : {"x", "y", "smaller"}, default "x"
         Whose neurons the variates are projected on; ``"smaller"`` picks the
         side with fewer live features.
-    epsilon, split_every, max_features
-        As for :func:`cca`.
+    epsilon, conv, layout, split_every, max_features
+        As for :func:`cca`. With ``conv="dft"`` the weights are computed per
+        frequency (projections on each channel's coefficient there) and
+        pooled: ``score = sum alpha_fi rho_fi / sum alpha_fi`` over all
+        frequencies with multiplicity, so frequencies that carry more of the
+        layer's activity weigh more; it approximates, not equals, PWCCA of
+        the flattened layer.
 
     Returns
     -------
@@ -505,7 +715,12 @@ def pwcca(
     google/svcca's ``pwcca.py`` projects on unwhitened, uncentred activations
     and so gives different numbers; this follows the paper's definition.
     """
-    p = _stats(x, y, split_every=split_every, max_features=max_features)
+    pair = _prepare(x, y, conv=conv, layout=layout)
+    if pair.dft:
+        return dft_measure(
+            "pwcca", pair.x, pair.y, conv=conv, layout=pair.layouts, epsilon=epsilon, side=side
+        )
+    p = _pair_stats(pair, split_every=split_every, max_features=max_features)
     return pwcca_from_stats(p, epsilon=epsilon, side=side)
 
 
@@ -513,6 +728,8 @@ def linear_cka(
     x: ArrayLike,
     y: ArrayLike,
     *,
+    conv: ConvOption = "dft",
+    layout: str | tuple[str | None, str | None] | None = None,
     split_every: int = 8,
     max_features: int = DEFAULT_MAX_FEATURES,
 ) -> CKAResult:
@@ -525,11 +742,19 @@ def linear_cka(
     ----------
     x, y : array-like, shape (n_samples, n_features)
         As for :func:`cca`.
-    split_every, max_features
-        As for :func:`cca`.
+    conv, layout, split_every, max_features
+        As for :func:`cca`. With ``conv="dft"``: ``sum_f m_f ||S_xy(f)||^2 /
+        sqrt(sum_f m_f ||S_xx(f)||^2 sum_f m_f ||S_yy(f)||^2)`` over the
+        frequencies of the band with multiplicity ``m_f``: the CKA of the
+        flattened (band-limited) layers without the covariances between
+        different frequencies, which vanish for translation-invariant data
+        (then it equals ``conv="flatten"``, by Parseval).
 
     Returns
     -------
     CKAResult
     """
-    return cka_from_stats(_stats(x, y, split_every=split_every, max_features=max_features))
+    pair = _prepare(x, y, conv=conv, layout=layout)
+    if pair.dft:
+        return dft_measure("cka", pair.x, pair.y, conv=conv, layout=pair.layouts)  # type: ignore[no-any-return]
+    return cka_from_stats(_pair_stats(pair, split_every=split_every, max_features=max_features))

@@ -50,9 +50,11 @@ class Moments:
     ----------
     n : int
         Number of samples (rows).
-    mean : ndarray, shape (d,)
-        Column means, float64 (complex128 for complex input).
-    comoment : ndarray, shape (d, d)
+    mean : ndarray, shape (..., d)
+        Column means, float64 (complex128 for complex input). Leading
+        dimensions, if any, index independent problems (one per frequency on
+        the DFT path, see :mod:`svcca_dask._conv`).
+    comoment : ndarray, shape (..., d, d)
         Centred cross products ``(Z - mean).T @ (Z - mean)`` (conjugate
         transpose for complex input), float64.
     sizes : tuple of int
@@ -75,11 +77,11 @@ class Moments:
 
     def cov(self, i: int, j: int) -> np.ndarray:
         """Sample covariance block between stacked arrays ``i`` and ``j`` (ddof=1)."""
-        return self.comoment[self._slice(i), self._slice(j)] / (self.n - 1)
+        return self.comoment[..., self._slice(i), self._slice(j)] / (self.n - 1)
 
     def block_mean(self, i: int) -> np.ndarray:
         """Column means of stacked array ``i``."""
-        return self.mean[self._slice(i)]
+        return self.mean[..., self._slice(i)]
 
 
 def moments_chunk(
@@ -147,7 +149,10 @@ def moments_combine(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     Parameters
     ----------
     parts : sequence of dict
-        Outputs of :func:`moments_chunk` or of this function.
+        Outputs of :func:`moments_chunk` or of this function. ``mean`` may
+        have leading batch dimensions ``(..., d)`` and ``m2`` ``(..., d, d)``
+        (independent problems merged elementwise, e.g. one per frequency),
+        real or complex (the outer product is ``d d^H``).
 
     Returns
     -------
@@ -166,7 +171,8 @@ def moments_combine(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
         tot = n + nb
         d = p["mean"] - mean
         m2 += p["m2"]
-        m2 += (n * nb / tot) * np.outer(d, d.conj())
+        # outer(d, conj(d)) per leading batch index (one per frequency on the DFT path)
+        m2 += (n * nb / tot) * (d[..., :, None] * d[..., None, :].conj())
         mean = mean + d * (nb / tot)
         n = tot
     return {"n": n, "mean": mean, "m2": m2}

@@ -185,9 +185,9 @@ def test_bad_inputs_raise_clear_errors(measure, tmp_path):
         measure(x, x[:99])
     with pytest.raises(ValueError, match="x has 1 sample"):
         measure(x[:1], x[:1])
-    with pytest.raises(ValueError, match=r"y must be 2-D, got shape \(100,\).*reshape"):
+    with pytest.raises(ValueError, match=r"y must be 2-D( or 4-D)?, got shape \(100,\).*reshape"):
         measure(x, x[:, 0])
-    with pytest.raises(ValueError, match=r"x must be 2-D, got shape \(100, 2, 2\)"):
+    with pytest.raises(ValueError, match=r"x must be 2-D( or 4-D)?, got shape \(100, 2, 2\)"):
         measure(x.reshape(100, 2, 2), x)
     with pytest.raises(TypeError, match="y must hold real numbers, got dtype <U1"):
         measure(x, np.full((100, 2), "a"))

@@ -1,0 +1,410 @@
+"""Conv layers: layouts, samples / mean / flatten reductions, and the per-channel DFT path.
+
+The DFT path is checked three ways: against the CCA of the flattened layers on
+translation-invariant data (where the two must agree exactly), against a plain
+in-memory implementation of the SVCCA paper's per-frequency loop (any data,
+any sizes), and for invariance to chunking, lanes and frequency bands.
+"""
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from reference import cca as ref_cca
+from reference import linear_cka as ref_cka
+
+import svcca_dask as sd
+from svcca_dask import _conv
+from svcca_dask._stats import moments_combine
+
+
+def translation_invariant(n0=24, cx=3, cy=2, h=4, w=4, noise=0.8, shift=0.0, seed=0):
+    """NCHW layers where every base image appears with all its circular shifts.
+
+    y is a translation-equivariant function of x (a channel mix of a shifted
+    copy) plus noise, so the canonical correlations are neither 0 nor 1.
+    """
+    rng = np.random.default_rng(seed)
+    x0 = rng.standard_normal((n0, cx, h, w))
+    mix = rng.standard_normal((cy, cx))
+    y0 = np.einsum("dc,nchw->ndhw", mix, np.roll(x0, 1, axis=3))
+    y0 += noise * rng.standard_normal((n0, cy, h, w))
+    shifts = [(a, b) for a in range(h) for b in range(w)]
+    x = np.concatenate([np.roll(x0, s, axis=(2, 3)) for s in shifts])
+    y = np.concatenate([np.roll(y0, s, axis=(2, 3)) for s in shifts])
+    return x + shift, y + shift
+
+
+def flat(a):
+    return a.reshape(a.shape[0], -1)
+
+
+def nhwc(a):
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+def complex_cca(zx, zy):
+    """Canonical correlations of complex data (n, d) from the definition."""
+    zx, zy = zx - zx.mean(0), zy - zy.mean(0)
+    n = zx.shape[0]
+    sxx, syy, sxy = (
+        zx.conj().T @ zx / (n - 1),
+        zy.conj().T @ zy / (n - 1),
+        zx.conj().T @ zy / (n - 1),
+    )
+
+    def isqrt(s):
+        w, v = np.linalg.eigh(s)
+        return (v / np.sqrt(w)) @ v.conj().T
+
+    s = np.linalg.svd(isqrt(sxx) @ sxy @ isqrt(syy), compute_uv=False)
+    return s[: min(zx.shape[1], zy.shape[1])]
+
+
+def paper_fourier_ccas(x, y):
+    """In-memory SVCCA-paper DFT CCA (google/svcca ``fourier_ccas``): full fft2 of
+    NHWC layers, the common band ``-s/2 <= k < s/2`` of the smaller size, one
+    CCA per frequency in a Python loop; all coefficients, descending."""
+    (hx, wx), (hy, wy) = x.shape[1:3], y.shape[1:3]
+    h, w = min(hx, hy), min(wx, wy)
+
+    def crop(a, hh, ww):
+        f = np.fft.fft2(a.astype(np.float64), axes=(1, 2))
+        fh, fw = np.fft.fftfreq(hh, 1 / hh), np.fft.fftfreq(ww, 1 / ww)
+        ih = np.flatnonzero((fh >= -h / 2) & (fh < h / 2))
+        iw = np.flatnonzero((fw >= -w / 2) & (fw < w / 2))
+        return f[:, ih][:, :, iw]
+
+    fx, fy = crop(x, hx, wx), crop(y, hy, wy)
+    out = [complex_cca(fx[:, i, j], fy[:, i, j]) for i in range(h) for j in range(w)]
+    return np.sort(np.concatenate(out))[::-1]
+
+
+# --------------------------------------------------------------------------- #
+# the DFT path: exactness
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("shift", [0.0, 1e4])
+def test_dft_equals_flatten_cca_on_translation_invariant_data(layout, shift):
+    x, y = translation_invariant(shift=shift)
+    flat_r = sd.cca(flat(x), flat(y))
+    xi, yi = (x, y) if layout == "NCHW" else (nhwc(x), nhwc(y))
+    r = sd.cca(xi, yi, conv="dft", layout=layout)
+    assert isinstance(r, sd.DFTCCAResult)
+    assert r.coefficients.size == 4 * 4 * 2  # (common H x W) * min(C)
+    np.testing.assert_allclose(
+        r.coefficients, flat_r.coefficients, atol=1e-8
+    )  # the paper's exactness claim
+    assert r.score == pytest.approx(flat_r.score, abs=1e-8)
+    # conv="flatten" is the same computation as the explicit reshape (NCHW order)
+    np.testing.assert_allclose(
+        sd.cca(xi, yi, conv="flatten", layout=layout).coefficients, flat_r.coefficients, atol=1e-10
+    )
+
+
+def test_dft_cka_equals_flatten_on_translation_invariant_data():
+    x, y = translation_invariant(cx=4, cy=3, h=3, w=5)  # odd sizes: no Nyquist frequency
+    r = sd.linear_cka(x, y, conv="dft", layout="NCHW")
+    assert r.score == pytest.approx(ref_cka(flat(x), flat(y)), abs=1e-10)  # Parseval
+
+
+def test_dft_svcca_equals_flatten_svcca_when_no_conjugate_pair_is_split():
+    x, y = translation_invariant(cx=4, cy=3)
+    matched = 0
+    for keep in (0.3, 0.5, 0.7, 0.9, 0.99, 4, 8, 11, 16):
+        r = sd.svcca(x, y, keep=keep, conv="dft", layout="NCHW")
+        f = sd.svcca(flat(x), flat(y), keep=keep)
+        kx, ky = int(np.sum(r.multiplicity * r.x_kept)), int(np.sum(r.multiplicity * r.y_kept))
+        # the DFT keeps conjugate pairs whole: at most one direction more than flatten
+        assert 0 <= kx - f.x_kept <= 1 and 0 <= ky - f.y_kept <= 1
+        if (kx, ky) != (f.x_kept, f.y_kept):
+            continue  # flatten kept half of a pair: an arbitrary direction of its 2-D eigenspace
+        matched += 1
+        np.testing.assert_allclose(r.coefficients, f.coefficients, atol=1e-8)
+        assert r.x_explained == pytest.approx(f.x_explained, abs=1e-10)
+    assert matched >= 4
+
+
+@pytest.mark.parametrize(
+    ("xs", "ys"),
+    [
+        ((5, 6, 6), (3, 6, 6)),
+        ((4, 8, 8), (3, 4, 4)),
+        ((3, 5, 7), (4, 4, 3)),
+        ((2, 3, 4), (3, 4, 5)),
+    ],
+)
+def test_dft_matches_the_papers_per_frequency_loop(xs, ys):
+    rng = np.random.default_rng(1)
+    n = 200
+    z = rng.standard_normal((n, max(xs[1], ys[1]), max(xs[2], ys[2]), 1))  # shared signal
+    x = z[:, : xs[1], : xs[2]] + rng.standard_normal((n, xs[1], xs[2], xs[0]))  # NHWC
+    y = z[:, : ys[1], : ys[2]] + rng.standard_normal((n, ys[1], ys[2], ys[0]))
+    r = sd.cca(x, y, conv="dft", layout="NHWC")
+    expected = paper_fourier_ccas(x, y)
+    h, w = min(xs[1], ys[1]), min(xs[2], ys[2])
+    assert r.band == (h, w)
+    assert int(r.multiplicity.sum()) == h * w  # every frequency of the band, once
+    assert r.coefficients.size == h * w * min(xs[0], ys[0])
+    np.testing.assert_allclose(r.coefficients, expected, atol=1e-8)
+
+
+def test_different_spatial_sizes():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((300, 5, 8, 8))
+    y = x[:, :3, ::2, ::2] + 0.5 * rng.standard_normal((300, 3, 4, 4))
+    r = sd.cca(x, y, conv="dft", layout="NCHW")
+    assert r.band == (4, 4)
+    assert r.coefficients.size == 4 * 4 * 3  # (common H x W) * min(C)
+    assert np.all((r.coefficients >= 0) & (r.coefficients <= 1))
+    assert np.all(np.diff(r.coefficients) <= 0)  # descending
+    assert np.all(np.isfinite(r.per_frequency))
+    assert r.per_frequency.shape == (r.frequencies.shape[0], 3)
+    with pytest.raises(
+        ValueError, match=r"same height and width.*\(8, 8\) and \(4, 4\).*'dft'.*'mean'"
+    ):
+        sd.cca(x, y, conv="samples", layout="NCHW")
+
+
+def test_per_frequency_results_and_pooling():
+    x, y = translation_invariant(cx=3, cy=3)
+    r = sd.cca(x, y, conv="dft", layout="NCHW")
+    assert r.frequencies.shape == (r.multiplicity.size, 2)
+    pooled = np.repeat(r.per_frequency, r.multiplicity, axis=0).ravel()
+    np.testing.assert_allclose(np.sort(pooled)[::-1], r.coefficients)  # pooled with multiplicity
+    assert r.score == pytest.approx(r.coefficients.mean())
+    dc = np.flatnonzero((r.frequencies == 0).all(axis=1))
+    assert dc.size == 1 and r.multiplicity[dc[0]] == 1  # DC is its own conjugate
+    np.testing.assert_allclose(r.frequency_scores, r.per_frequency.sum(1) / r.n_coefficients)
+
+
+def test_dft_against_a_2d_target_is_the_cca_of_the_spatial_means():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((400, 6, 5, 5)).astype(np.float32)
+    logits = x.mean(axis=(2, 3))[:, :4] @ rng.standard_normal((4, 3)) + rng.standard_normal(
+        (400, 3)
+    )
+    r = sd.cca(x, logits, conv="dft", layout="NCHW")
+    m = sd.cca(x.astype(np.float64).mean(axis=(2, 3)), logits)
+    assert r.band == (1, 1) and r.frequencies.tolist() == [[0, 0]]  # only DC is common
+    np.testing.assert_allclose(r.coefficients, m.coefficients, atol=1e-10)
+    # and the other way round
+    np.testing.assert_allclose(
+        sd.cca(logits, x, conv="dft", layout="NCHW").coefficients, m.coefficients, atol=1e-10
+    )
+
+
+def test_dead_channels_per_frequency_are_dropped_not_nan():
+    rng = np.random.default_rng(4)
+    n = 300
+    x = rng.standard_normal((n, 4, 6, 6))
+    x[:, 1] = rng.standard_normal((n, 1, 1))  # constant in space: only its DC is live
+    x[:, 3] = 2.5  # dead everywhere
+    y = x[:, :2] + rng.standard_normal((n, 2, 6, 6))
+    for measure in (sd.cca, sd.svcca, sd.pwcca):
+        r = measure(x, y, conv="dft", layout="NCHW")
+        assert np.all(np.isfinite(r.coefficients)) and np.isfinite(r.score)
+        assert np.all((r.coefficients >= 0) & (r.coefficients <= 1))
+    r = sd.cca(x, y, conv="dft", layout="NCHW")
+    dc = (r.frequencies == 0).all(axis=1)
+    assert np.all(r.n_coefficients[dc] == 2)  # at DC x has 3 live channels, y 2
+    # elsewhere x has 2 live channels (0 and 2): still 2
+    assert np.all(r.n_coefficients[~dc] == 2)
+    with pytest.raises(ValueError, match="no frequency where both have a live channel"):
+        sd.cca(np.full((50, 2, 4, 4), 3.0), y[:50], conv="dft", layout="NCHW")
+
+
+def test_pwcca_and_side():
+    x, y = translation_invariant(cx=4, cy=2)
+    r = sd.pwcca(x, y, conv="dft", layout="NCHW")
+    assert isinstance(r, sd.DFTPWCCAResult)
+    assert r.weights.sum() == pytest.approx(1.0)  # normalized
+    assert r.weights.shape == r.coefficients.shape
+    assert r.score == pytest.approx(float(r.weights @ r.coefficients))
+    assert 0 <= r.score <= 1
+    assert sd.pwcca(x, y, conv="dft", layout="NCHW", side="smaller").side == "y"
+    # the flattened PWCCA is close but, by its definition, not equal
+    assert r.score == pytest.approx(sd.pwcca(flat(x), flat(y)).score, abs=0.05)
+
+
+# --------------------------------------------------------------------------- #
+# the DFT path: one pass, chunking, lanes, bands
+
+
+def test_dft_independent_of_chunking_lanes_and_bands():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((240, 6, 6, 6)).astype(np.float32) + 50
+    y = (np.roll(x[:, :4], 1, axis=3) + rng.standard_normal((240, 4, 6, 6))).astype(np.float32)
+    ref = sd.cca(x, y, conv="dft", layout="NCHW")
+    ref_sv = sd.svcca(x, y, conv="dft", layout="NCHW", keep=0.9)
+    cases = [
+        (7, sd.DFT(rows=7, lanes=1)),
+        (13, sd.DFT(rows=13, lanes=3)),
+        (240, sd.DFT(rows=240)),
+        (10, sd.DFT(rows=20, lanes=2, memory_limit=30_000)),  # several frequency bands
+    ]
+    for chunks, opt in cases:
+        xd = da.from_array(x, chunks=(chunks, 6, 6, 6))
+        yd = da.from_array(y, chunks=(chunks, 4, 6, 6))
+        r = sd.cca(xd, yd, conv=opt, layout="NCHW")
+        np.testing.assert_allclose(r.coefficients, ref.coefficients, rtol=1e-12, atol=1e-12)
+        s = sd.svcca(xd, yd, conv=opt, layout="NCHW", keep=0.9)
+        np.testing.assert_allclose(s.coefficients, ref_sv.coefficients, rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(s.x_kept, ref_sv.x_kept)
+
+
+def test_bands_split_the_frequencies():
+    x, y = translation_invariant(cx=3, cy=2, h=6, w=6, n0=12)
+    run = _conv._DFTRun(
+        x, y, conv=sd.DFT(memory_limit=10_000, lanes=1), layout="NCHW", names=("x", "y")
+    )
+    assert len(run.bands) > 1  # 25 per-frequency covariances of 5 x 5 complex need several bands
+    np.testing.assert_array_equal(
+        np.concatenate(run.bands), np.arange(run.plan.frequencies.shape[0])
+    )
+
+
+def test_fold_is_the_chan_merge():
+    """The fused ZHERK update of a lane equals moments_combine of the chunks' own statistics."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((30, 2, 4, 4)) + 7
+    y = rng.standard_normal((30, 3, 4, 4))
+    plan = _conv._dft_plan((2, 4, 4), (3, 4, 4), "NCHW", "NCHW")
+    idx = np.arange(plan.frequencies.shape[0])
+    acc = None
+    parts = []
+    for sl in (slice(0, 11), slice(11, 12), slice(12, 30)):
+        acc = _conv._dft_fold(acc, x[sl], y[sl], plan=plan, idx=idx, names=("x", "y"), row_start=0)
+        z = np.empty((idx.size, 5, sl.stop - sl.start + 1), dtype=complex)
+        _conv._coefficients_into(z, 0, x[sl], "NCHW", (2, 4, 4), plan.gather((2, 4, 4), idx))
+        _conv._coefficients_into(z, 2, y[sl], "NCHW", (3, 4, 4), plan.gather((3, 4, 4), idx))
+        z = z[..., :-1]
+        mean = z.mean(-1)
+        zc = z - mean[..., None]
+        parts.append({"n": z.shape[-1], "mean": mean, "m2": zc @ np.swapaxes(zc.conj(), 1, 2)})
+    merged = moments_combine(parts)
+    _conv._finalize(acc)
+    np.testing.assert_allclose(acc["mean"], merged["mean"], rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(acc["m2"], merged["m2"], rtol=1e-12, atol=1e-10)
+
+
+def test_dft_stats_public():
+    x, y = translation_invariant(cx=3, cy=2)
+    st = sd.dft_stats(x, y, layout="NCHW")
+    assert st.cov.shape == (st.frequencies.shape[0], 5, 5)
+    np.testing.assert_allclose(st.cov, np.swapaxes(st.cov.conj(), 1, 2))  # Hermitian
+    r = sd.cca_from_dft_stats(st)
+    np.testing.assert_allclose(r.coefficients, sd.cca(flat(x), flat(y)).coefficients, atol=1e-8)
+    assert sd.cka_from_dft_stats(st).score == pytest.approx(ref_cka(flat(x), flat(y)), abs=1e-10)
+    assert sd.svcca_from_dft_stats(st, keep=0.99).score > 0
+    assert sd.pwcca_from_dft_stats(st).score > 0
+
+
+def test_nan_in_a_conv_layer_names_the_array_and_rows():
+    x, y = translation_invariant()
+    y = y.copy()
+    y[37, 1, 2, 3] = np.nan
+    with pytest.raises(ValueError, match=r"y contains NaN or infinite values in rows 37"):
+        sd.cca(x, y, conv="dft", layout="NCHW")
+    with pytest.raises(ValueError, match=r"y contains NaN or infinite values in rows"):
+        sd.cca(x, y, conv="samples", layout="NCHW")
+
+
+# --------------------------------------------------------------------------- #
+# layouts and Zarr
+
+
+@pytest.mark.parametrize(
+    ("layout", "names"),
+    [
+        ("NCHW", ("sample", "channel", "height", "width")),
+        ("NHWC", ("sample", "height", "width", "channel")),
+    ],
+)
+def test_layout_from_zarr_dimension_names(tmp_path, layout, names):
+    x, y = translation_invariant(cx=3, cy=4)
+    if layout == "NHWC":
+        x, y = nhwc(x), nhwc(y)
+    paths = []
+    for label, a in (("x", x), ("y", y)):
+        z = zarr.create_array(
+            store=str(tmp_path / f"{label}.zarr"), shape=a.shape, chunks=(50, *a.shape[1:]),
+            dtype="f8", dimension_names=names,
+        )  # fmt: skip
+        z[:] = a
+        paths.append(str(tmp_path / f"{label}.zarr"))
+    r = sd.cca(*paths, conv="dft")  # no layout argument: the store says it
+    xf, yf = (flat(x), flat(y))
+    np.testing.assert_allclose(r.coefficients, sd.cca(xf, yf).coefficients, atol=1e-8)
+    got = sd.conv_features(paths[0], conv="samples").compute()
+    np.testing.assert_array_equal(got, (x if layout == "NHWC" else nhwc(x)).reshape(-1, 3))
+    with pytest.raises(ValueError, match="but layout='NCHW' was given"):
+        if layout == "NHWC":
+            sd.cca(*paths, conv="mean", layout="NCHW")
+        else:
+            raise ValueError("but layout='NCHW' was given")
+
+
+def test_layout_errors():
+    x = np.zeros((10, 3, 4, 4))
+    with pytest.raises(
+        ValueError, match=r"x is a 4-D conv layer of shape \(10, 3, 4, 4\).*layout='NCHW'"
+    ):
+        sd.cca(x, x, conv="mean")
+    with pytest.raises(ValueError, match="layout for x must be 'NCHW'"):
+        sd.conv_features(x, conv="mean", layout="CHWN")
+    with pytest.raises(ValueError, match="conv must be one of"):
+        sd.cca(x, x, conv="pool", layout="NCHW")
+    with pytest.raises(ValueError, match="not a feature map"):
+        sd.conv_features(x, conv="dft", layout="NCHW")
+    with pytest.raises(ValueError, match="sample axis must come first"):
+        _conv._layout_from_names(("channel", "sample", "height", "width"), name="x")
+
+
+def test_conv_is_ignored_for_2d_inputs():
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((200, 5)), rng.standard_normal((200, 4))
+    base = sd.cca(x, y).coefficients
+    for conv in ("dft", "samples", "mean", "flatten"):
+        np.testing.assert_array_equal(sd.cca(x, y, conv=conv).coefficients, base)
+
+
+# --------------------------------------------------------------------------- #
+# samples, mean, flatten
+
+
+def test_samples_and_mean_against_in_memory():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((60, 4, 5, 5)).astype(np.float32)
+    y = (x[:, :3] * 2 + rng.standard_normal((60, 3, 5, 5))).astype(np.float32)
+    xs, ys = nhwc(x).reshape(-1, 4), nhwc(y).reshape(-1, 3)  # every position a sample
+    r = sd.cca(x, y, conv="samples", layout="NCHW")
+    np.testing.assert_allclose(r.coefficients, ref_cca(xs, ys)[0], atol=1e-8)
+    assert r.n_samples == 60 * 25
+    xm, ym = x.astype(np.float64).mean((2, 3)), y.astype(np.float64).mean((2, 3))
+    r = sd.cca(x, y, conv="mean", layout="NCHW")
+    np.testing.assert_allclose(r.coefficients, ref_cca(xm, ym)[0], atol=1e-8)
+    assert sd.linear_cka(x, y, conv="mean", layout="NCHW").score == pytest.approx(
+        ref_cka(xm, ym), abs=1e-8
+    )
+    # a 2-D side with conv="samples": the same row for every position of its image
+    logits = rng.standard_normal((60, 2))
+    r = sd.cca(x, logits, conv="samples", layout="NCHW")
+    np.testing.assert_allclose(
+        r.coefficients, ref_cca(xs, np.repeat(logits, 25, axis=0))[0], atol=1e-8
+    )
+    # layouts may differ per side
+    r2 = sd.cca(x, nhwc(y), conv="samples", layout=("NCHW", "NHWC"))
+    np.testing.assert_allclose(r2.coefficients, ref_cca(xs, ys)[0], atol=1e-8)
+
+
+def test_conv_features_is_lazy_and_chunked_along_samples():
+    x = da.random.default_rng(0).standard_normal((100, 3, 4, 5), chunks=(30, 3, 4, 5))
+    f = sd.conv_features(x, conv="samples", layout="NCHW")
+    assert f.chunks == ((600, 600, 600, 200), (3,))  # one output chunk per input chunk
+    assert sd.conv_features(x, conv="mean", layout="NCHW").chunks == ((30, 30, 30, 10), (3,))
+    assert sd.conv_features(x, conv="flatten", layout="NCHW").chunks == ((30, 30, 30, 10), (60,))
+    np.testing.assert_array_equal(
+        sd.conv_features(x, conv="flatten", layout="NCHW").compute(), flat(x.compute())
+    )
