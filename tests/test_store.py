@@ -174,3 +174,14 @@ def test_float16_layers_and_recreated_store_id(tmp_path, rng):
     np.testing.assert_allclose(s.read("h").data.compute(), x, rtol=1e-3, atol=1e-3)
     old = s.store_id
     assert create_store(tmp_path / "a.zarr", overwrite=True).store_id != old  # new identity
+
+
+def test_conv_and_matrix_paths_refuse_incomplete_layers(tmp_path, rng):
+    s = create_store(tmp_path / "a.zarr")
+    s.append("conv", rng.standard_normal((20, 3, 4, 4)), expected_samples=40)
+    path = s.layer_path("conv")
+    for conv in ("dft", "mean"):  # 4-D inputs go through the same check
+        with pytest.raises(IncompleteLayerError, match="20 of 40"):
+            sd.linear_cka(path, path, conv=conv)
+    with pytest.raises(IncompleteLayerError, match="20 of 40"):
+        sd.similarity_matrix({"conv": path}, measure="cka", conv="mean")
