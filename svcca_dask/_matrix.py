@@ -490,6 +490,30 @@ def _pack(ids: Sequence[int], widths: Sequence[int], budget: int) -> list[list[i
     return groups
 
 
+def _fit(
+    g: list[int], h: list[int], widths: Sequence[int], max_width: int
+) -> list[tuple[list[int], list[int]]]:
+    """Split the tile ``g + h`` into sub-tiles at most ``max_width`` wide.
+
+    Groups fit their budgets, but a single layer wider than its budget (over
+    half of ``max_width``) next to a group may not: split the other side.
+    Every pair of single layers fits (checked before planning).
+    """
+    if h is g:
+        return [(g, h)]
+
+    def width(ids: list[int]) -> int:
+        return sum(widths[k] for k in dict.fromkeys(ids))
+
+    if width(g + h) <= max_width:
+        return [(g, h)]
+    out = []
+    for part in _pack(g, widths, max(max_width - width(h), 1)):
+        for h_part in _pack(h, widths, max(max_width - width(part), 1)):
+            out.append((part, h_part))
+    return out
+
+
 def _plan_tiles(
     row_idx: Sequence[int], col_idx: Sequence[int], widths: Sequence[int], max_width: int
 ) -> list[tuple[list[list[int]], dict[frozenset[int], int]]]:
@@ -514,15 +538,16 @@ def _plan_tiles(
         homes: dict[frozenset[int], int] = {}
         # g against itself last: a tile g + h already holds g's own blocks
         for h in [h for h in col_groups if h is not g] + [h for h in col_groups if h is g]:
-            fresh = {frozenset((i, j)) for i in g for j in h} & needed
-            if not fresh - covered:
-                continue
-            tile = list(dict.fromkeys(g + h))
-            inside = {frozenset((i, j)) for i in tile for j in tile} & needed
-            for pair in inside - covered:
-                homes[pair] = len(tiles)
-            covered |= inside
-            tiles.append(tile)
+            for part, h_part in _fit(g, h, widths, max_width):
+                fresh = {frozenset((i, j)) for i in part for j in h_part} & needed
+                if not fresh - covered:
+                    continue
+                tile = list(dict.fromkeys(part + h_part))
+                inside = {frozenset((i, j)) for i in tile for j in tile} & needed
+                for pair in inside - covered:
+                    homes[pair] = len(tiles)
+                covered |= inside
+                tiles.append(tile)
         if tiles:
             plan.append((tiles, homes))
     return plan

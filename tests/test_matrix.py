@@ -10,6 +10,8 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import svcca_dask as sd
 from svcca_dask._matrix import _plan_tiles
@@ -158,13 +160,15 @@ def test_tiled_matrix_reads_each_layer_once_per_tile_row(symmetric):
 
 
 def test_plan_covers_every_pair_exactly_once():
-    widths = [3, 7, 2, 5, 6, 1, 4]
-    for rows, cols, limit in [
-        (range(7), range(7), 12),
-        (range(4), range(4, 7), 11),
-        ([0, 1, 2, 3], [2, 3, 4], 13),  # sides that share layers
+    for widths, rows, cols, limit in [
+        ([3, 7, 2, 5, 6, 1, 4], range(7), range(7), 13),  # widest pair: 7 + 6
+        ([3, 7, 2, 5, 6, 1, 4], range(4), range(4, 7), 13),
+        ([3, 7, 2, 5, 6, 1, 4], [0, 1, 2, 3], [2, 3, 4], 14),  # sides that share layers
+        ([7, 2, 3], range(3), range(3), 10),  # a layer over half the limit next to a group
+        ([3, 2, 7], range(2), [2], 10),
     ]:
         plan = _plan_tiles(list(rows), list(cols), widths, limit)
+        assert all(sum(widths[k] for k in t) <= limit for tiles, _ in plan for t in tiles)
         homes = [pair for _, h in plan for pair in h]
         needed = {frozenset((i, j)) for i in rows for j in cols}
         assert sorted(map(sorted, homes)) == sorted(map(sorted, needed))  # each pair one home
@@ -267,3 +271,30 @@ def test_cross_blocks_equal_the_joint_comoment_blocks():
     np.testing.assert_allclose(out["cross"], full[: e[2], e[2]:], atol=1e-9 * scale)  # x-y block only
     assert out["cross"].shape == (8, 6) and out["n"] == 700
     np.testing.assert_allclose(out["mean"], z.mean(0), rtol=1e-14)
+
+
+@settings(derandomize=True, deadline=None, max_examples=400)
+@given(
+    widths=st.lists(st.integers(1, 12), min_size=1, max_size=9),
+    max_width=st.integers(4, 30),
+    data=st.data(),
+)
+def test_plan_properties(widths, max_width, data):
+    ids = list(range(len(widths)))
+    rows = data.draw(st.lists(st.sampled_from(ids), min_size=1, max_size=6), label="rows")
+    if data.draw(st.booleans(), label="same layers on both sides"):
+        cols = data.draw(st.permutations(rows), label="cols")
+    else:
+        cols = data.draw(st.lists(st.sampled_from(ids), min_size=1, max_size=6), label="cols")
+    needed = {frozenset((i, j)) for i in rows for j in cols}
+    # similarity_matrix refuses pairs wider than max_width before planning
+    assume(all(sum(widths[k] for k in pair) <= max_width for pair in needed))
+    plan = _plan_tiles(rows, cols, widths, max_width)
+    homes = [pair for _, h in plan for pair in h]
+    assert len(homes) == len(set(homes)) and set(homes) == needed  # each pair once
+    for tiles, h in plan:
+        for pair, t in h.items():
+            assert pair <= set(tiles[t])  # its home tile holds both layers
+        for tile in tiles:
+            assert sum(widths[k] for k in tile) <= max_width  # memory bound
+            assert len(tile) == len(set(tile))  # a layer stacked once per tile
