@@ -224,8 +224,12 @@ def open_cluster(spec: str | Mapping[str, Any] | None) -> Iterator[Any]:
     if spec is None or spec in ("threads", "none"):
         yield None
         return
+    import distributed  # noqa: F401  (sets its loggers up on import; quiet them below)
+
     from svcca_dask.cluster import connect
 
+    if not logging.getLogger("pipeline").isEnabledFor(logging.INFO):
+        logging.getLogger("distributed").setLevel(logging.WARNING)  # --verbose shows them
     if isinstance(spec, Mapping):
         options = dict(spec)
         text = options.pop("spec", "local")
@@ -554,7 +558,8 @@ def run_job(
     bar = Progress(total=len(tasks), desc="run", enabled=progress)
     bar.update(len(rows))
     try:
-        with open_cluster(job.cluster if cluster is None else cluster):
+        spec = job.cluster if cluster is None else cluster
+        with open_cluster(spec if todo else None):  # no cluster when everything is reused
             for group in _groups(job, todo):
                 report.passes += 1 if group.matrix else len(group.tasks)
                 for t, result in _compute(job, group):
