@@ -45,7 +45,7 @@ class Progress:
         self.count = 0
         self._start = time.monotonic()
         self._last = 0.0
-        self._drawn = False
+        self._drawn_count = -1
 
     def update(self, n: int = 1) -> None:
         """Advance by ``n`` steps."""
@@ -67,12 +67,13 @@ class Progress:
             bar = f"{self.count}"
         self.stream.write(f"\r{self.desc} {bar} {elapsed:.1f}s")
         self.stream.flush()
-        self._drawn = True
+        self._drawn_count = self.count
 
     def close(self) -> None:
         """Draw the final state and end the line."""
         if self.enabled:
-            self._draw(time.monotonic())
+            if self._drawn_count != self.count:
+                self._draw(time.monotonic())
             self.stream.write("\n")
             self.stream.flush()
 
