@@ -442,6 +442,13 @@ def extract_activations(
             f"the batches held {seen} samples but the dataset has {dataset_size}; the store "
             "is left incomplete"
         )
+    short = {n: s.complete_samples(n) for n in finished if s.complete_samples(n) != seen}
+    if short:
+        raise RuntimeError(
+            f"arrays with other than the {seen} samples the batches held: {short}; a module "
+            "called a varying number of times per forward (reuse='each')? The store is left "
+            "incomplete"
+        )
     for n in finished:
         s.set_writing([n], False, expected_samples=seen)
     s.update_provenance(dataset_size=seen, finished=True, arrays=finished)
