@@ -355,6 +355,8 @@ def extract_activations(
     arrays = [n for n in s.layer_names() if n in names or n.split(".call")[0] in names]
     tracked = arrays + ([LABELS] if LABELS in s else [])
     done = min((s.complete_samples(n) for n in tracked), default=0)
+    if any(not any(a == n or a.startswith(f"{n}.call") for a in arrays) for n in names):
+        done = 0  # a layer never written: start over (its array gets the first samples)
     for n in tracked:  # every array back to the common complete count
         if s.complete_samples(n) != done or s.info(n).shape[0] != done:
             log.info("resume: truncating %s from %d to %d samples", n, s.complete_samples(n), done)
