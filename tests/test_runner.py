@@ -243,3 +243,39 @@ def test_compare_pair(root):
     assert compare_pair(x, y, measure="cka")["coefficients"] == []
     with pytest.raises(ValueError, match="takes no option keep"):
         compare_pair(x, y, measure="cka", options={"keep": 0.9})
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+import pipeline.runner as runner
+from pipeline.jobs import parse_job
+
+real = runner._replace
+def replace(src, dst):
+    if dst.endswith("results.csv"):
+        os.kill(os.getpid(), signal.SIGKILL)  # a real kill, with the new table half done
+    real(src, dst)
+runner._replace = replace
+job = parse_job({"output": "out", "stores": {"a": "a.zarr", "b": "b.zarr"},
+                 "measures": ["cka"], "cluster": "threads"}, base_dir=sys.argv[1])
+runner.run_job(job, progress=False)
+"""
+
+
+def test_sigkill_leaves_no_half_results(root):
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, str(root)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == -signal.SIGKILL
+    out = root / "out"
+    assert not (out / "results.csv").exists()  # never a partial table
+    assert any(n.endswith(".tmp") for n in os.listdir(out))  # the unfinished file, aside
+    job = job_for(root, measures=["cka"], options={}, pairs="same-name")
+    report = run_job(job, progress=False)
+    assert report.computed + report.reused == 3
+    assert not any(n.endswith(".tmp") or n.startswith(".tmp-") for n in os.listdir(out))
+    assert len(read_csv(root)) == 3
