@@ -250,6 +250,8 @@ def _toml(spec: dict[str, Any]) -> str:
             return "true" if v else "false"
         if isinstance(v, int | float):
             return repr(v)
+        if isinstance(v, list) and v and all(isinstance(i, list) for i in v):
+            return "[\n" + "".join(f"    {value(i)},\n" for i in v) + "]"
         if isinstance(v, list):
             return "[" + ", ".join(value(i) for i in v) + "]"
         raise TypeError(f"cannot write {v!r} as TOML")
@@ -263,8 +265,14 @@ def _toml(spec: dict[str, Any]) -> str:
     return "\n".join(top) + "\n" + "\n".join(tables) + "\n"
 
 
-def _job_specs(layers: dict[str, Sequence[str]], n_classes: int) -> dict[str, dict[str, Any]]:
-    """The demo's jobs (relative to the report folder): learning dynamics, net1 vs net2, classes."""
+def _job_specs(layers: dict[str, Sequence[str]]) -> dict[str, dict[str, Any]]:
+    """The demo's jobs (paths relative to the report folder).
+
+    ``learning_dynamics`` pairs every layer of each checkpoint of net1 and
+    resnet (``layers[net]``) with every layer of the same net's final state;
+    ``net1_vs_net2`` and ``class_sensitivity`` pair every layer of the final
+    net1 with every layer of the final net2 and every class logit.
+    """
     from .models import CHECKPOINTS
 
     def stem(net: str, fraction: float) -> str:
@@ -280,7 +288,6 @@ def _job_specs(layers: dict[str, Sequence[str]], n_classes: int) -> dict[str, di
         for f in CHECKPOINTS:
             dyn_pairs += product(stem(net, f), stem(net, 1.0), layers[net], layers[net])
     final1, final2 = stem("net1", 1.0), stem("net2", 1.0)
-    classes = [f"class_{c}" for c in range(n_classes)]
     return {
         "learning_dynamics": {
             "output": "jobs/learning_dynamics",
@@ -292,14 +299,14 @@ def _job_specs(layers: dict[str, Sequence[str]], n_classes: int) -> dict[str, di
         "net1_vs_net2": {
             "output": "jobs/net1_vs_net2",
             "measures": ["svcca"],
-            "pairs": product(final1, final2, layers["net1"], layers["net2"]),
+            "pairs": "all",  # every layer of net1 with every layer of net2
             "stores": {final1: f"stores/{final1}.zarr", final2: f"stores/{final2}.zarr"},
             "options": {"keep": 0.99, "conv": CONV_HEATMAP},
         },
         "class_sensitivity": {
             "output": "jobs/class_sensitivity",
             "measures": ["svcca"],
-            "pairs": product(final1, "classes", layers["net1"], classes),
+            "pairs": "all",  # every layer of net1 with every class logit
             "stores": {final1: f"stores/{final1}.zarr", "classes": "stores/classes.zarr"},
             "options": {"keep": 0.99, "conv": CONV_CLASSES},
         },
@@ -405,8 +412,8 @@ def run_demo(
     freeze_training : bool, default True
         Also train net1 again with the schedule and compare with normal training.
     workers, threads : int
-        The local Dask cluster's worker processes and threads per worker;
-        ``threads`` is also PyTorch's thread count.
+        The local Dask cluster's worker processes and threads per worker.
+        PyTorch trains on one thread (the nets are tiny).
     progress : bool, default True
         Print each stage and its wall time.
 
@@ -439,7 +446,9 @@ def run_demo(
     stores = out / "stores"
     stage = _Stages(progress)
     summary = DemoSummary(out=str(out))
-    set_determinism(threads=threads)
+    # one PyTorch thread: these nets are too small to gain from two, and on a busy
+    # 2-core machine two threads made training 13x slower (OpenMP waits; measured)
+    set_determinism(threads=1)
 
     with stage("train"):
         data = load_digits()
@@ -450,9 +459,7 @@ def run_demo(
 
     conv_layers, res_layers = ConvNet.LAYERS, ResNet.LAYERS
     final = {net: _store_name(net, 1.0).removesuffix(".zarr") for net in NETS}
-    specs = _job_specs(
-        {"net1": conv_layers, "net2": conv_layers, "resnet": res_layers}, data.n_classes
-    )
+    specs = _job_specs({"net1": conv_layers, "resnet": res_layers})
     with contextlib.ExitStack() as stack:
         with stage("cluster"):
             conn = stack.enter_context(
@@ -712,24 +719,32 @@ def _write_report(out: Path, summary: DemoSummary, **k: Any) -> None:
         ),
         rp.Section(
             "2. Learning dynamics: the conv net",
-            "Each panel: SVCCA of every layer of net1 at k% of training (rows) with every "
-            "layer at the end (columns). The diagonal fills in from the bottom left (input "
-            f"side) first: lower layers converge early, higher ones late. {lower['text']}.",
+            "Each panel: SVCCA of every layer of net1 at k% of training (rows, input at the "
+            "top) with every layer at the end (columns). Conv layers are reduced to their "
+            "spatial mean per channel (conv='mean'), so that conv and dense layers share one "
+            "matrix pass. The diagonal fills in from the top left (input side) first: lower "
+            f"layers converge early, higher ones late. {lower['text']}. (conv1 and bn1 are "
+            "affine functions of the input pixels at every checkpoint, and CCA is invariant "
+            "to invertible linear maps: their SVCCA with the final state is 1 from the "
+            "start; the first layer that shows learning is conv2.)",
             image="fig2_learning_dynamics_net1.png",
         ),
         rp.Section(
             "2b. Learning dynamics: the residual net",
             "The same for the residual net (stem conv and batch norm, the output of each "
-            "residual block, the logits). Skip connections keep the blocks similar to each "
-            "other (bright off-diagonal cells).",
+            "residual block, the logits). The stem is fixed from the start; the blocks and "
+            "the logits settle later, and the last blocks and the logits are similar to each "
+            "other (bright off-diagonal cells at the bottom right).",
             image="fig2_learning_dynamics_resnet.png",
         ),
         rp.Section(
             "3. Class sensitivity",
             "SVCCA of each layer of the final net1 with each class's logit (a 1-D target). "
-            "Conv layers are reduced with the DFT method, as in the paper. Higher layers "
-            "become sensitive to the classes; digits that are easy to tell apart early "
-            "(bright cells in low rows) are separated by low layers already.",
+            "Conv layers are compared with the DFT method (conv='dft'), as in the paper: "
+            "against a target with no spatial extent only the zero frequency (the spatial "
+            "sum of each channel) can correlate. Sensitivity to every class grows with "
+            "depth; some digits (bright cells in the upper rows) are already told apart by "
+            "low layers, others only by the dense layers.",
             image="fig3_class_sensitivity.png",
         ),
         rp.Section(
@@ -845,7 +860,7 @@ def add_parser(subparsers: Any) -> None:
         "--workers", type=int, default=1, help="local Dask cluster: worker processes (default 1)"
     )
     p.add_argument(
-        "--threads", type=int, default=2, help="threads per worker and for PyTorch (default 2)"
+        "--threads", type=int, default=2, help="local Dask cluster: threads per worker (default 2)"
     )
     p.add_argument("--quiet", action="store_true", help="no stage timings on stdout")
     p.set_defaults(handler=_demo)
@@ -853,7 +868,10 @@ def add_parser(subparsers: Any) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     if not getattr(args, "verbose", False):
-        # distributed's loggers are at INFO and would reach the CLI's root handler
+        # distributed sets its loggers to INFO when imported; they would reach the
+        # CLI's root handler: quiet them after the import
+        import distributed  # noqa: F401
+
         logging.getLogger("distributed").setLevel(logging.WARNING)
     summary = run_demo(
         args.out,

@@ -150,17 +150,22 @@ def test_toml_writer_round_trips() -> None:
 
 
 def test_job_specs_pair_checkpoints_with_the_final_state() -> None:
-    from pipeline.demo import _job_specs
+    import tomllib
 
-    layers = {"net1": ["c1", "fc"], "net2": ["c1", "fc"], "resnet": ["s", "b1", "logits"]}
-    specs = _job_specs(layers, 3)
+    from pipeline.demo import _job_specs, _toml
+
+    specs = _job_specs({"net1": ["c1", "fc"], "resnet": ["s", "b1", "logits"]})
     dyn = specs["learning_dynamics"]
     assert len(dyn["pairs"]) == 4 * 2 * 2 + 4 * 3 * 3  # checkpoints x layers x layers, per net
     assert ["net1-035/c1", "net1-100/fc"] in dyn["pairs"]
     assert all(p[1].startswith(("net1-100/", "resnet-100/")) for p in dyn["pairs"])  # vs final
-    cls = specs["class_sensitivity"]["pairs"]
-    assert len(cls) == 2 * 3 and ["net1-100/fc", "classes/class_2"] in cls
-    assert specs["net1_vs_net2"]["pairs"][1] == ["net1-100/c1", "net2-100/fc"]
+    assert len(dyn["stores"]) == 8 and dyn["options"]["conv"] == "mean"
+    cls = specs["class_sensitivity"]
+    assert cls["pairs"] == "all" and set(cls["stores"]) == {"net1-100", "classes"}
+    assert cls["options"]["conv"] == "dft"  # conv layers against a 1-D target
+    assert set(specs["net1_vs_net2"]["stores"]) == {"net1-100", "net2-100"}
+    for spec in specs.values():
+        assert tomllib.loads(_toml(spec)) == spec  # written as TOML job files
 
 
 def test_matrix_from_rows_places_scores_and_leaves_gaps() -> None:
@@ -198,3 +203,46 @@ def test_cli_has_the_demo_subcommand() -> None:
     assert args.handler is _demo and args.out == DEFAULT_OUT and args.freeze_training
     args = build_parser().parse_args(["demo", "--out", "x", "--no-freeze-training"])
     assert args.out == "x" and not args.freeze_training
+
+
+# --------------------------------------------------------------------------- #
+# the whole demo, once (small: two epochs)
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path) -> None:
+    import csv
+    import json
+
+    import torch
+
+    from pipeline.demo import run_demo
+    from pipeline.jobs import load_job
+    from pipeline.models import ConvNet
+    from pipeline.runner import COLUMNS, run_job
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        summary = run_demo(tmp_path / "report", epochs=2, workers=1, threads=1, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+    out = tmp_path / "report"
+    html = (out / "index.html").read_text()
+    figures = sorted(p.name for p in out.glob("fig*.png"))
+    assert len(figures) == 7 and all(f in html for f in figures)  # every figure shown
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["job", *COLUMNS]  # the tidy table
+    n_conv, n_res = len(ConvNet.LAYERS), 6
+    assert len(rows) == 4 * n_conv**2 + 4 * n_res**2 + n_conv**2 + n_conv * 10
+    scores = np.array([float(r["score"]) for r in rows])
+    assert np.all((scores >= 0) & (scores <= 1 + 1e-9))  # similarities, no NaN
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["seconds"]["total"] > 0 and list(saved["schedule"]) == list(ConvNet.LAYERS)
+    assert summary.freeze_training["frozen_gflop"] <= summary.freeze_training["normal_gflop"]
+    assert set(summary.checks) == {"directions_shared", "lower_layers_converge_first"}
+    assert summary.compression["svcca_accuracy"][-1] > 0.5  # all directions: the net works
+    # the job files are real jobs: a rerun finds every result and recomputes nothing
+    again = run_job(load_job(out / "jobs" / "net1_vs_net2.toml"), cluster="threads", progress=False)
+    assert again.computed == 0 and again.reused == n_conv**2
