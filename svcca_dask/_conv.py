@@ -567,16 +567,6 @@ def _position_moments(b: np.ndarray) -> dict[str, Any]:
     return {"n": flat.shape[0], "mean": mean[:, None], "m2": m2[:, None, None]}
 
 
-def _merge_lanes(*accs: dict[str, Any]) -> dict[str, Any]:
-    """Chan/Pebay merge of the lanes' accumulators (lower triangles stay exact)."""
-    parts = [a for a in accs if a is not None]
-    out = moments_combine(parts) if len(parts) > 1 else dict(parts[0])
-    for key in ("x_pos", "y_pos"):
-        if key in parts[0]:
-            out[key] = moments_combine([p[key] for p in parts])
-    return out
-
-
 def _finalize(out: dict[str, Any]) -> dict[str, Any]:
     """Fill the upper triangles from the lower ones (Hermitian), in place."""
     m2 = out["m2"]
@@ -723,7 +713,7 @@ def _same_rows(xd: da.Array, yd: da.Array, rows: int) -> tuple[da.Array, da.Arra
     return xd.rechunk({0: rows}), yd.rechunk({0: rows})
 
 
-def _accumulate_band(
+def _lane_graph(
     xd: da.Array,
     yd: da.Array,
     plan: _Plan,
@@ -733,18 +723,17 @@ def _accumulate_band(
     lanes: int,
     names: tuple[str, str],
     with_scale: bool,
-) -> tuple[DFTStats, tuple[float, float] | None]:
-    """One pass over the data: the statistics of the frequencies ``idx``."""
+) -> list[Any]:
+    """The lanes of one pass: each a chain of fold tasks over consecutive row chunks."""
     stored = max(max(xd.chunks[0]), max(yd.chunks[0]))
     xr, yr = _same_rows(xd, yd, _rows_target(plan, idx, opt, stored))
     xs = xr.to_delayed(optimize_graph=True).reshape(-1)
     ys = yr.to_delayed(optimize_graph=True).reshape(-1)
     starts = np.concatenate([[0], np.cumsum(xr.chunks[0])])[:-1]
     n_chunks = len(xs)
-    n_lanes = max(1, min(lanes, n_chunks))
     fold = delayed(_dft_fold, pure=False)
     accs = []
-    for lane in np.array_split(np.arange(n_chunks), n_lanes):
+    for lane in np.array_split(np.arange(n_chunks), max(1, min(lanes, n_chunks))):
         acc = None
         for i in lane:
             acc = fold(
@@ -752,31 +741,62 @@ def _accumulate_band(
                 row_start=int(starts[i]), with_scale=with_scale,
             )  # fmt: skip
         accs.append(acc)
-    (out,) = compute(delayed(_merge_lanes, pure=False)(*accs))
+    return accs
+
+
+def _scale_of(*accs: dict[str, Any], plan: _Plan) -> tuple[float, float]:
+    """``H * W`` times the largest single-activation variance, per side."""
+    out = []
+    for key, shape in (("x_pos", plan.x_shape), ("y_pos", plan.y_shape)):
+        m = moments_combine([a[key] for a in accs])
+        top = float(np.max(m["m2"], initial=0.0)) / (m["n"] - 1)
+        out.append(top * shape[1] * shape[2])
+    return out[0], out[1]
+
+
+def _block_stats(
+    sl: slice,
+    scale: tuple[float, float],
+    *accs: dict[str, Any],
+    plan: _Plan,
+    idx: np.ndarray,
+) -> DFTStats:
+    """Merge the lanes' statistics of a block of frequencies (Chan/Pebay) and finish them."""
+    parts = [{"n": a["n"], "mean": a["mean"][sl], "m2": a["m2"][sl]} for a in accs]
+    out = moments_combine(parts)  # copies the block: the lanes stay untouched
     _finalize(out)
     n = int(out["n"])
     cov = out["m2"]
     cov /= n - 1
-    scale = None
-    if with_scale:
-        scale = tuple(
-            float(np.max(out[k]["m2"], initial=0.0)) / (n - 1) * shape[1] * shape[2]
-            for k, shape in (("x_pos", plan.x_shape), ("y_pos", plan.y_shape))
-        )
-    stats = DFTStats(
+    return DFTStats(
         n=n,
-        frequencies=plan.frequencies[idx],
-        multiplicity=plan.multiplicity[idx],
+        frequencies=plan.frequencies[idx[sl]],
+        multiplicity=plan.multiplicity[idx[sl]],
         band=plan.band,
         sizes=(plan.x_shape[0], plan.y_shape[0]),
         mean=out["mean"],
         cov=cov,
         x_shape=plan.x_shape,
         y_shape=plan.y_shape,
-        x_scale=scale[0] if scale else float("nan"),
-        y_scale=scale[1] if scale else float("nan"),
+        x_scale=scale[0],
+        y_scale=scale[1],
     )
-    return stats, scale  # type: ignore[return-value]
+
+
+def _concat_stats(blocks: list[DFTStats]) -> DFTStats:
+    if len(blocks) == 1:
+        return blocks[0]
+    return replace(
+        blocks[0],
+        frequencies=np.concatenate([b.frequencies for b in blocks]),
+        multiplicity=np.concatenate([b.multiplicity for b in blocks]),
+        mean=np.concatenate([b.mean for b in blocks]),
+        cov=np.concatenate([b.cov for b in blocks]),
+    )
+
+
+def _with_light(fn: Any, st: DFTStats, *args: Any) -> tuple[DFTStats, dict[str, np.ndarray]]:
+    return _light(st), fn(st, *args)
 
 
 def _open_pair(
@@ -798,7 +818,15 @@ def _shape_of(arr: da.Array, layout: str | None) -> tuple[int, int, int]:
 
 
 class _DFTRun:
-    """The opened pair, its plan, and the passes that compute band statistics."""
+    """The opened pair, its plan and bands, and the passes over the data.
+
+    Each pass (one band of frequencies) is one Dask graph: the lanes fold the
+    row chunks; then, per block of frequencies, one task merges the lanes'
+    statistics of the block and the next reduces them to per-frequency
+    results, so that only those (small) results reach the client and the
+    blocks run in parallel on the scheduler (threads, or the workers of a
+    ``distributed`` cluster that hold the lanes).
+    """
 
     def __init__(
         self,
@@ -808,30 +836,74 @@ class _DFTRun:
         conv: Any,
         layout: Any,
         names: tuple[str, str],
-        lanes: int | None = None,
-        frequencies: np.ndarray | None = None,
+        single_band: bool = False,
     ) -> None:
         self.opt = _as_options(conv)
         self.names = names
         self.xd, self.yd, xl, yl = _open_pair(x, y, layout, names)
         self.plan = _dft_plan(_shape_of(self.xd, xl), _shape_of(self.yd, yl), xl, yl)
-        self.lanes = lanes or self.opt.lanes or _default_lanes()
+        self.lanes = self.opt.lanes or _default_lanes()
+        if self.lanes < 1:
+            raise ValueError(f"lanes must be at least 1, got {self.lanes}")
         f_total = self.plan.frequencies.shape[0]
-        self.idx = np.arange(f_total) if frequencies is None else np.asarray(frequencies)
-        self.bands = [self.idx[b] for b in _bands(self.plan, self.lanes, _memory_limit(self.opt))]
-        if frequencies is not None:
-            self.bands = [self.idx]
+        if single_band:
+            self.bands = [np.arange(f_total)]
+        else:
+            self.bands = _bands(self.plan, self.lanes, _memory_limit(self.opt))
         self.scale: tuple[float, float] | None = None
 
-    def stats(self, band: np.ndarray) -> DFTStats:
-        """One pass: the statistics of one band (the first pass also measures the scales)."""
-        stats, scale = _accumulate_band(
+    def _graph(self, band: np.ndarray) -> tuple[list[Any], Any]:
+        """Lazy per-block statistics of one band, and the (lazy or known) scales."""
+        accs = _lane_graph(
             self.xd, self.yd, self.plan, band, opt=self.opt, lanes=self.lanes,
             names=self.names, with_scale=self.scale is None,
         )  # fmt: skip
+        scale: Any = self.scale
+        if scale is None:
+            scale = delayed(_scale_of, pure=False)(*accs, plan=self.plan)
+        d = self.plan.x_shape[0] + self.plan.y_shape[0]
+        block = delayed(_block_stats, pure=False)
+        stats = [
+            block(sl, scale, *accs, plan=self.plan, idx=band) for sl in _freq_blocks(band.size, d)
+        ]
+        return stats, scale
+
+    def _run(self, graphs: Any, scale: Any) -> Any:
+        out, scale_value = compute(graphs, scale)
         if self.scale is None:
-            self.scale = scale
-        return replace(stats, x_scale=self.scale[0], y_scale=self.scale[1])  # type: ignore[index]
+            self.scale = tuple(scale_value)  # type: ignore[assignment]
+        return out
+
+    def map(self, fn: Any, *args: Any) -> _Parts:
+        """``fn(block_stats, *args)`` on every block of every band (one pass per band)."""
+        collected = []
+        for band in self.bands:
+            stats, scale = self._graph(band)
+            work = delayed(_with_light, pure=False)
+            collected += self._run([work(fn, st, *args) for st in stats], scale)
+        return _Parts.join(collected)
+
+    def map_split(self, fn: Any, per_freq: dict[str, np.ndarray], *args: Any) -> _Parts:
+        """Like :meth:`map`, passing each block its slice of per-frequency arrays."""
+        collected = []
+        start = 0
+        for band in self.bands:
+            stats, scale = self._graph(band)
+            work = delayed(_with_light, pure=False)
+            tasks = []
+            d = self.plan.x_shape[0] + self.plan.y_shape[0]
+            for st, sl in zip(stats, _freq_blocks(band.size, d), strict=True):
+                part = {k: v[start + sl.start : start + sl.stop] for k, v in per_freq.items()}
+                tasks.append(work(fn, st, part, *args))
+            collected += self._run(tasks, scale)
+            start += band.size
+        return _Parts.join(collected)
+
+    def stats(self) -> DFTStats:
+        """All statistics in one pass (one band), gathered on the client."""
+        (band,) = self.bands
+        stats, scale = self._graph(band)
+        return _concat_stats(self._run(stats, scale))
 
 
 def dft_stats(
@@ -841,7 +913,6 @@ def dft_stats(
     layout: str | tuple[str | None, str | None] | None = None,
     lanes: int | None = None,
     rows: int | None = None,
-    frequencies: np.ndarray | None = None,
 ) -> DFTStats:
     """Per-frequency covariance statistics of two conv layers, in one pass.
 
@@ -862,8 +933,6 @@ def dft_stats(
         arrays name their dimensions (Zarr ``dimension_names``).
     lanes, rows : int, optional
         See :class:`DFT`.
-    frequencies : array of int, optional
-        Indices into the planned frequencies to accumulate (default all).
 
     Returns
     -------
@@ -872,18 +941,16 @@ def dft_stats(
     Notes
     -----
     Memory: ``lanes`` accumulators of ``F * (Cx + Cy)**2 * 16`` bytes, plus one
-    task's chunk and coefficients per thread; nothing scales with ``n``. For
-    two 256-channel 56 x 56 layers (F = 1570) that is 6.6 GB per lane: the
-    measures split such layers into frequency bands (one pass each) under
-    :attr:`DFT.memory_limit`; this function does not.
+    task's chunk and coefficients per thread, plus the gathered result on the
+    client; nothing scales with ``n``. For two 256-channel 56 x 56 layers
+    (F = 1570) that is 6.6 GB per lane: the measures split such layers into
+    frequency bands under :attr:`DFT.memory_limit` and reduce each band to
+    per-frequency results on the workers; this function does neither.
     """
     run = _DFTRun(
-        x, y, conv=DFT(lanes=lanes, rows=rows), layout=layout, names=("x", "y"),
-        lanes=lanes, frequencies=frequencies,
-    )  # fmt: skip
-    if frequencies is None:
-        run.bands = [run.idx]
-    return run.stats(run.bands[0])
+        x, y, conv=DFT(lanes=lanes, rows=rows), layout=layout, names=("x", "y"), single_band=True
+    )
+    return run.stats()
 
 
 # --------------------------------------------------------------------------- #
@@ -924,6 +991,49 @@ def _cross(s: np.ndarray, lx: np.ndarray, ly: np.ndarray) -> np.ndarray:
     return np.where(lx[:, :, None] & ly[:, None, :], s, 0)
 
 
+def _chol_cca(
+    sxx: np.ndarray,
+    sxy: np.ndarray,
+    syy: np.ndarray,
+    *,
+    epsilon: float,
+    weights: bool,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Batched CCA with Cholesky whitening; the same problem as :func:`cca_from_cov`.
+
+    The blocks are scaled and ridged exactly as :func:`cca_from_cov` does
+    (divided by their largest absolute entry, ``epsilon`` added to the
+    diagonal). Canonical correlations do not depend on which square root
+    whitens: with ``L L^H = Sxx`` they are the singular values of ``L_x^{-1}
+    Sxy L_y^{-H}`` and the weights are ``L_x^{-H} U``. With the ridge every
+    eigenvalue is at least ``epsilon`` times the largest, so eigh-based
+    whitening (which zeroes only eigenvalues below ``d * eps``) whitens the
+    same matrix. Per 256-channel frequency this costs ~20 ms against ~100 ms
+    for two ``eigh`` and a full SVD: the finalization of the DFT path is
+    ``F`` such problems. Raises ``LinAlgError`` if a block is not numerically
+    positive definite (``epsilon`` too small); the caller falls back.
+    """
+    xmax = np.max(np.abs(sxx), axis=(-2, -1), keepdims=True)
+    ymax = np.max(np.abs(syy), axis=(-2, -1), keepdims=True)
+    xmax = np.where(xmax > 0, xmax, 1.0)
+    ymax = np.where(ymax > 0, ymax, 1.0)
+    lx_inv = np.linalg.inv(np.linalg.cholesky(sxx / xmax + epsilon * np.eye(sxx.shape[-1])))
+    ly_inv = np.linalg.inv(np.linalg.cholesky(syy / ymax + epsilon * np.eye(syy.shape[-1])))
+    whitened = lx_inv @ (sxy / np.sqrt(xmax * ymax)) @ np.swapaxes(ly_inv.conj(), -1, -2)
+    k = min(sxx.shape[-1], syy.shape[-1])
+    if not weights:
+        s = np.linalg.svd(whitened, compute_uv=False)
+        return np.clip(s[..., :k], 0.0, 1.0), None, None
+    u, s, vh = np.linalg.svd(whitened, full_matrices=False)
+    a = np.swapaxes(lx_inv.conj(), -1, -2) @ u[..., :, :k] / np.sqrt(xmax)
+    b = (
+        np.swapaxes(ly_inv.conj(), -1, -2)
+        @ np.swapaxes(vh[..., :k, :].conj(), -1, -2)
+        / np.sqrt(ymax)
+    )
+    return np.clip(s[..., :k], 0.0, 1.0), a, b
+
+
 def _batched_cca(
     sxx: np.ndarray,
     sxy: np.ndarray,
@@ -931,15 +1041,20 @@ def _batched_cca(
     lx: np.ndarray,
     ly: np.ndarray,
     epsilon: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    *,
+    weights: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """CCA of a block of frequencies at once (no loop over frequencies).
 
     Returns the correlations ``(F, k)`` (zero past each frequency's count),
-    the counts ``min(live x, live y)``, and the weights ``a (F, Cx, k)``,
-    ``b (F, Cy, k)``.
+    the counts ``min(live x, live y)``, and, with ``weights``, the weights
+    ``a (F, Cx, k)``, ``b (F, Cy, k)``.
     """
-    sxx_d, syy_d = _decouple(sxx, lx), _decouple(syy, ly)
-    rho, a, b = cca_from_cov(sxx_d, _cross(sxy, lx, ly), syy_d, epsilon=epsilon)
+    sxx_d, syy_d, sxy_d = _decouple(sxx, lx), _decouple(syy, ly), _cross(sxy, lx, ly)
+    try:
+        rho, a, b = _chol_cca(sxx_d, sxy_d, syy_d, epsilon=epsilon, weights=weights)
+    except np.linalg.LinAlgError:  # not positive definite at this epsilon: eigh copes
+        rho, a, b = cca_from_cov(sxx_d, sxy_d, syy_d, epsilon=epsilon)
     counts = np.minimum(lx.sum(axis=1), ly.sum(axis=1))
     valid = np.arange(rho.shape[1]) < counts[:, None]
     return np.where(valid, rho, 0.0), counts, a, b
@@ -1112,7 +1227,7 @@ def _cca_part(st: DFTStats, *, epsilon: float, side: str | None = None) -> dict[
     for sl in _freq_blocks(f_count, cx + cy):
         sxx, sxy, syy = st.sxx[sl], st.sxy[sl], st.syy[sl]
         lx, ly = _live(sxx, st.x_scale, epsilon), _live(syy, st.y_scale, epsilon)
-        r, c, a, b = _batched_cca(sxx, sxy, syy, lx, ly, epsilon)
+        r, c, a, b = _batched_cca(sxx, sxy, syy, lx, ly, epsilon, weights=side is not None)
         rho[sl], counts[sl] = r, c
         nx[sl], ny[sl] = lx.sum(axis=1), ly.sum(axis=1)
         if side is not None:
@@ -1327,6 +1442,19 @@ def _global_keep(
     return kx, ky, ex, ey
 
 
+def _decide_keep(
+    eig: _Parts, keep: Any, scale: tuple[float, float], epsilon: float, names: tuple[str, str]
+) -> dict[str, Any]:
+    kx, ky, ex, ey = _global_keep(eig, keep, scale[0], scale[1], epsilon, names)
+    return {"kx": kx, "ky": ky, "x_explained": ex, "y_explained": ey}
+
+
+def _svcca_block(
+    st: DFTStats, part: dict[str, np.ndarray], epsilon: float
+) -> dict[str, np.ndarray]:
+    return _svcca_part(st, part["kx"], part["ky"], epsilon=epsilon)
+
+
 def dft_measure(
     measure: str,
     x: ArrayLike,
@@ -1342,51 +1470,79 @@ def dft_measure(
     """One measure with ``conv="dft"``, band by band under the memory limit.
 
     Each band of frequencies takes one pass over the data; its statistics are
-    reduced to per-frequency results and dropped before the next band. SVCCA
-    with more than one band needs the eigenvalues of every frequency before it
-    can choose the kept directions: it makes one pass per band for those and
-    one per band for the CCA (with one band, one pass does both).
+    reduced to per-frequency results by tasks on the scheduler and dropped
+    before the next band. SVCCA chooses its kept directions from the
+    eigenvalues of every frequency: with one band the choice is a task in the
+    same graph (one pass); with several, one pass per band gathers the
+    eigenvalues and one more per band computes the CCA.
     """
     run = _DFTRun(x, y, conv=conv, layout=layout, names=names)
     if measure == "svcca":
+        for k in _keep_pair(keep):
+            _check_keep_value(k)
         if len(run.bands) == 1:
-            st = run.stats(run.bands[0])
-            return svcca_from_dft_stats(st, keep=keep, epsilon=epsilon, names=names)
-        eig_parts = []
-        for b in run.bands:
-            st = run.stats(b)
-            eig_parts.append((_light(st), _eig_part(st)))
-            del st
-        eig = _Parts.join(eig_parts)
+            return _svcca_one_pass(run, keep=keep, epsilon=epsilon, names=names)
+        eig = run.map(_eig_part)
         assert run.scale is not None
-        kx, ky, ex, ey = _global_keep(eig, keep, run.scale[0], run.scale[1], epsilon, names)
-        parts, start = [], 0
-        for b in run.bands:
-            st = run.stats(b)
-            sl = slice(start, start + b.size)
-            parts.append((_light(st), _svcca_part(st, kx[sl], ky[sl], epsilon=epsilon)))
-            start += b.size
-            del st
-        joined = _Parts.join(parts)
+        dec = _decide_keep(eig, keep, run.scale, epsilon, names)
+        parts = run.map_split(_svcca_block, {"kx": dec["kx"], "ky": dec["ky"]}, epsilon)
         return DFTSVCCAResult(
-            **_fields(joined, names),
-            x_kept=kx, y_kept=ky, x_explained=ex, y_explained=ey,
+            **_fields(parts, names), x_kept=dec["kx"], y_kept=dec["ky"],
+            x_explained=dec["x_explained"], y_explained=dec["y_explained"],
         )  # fmt: skip
     if measure == "pwcca":
         side = _pick_side(side, (run.plan.x_shape[0], run.plan.y_shape[0]))
-    fn = {
-        "cca": lambda st: _cca_part(st, epsilon=epsilon),
-        "pwcca": lambda st: _cca_part(st, epsilon=epsilon, side=side),
-        "cka": _cka_part,
-    }[measure]
-    collected = []
-    for b in run.bands:
-        st = run.stats(b)
-        collected.append((_light(st), fn(st)))
-        del st
-    parts = _Parts.join(collected)
-    if measure == "cka":
-        return _cka_result(parts, names)
-    if measure == "pwcca":
+        parts = run.map(_cca_part_fn, epsilon, side)
         return DFTPWCCAResult(**_pwcca_fields(parts, side, names))
+    if measure == "cka":
+        return _cka_result(run.map(_cka_part_fn), names)
+    parts = run.map(_cca_part_fn, epsilon, None)
     return DFTCCAResult(**_fields(parts, names))
+
+
+def _cca_part_fn(st: DFTStats, epsilon: float, side: str | None) -> dict[str, np.ndarray]:
+    return _cca_part(st, epsilon=epsilon, side=side)
+
+
+def _cka_part_fn(st: DFTStats) -> dict[str, np.ndarray]:
+    return _cka_part(st)
+
+
+def _check_keep_value(keep: Any) -> None:
+    if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)):
+        raise TypeError(f"keep must be a float in (0, 1] or a positive int, got {keep!r}")
+    if isinstance(keep, (int, np.integer)) and keep < 1:
+        raise ValueError(f"keep as an int is a number of directions, at least 1; got {keep}")
+    if isinstance(keep, (float, np.floating)) and not 0.0 < keep <= 1.0:
+        raise ValueError(
+            f"keep as a float is a fraction of variance in (0, 1], got {keep}; "
+            "pass an int for a number of directions"
+        )
+
+
+def _svcca_one_pass(
+    run: _DFTRun, *, keep: Any, epsilon: float, names: tuple[str, str]
+) -> DFTSVCCAResult:
+    """SVCCA in one graph: eigenvalues per block, the global choice, the CCA per block."""
+    (band,) = run.bands
+    stats, scale = run._graph(band)
+    work = delayed(_with_light, pure=False)
+    eig = [work(_eig_part, st) for st in stats]
+    joined = delayed(_Parts.join, pure=False)(eig)
+    dec = delayed(_decide_keep, pure=False)(joined, keep, scale, epsilon, names)
+    d = run.plan.x_shape[0] + run.plan.y_shape[0]
+    blocks = _freq_blocks(band.size, d)
+    sv = [
+        work(_svcca_block, st, delayed(_slice_keep)(dec, sl), epsilon)
+        for st, sl in zip(stats, blocks, strict=True)
+    ]
+    parts_list, dec_value = run._run([sv, dec], scale)
+    parts = _Parts.join(parts_list)
+    return DFTSVCCAResult(
+        **_fields(parts, names), x_kept=dec_value["kx"], y_kept=dec_value["ky"],
+        x_explained=dec_value["x_explained"], y_explained=dec_value["y_explained"],
+    )  # fmt: skip
+
+
+def _slice_keep(dec: dict[str, Any], sl: slice) -> dict[str, np.ndarray]:
+    return {"kx": dec["kx"][sl], "ky": dec["ky"][sl]}
