@@ -473,6 +473,18 @@ def _compute(job: Job, group: _Group) -> Iterator[tuple[_Task, Any]]:
         yield t, fn(x, y, **t.options)
 
 
+def _dask_progress(enabled: bool) -> Any:
+    """Dask's progress bar for passes longer than a second, on the local schedulers.
+
+    On a cluster the dashboard (its address is printed at start) shows the tasks.
+    """
+    if not enabled:
+        return contextlib.nullcontext()
+    from dask.diagnostics import ProgressBar
+
+    return ProgressBar(minimum=1.0, out=sys.stderr)
+
+
 def _versions() -> dict[str, str]:
     import dask
     import distributed
@@ -516,7 +528,8 @@ def run_job(
     cluster : str or mapping, optional
         Overrides ``job.cluster`` (see :func:`open_cluster`).
     progress : bool, default True
-        A progress bar on stderr, one step per result.
+        A progress bar on stderr, one step per result, and Dask's progress bar
+        for each pass longer than a second on the threaded scheduler.
 
     Returns
     -------
@@ -559,7 +572,10 @@ def run_job(
     bar.update(len(rows))
     try:
         spec = job.cluster if cluster is None else cluster
-        with open_cluster(spec if todo else None):  # no cluster when everything is reused
+        with (
+            open_cluster(spec if todo else None) as client,
+            _dask_progress(progress and client is None),
+        ):  # no cluster when everything is reused
             for group in _groups(job, todo):
                 report.passes += 1 if group.matrix else len(group.tasks)
                 for t, result in _compute(job, group):
