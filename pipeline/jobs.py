@@ -303,9 +303,9 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
     measures = list(dict.fromkeys(measures))
 
     # options
-    options = dict(spec.get("options", {}))
     if not isinstance(spec.get("options", {}), Mapping):
         raise JobError(f"{where}: options must be a table, e.g. [options] keep = 0.99")
+    options = dict(spec.get("options", {}))
     for key, value in options.items():
         if key not in OPTIONS:
             raise _unknown_key(key, list(OPTIONS), f"{where}: options")

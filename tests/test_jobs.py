@@ -109,6 +109,8 @@ def test_explicit_pairs_and_options(stores):
         (BASE + 'c = "missing.zarr"\n', "stores.c: no activation store"),
         ('pairs = [["a/fc", "s/fc"]]\n' + BASE + 's = "short.zarr"\n', "20 and 10 samples"),
         ("cluster = 3\n" + BASE, "cluster must be"),
+        ("options = [1]\n" + BASE, "options must be a table"),
+        ("layers = {c = 'fc'}\n" + BASE, r"layers: unknown key 'c'"),
         ("output = [\n", "not valid TOML"),
     ],
 )
