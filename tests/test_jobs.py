@@ -47,6 +47,9 @@ def test_defaults_and_relative_paths(stores):
 def test_same_name_pairs(stores):
     job = load_job(write(stores, 'layers = ["layer*", "fc"]\n' + BASE))
     assert job.pairs == [Pair("a", n, "b", n) for n in ("fc", "layer1", "layer2")]
+    per_store = load_job(write(stores, "layers = {a = ['fc'], b = ['fc', 'layer1']}\n" + BASE))
+    assert per_store.layers == {"a": ["fc"], "b": ["fc", "layer1"]}
+    assert per_store.pairs == [Pair("a", "fc", "b", "fc")]  # names selected in both stores
 
 
 def test_all_pairs_two_stores_and_one_store(stores):
