@@ -6,6 +6,7 @@ only when an extraction runs.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import logging
@@ -386,6 +387,8 @@ def extract_activations(
             for batch in batches:
                 inputs, ys = _split_batch(batch)
                 b = _n_samples(inputs)
+                if seen == 0:
+                    _check_same_data(s, inputs, resuming=done > 0)
                 if seen + b <= done:  # written by an earlier run
                     seen += b
                     bar.update(1)
@@ -455,6 +458,32 @@ def extract_activations(
         s.set_writing([n], False, expected_samples=seen)
     s.update_provenance(dataset_size=seen, finished=True, arrays=finished)
     return s
+
+
+def _first_sample_hash(inputs: Any) -> str:
+    torch = _torch()
+    if isinstance(inputs, dict):
+        inputs = inputs[sorted(inputs)[0]]
+    first = torch.as_tensor(inputs[0]).detach().cpu().contiguous().numpy()
+    return hashlib.sha256(first.tobytes() + str(first.shape).encode()).hexdigest()
+
+
+def _check_same_data(s: ActivationStore, inputs: Any, *, resuming: bool) -> None:
+    """Refuse to resume over other data (a shuffled loader, another dataset).
+
+    The first sample's hash is recorded in the provenance; a resumed run must
+    start with the same sample.
+    """
+    digest = _first_sample_hash(inputs)
+    before = s.provenance.get("first_sample_sha256")
+    if resuming and before is not None and before != digest:
+        raise ValueError(
+            f"{s.path!r} holds activations of other data: the first sample differs from the "
+            "run being resumed. Keep the batches in the same order (DataLoader shuffle=False), "
+            "or pass overwrite=True (--overwrite) to start over"
+        )
+    if before != digest:
+        s.update_provenance(first_sample_sha256=digest)
 
 
 def _chunk_rows(sample_shape: tuple[int, ...]) -> int:

@@ -211,6 +211,28 @@ def test_batches_reach_the_store_in_whole_chunks(tmp_path, monkeypatch):
     assert s.info("fc").chunks == (16, 5)
 
 
+def test_resume_over_shuffled_data_is_refused(tmp_path):
+    model, loader = make_model(), make_loader()
+    stop = [b for i, b in enumerate(loader) if i < 2]  # a run that stopped after 2 batches
+    with pytest.raises(RuntimeError, match="16 samples but the dataset has 40"):
+        extract_activations(
+            model,
+            stop,
+            tmp_path / "a.zarr",
+            layers=["fc"],
+            dataset_size=40,
+            chunk_samples=8,
+            progress=False,
+        )
+    shuffled = torch.utils.data.DataLoader(
+        loader.dataset, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(3)
+    )
+    with pytest.raises(ValueError, match="first sample differs"):
+        extract_activations(model, shuffled, tmp_path / "a.zarr", layers=["fc"], progress=False)
+    s = extract_activations(model, loader, tmp_path / "a.zarr", layers=["fc"], progress=False)
+    assert s.info("fc").complete  # the same data resumes
+
+
 def test_float16_and_no_labels(tmp_path):
     model, loader = make_model(), make_loader(16)
     s = extract_activations(
