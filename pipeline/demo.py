@@ -136,6 +136,10 @@ class _Stages:
         return self.seconds["total"]
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _pct(fraction: float) -> str:
     return f"{round(100 * fraction)}%"
 
@@ -717,7 +721,7 @@ def _write_report(out: Path, summary: DemoSummary, **k: Any) -> None:
             "the training digits sorted by class (dashed lines: class boundaries). Top row: "
             "each net's two highest-norm neurons; they do not line up across the nets. Bottom "
             "row: the top two SVCCA directions (canonical variates) of each net; they "
-            f"coincide. {neuron['text']}.",
+            f"coincide. {_sentence(neuron['text'])}.",
             image="fig1_neurons_vs_directions.png",
         ),
         rp.Section(
@@ -725,11 +729,14 @@ def _write_report(out: Path, summary: DemoSummary, **k: Any) -> None:
             "Each panel: SVCCA of every layer of net1 at k% of training (rows, input at the "
             "top) with every layer at the end (columns). Conv layers are reduced to their "
             "spatial mean per channel (conv='mean'), so that conv and dense layers share one "
-            "matrix pass. The diagonal fills in from the top left (input side) first: lower "
-            f"layers converge early, higher ones late. {lower['text']}. (conv1 and bn1 are "
-            "affine functions of the input pixels at every checkpoint, and CCA is invariant "
-            "to invertible linear maps: their SVCCA with the final state is 1 from the "
-            "start; the first layer that shows learning is conv2.)",
+            "matrix pass. The diagonal (each layer against its own final state; its values "
+            "are in the table of section 6) shows which layers have settled: at 0% only the "
+            "input side resembles its final state, and the input side converges first. "
+            f"{_sentence(lower['text'])}. conv1 and bn1 are affine functions of the pixels "
+            "at every checkpoint and CCA is invariant to invertible linear maps, so their "
+            "SVCCA with the final state is 1 from the start; conv2 is the first layer whose "
+            "learning shows. At 75% the lowest SVCCA of a layer with its final state is "
+            f"{np.nanmin(np.diagonal(k['dyn']['net1']['75%'])):.3f}.",
             image="fig2_learning_dynamics_net1.png",
         ),
         rp.Section(
@@ -760,8 +767,12 @@ def _write_report(out: Path, summary: DemoSummary, **k: Any) -> None:
         ),
         rp.Section(
             "5. net1 vs net2, every layer pair",
-            "SVCCA of every layer of net1 with every layer of net2 at the end of training. "
-            "Matching layers are the most similar: the diagonal stands out.",
+            "SVCCA of every layer of net1 with every layer of net2 at the end of training "
+            "(conv layers by their spatial mean per channel). The dense layers and logits of "
+            "the two nets match closely; conv1 and bn1 are affine in the pixels in both nets, "
+            "so any layer that keeps pixel information scores high against them (the bright "
+            "columns on the left), and the conv layers of the two nets agree less than their "
+            "dense layers do.",
             image="fig5_net1_vs_net2.png",
         ),
         rp.Section(
