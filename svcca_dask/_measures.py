@@ -296,14 +296,19 @@ def svcca_from_stats(
     keep: float | int | tuple[float | int, float | int] = 0.99,
     epsilon: float = 1e-10,
     names: tuple[str, str] = ("x", "y"),
+    eigh: Any = top_eigh,
 ) -> SVCCAResult:
-    """SVCCA of a pair from its covariance statistics (see :func:`svcca`)."""
+    """SVCCA of a pair from its covariance statistics (see :func:`svcca`).
+
+    ``eigh`` computes each side's :func:`top_eigh`; a layer x layer matrix
+    passes a memoized one so that pairs sharing a layer share its eigh.
+    """
     keep_x, keep_y = keep if isinstance(keep, tuple) else (keep, keep)
     dx, dy = p.sxx.shape[0], p.syy.shape[0]
     lx, ly = _live(p.sxx, epsilon, names[0]), _live(p.syy, epsilon, names[1])
     # SVD of each side's centred data = eigh of its covariance (live features only)
-    wx, vx = top_eigh(p.sxx[np.ix_(lx, lx)])
-    wy, vy = top_eigh(p.syy[np.ix_(ly, ly)])
+    wx, vx = eigh(p.sxx[np.ix_(lx, lx)])
+    wy, vy = eigh(p.syy[np.ix_(ly, ly)])
     kx, ky = _n_keep(wx, keep_x, names[0]), _n_keep(wy, keep_y, names[1])
     vx = _expand(vx[:, :kx], lx, dx)
     vy = _expand(vy[:, :ky], ly, dy)
