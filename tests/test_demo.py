@@ -206,7 +206,7 @@ def test_cli_has_the_demo_subcommand() -> None:
 
 
 # --------------------------------------------------------------------------- #
-# the whole demo, once (small: two epochs)
+# the whole demo, once: the README's main job, with its defaults
 
 
 @pytest.mark.slow
@@ -223,7 +223,7 @@ def test_demo_end_to_end(tmp_path) -> None:
 
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
-        summary = run_demo(tmp_path / "report", epochs=2, workers=1, threads=1, progress=False)
+        summary = run_demo(tmp_path / "report", progress=False)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
@@ -241,7 +241,9 @@ def test_demo_end_to_end(tmp_path) -> None:
     saved = json.loads((out / "summary.json").read_text())
     assert saved["seconds"]["total"] > 0 and list(saved["schedule"]) == list(ConvNet.LAYERS)
     assert summary.freeze_training["frozen_gflop"] <= summary.freeze_training["normal_gflop"]
-    assert set(summary.checks) == {"directions_shared", "lower_layers_converge_first"}
+    # the paper's findings, on the demo's own output (seeded and deterministic)
+    assert summary.checks["lower_layers_converge_first"]["holds"]
+    assert summary.checks["directions_shared"]["holds"]
     assert summary.compression["svcca_accuracy"][-1] > 0.5  # all directions: the net works
     # the job files are real jobs: a rerun finds every result and recomputes nothing
     again = run_job(load_job(out / "jobs" / "net1_vs_net2.toml"), cluster="threads", progress=False)
