@@ -850,7 +850,7 @@ def add_parser(subparsers: Any) -> None:
         help="the main job: train small nets, extract, compare on a local cluster, write a report",
         description=(
             "Train two small conv nets and a residual net on scikit-learn's digits (CPU), "
-            "extract every layer of checkpoints at 0/35/75/100%% of training into Zarr "
+            "extract every layer of checkpoints at 0/35/75/100% of training into Zarr "
             "stores, run SVCCA jobs on a local Dask cluster, and write a report folder "
             "(index.html, figures, tidy results table). A few minutes on 2 cores."
         ),
@@ -860,9 +860,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--threshold",
         type=float,
-        default=None,
+        default=DEFAULT_THRESHOLD,
         help="Freeze Training: SVCCA with the final state at which a layer counts as "
-        "converged (default 0.95)",
+        f"converged (default {DEFAULT_THRESHOLD})",
     )
     p.add_argument(
         "--freeze-training",
@@ -890,7 +890,7 @@ def _demo(args: argparse.Namespace) -> int:
     summary = run_demo(
         args.out,
         epochs=args.epochs,
-        threshold=DEFAULT_THRESHOLD if args.threshold is None else args.threshold,
+        threshold=args.threshold,
         freeze_training=args.freeze_training,
         workers=args.workers,
         threads=args.threads,
