@@ -384,8 +384,8 @@ class _SharedEigh:
     """:func:`top_eigh` memoized on the matrix's content: a layer's (live)
     covariance is the same in every pair it is in, so SVCCA over ``L x L``
     pairs runs ``2 L`` eighs instead of ``2 L**2`` (the O(d**3) step that
-    dominates the matrix for wide layers). Same input, same output: results
-    equal the pair-by-pair calls bit for bit."""
+    dominates the matrix for wide layers). Same input, same output: sharing
+    changes no number."""
 
     def __init__(self) -> None:
         self._cache: dict[tuple[tuple[int, ...], bytes], tuple[np.ndarray, np.ndarray]] = {}

@@ -298,3 +298,21 @@ def test_plan_properties(widths, max_width, data):
         for tile in tiles:
             assert sum(widths[k] for k in tile) <= max_width  # memory bound
             assert len(tile) == len(set(tile))  # a layer stacked once per tile
+
+
+def test_svcca_pairs_share_each_layers_eigendecomposition(monkeypatch):
+    import svcca_dask._matrix as matrix
+
+    calls = []
+
+    def counting_top_eigh(c):
+        calls.append(c.shape)
+        return sd._linalg.top_eigh(c)
+
+    monkeypatch.setattr(matrix, "top_eigh", counting_top_eigh)
+    xs = _layers("a", [5, 8, 3])
+    ys = _layers("b", [6, 4], seed=1)
+    m = sd.similarity_matrix(xs, ys, measure="svcca")
+    assert len(calls) == 5  # one eigh per distinct layer, not two per pair (12)
+    ref = sd.svcca(xs["a1"], ys["b0"])  # unshared: the same numbers
+    np.testing.assert_allclose(m["a1", "b0"].coefficients, ref.coefficients, rtol=0, atol=1e-12)
