@@ -243,6 +243,8 @@ def test_conv_layers_pass_through_conv_features(conv):
             ref = sd.cca(fa, fb).score  # the same reduction, pair by pair
             # (flatten: CCA of up to 48 + 48 features on 400 samples amplifies rounding)
             np.testing.assert_allclose(m.score(a, b), ref, rtol=0, atol=1e-10)
+            direct = sd.cca(xs[a], ys[b], conv=conv, layout="NCHW").score  # the measure's conv=
+            np.testing.assert_allclose(m.score(a, b), direct, rtol=0, atol=1e-10)
     assert m.n_samples == (n * 16 if conv == "samples" else n)
 
 
