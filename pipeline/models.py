@@ -9,7 +9,7 @@ Everything here runs on CPU in seconds on scikit-learn's 8 x 8 digits:
   layers the demo extracts in ``LAYERS`` (input to output).
 - :func:`train` trains with SGD, keeps checkpoints (state dicts) at fractions
   of training, and optionally follows a Freeze Training schedule (lower layers
-  stop training once they have converged, Raghu et al. 2017, section 5).
+  stop training once they have converged, Raghu et al. 2017).
 - :func:`freeze_schedule` turns per-layer convergence curves (SVCCA of each
   layer against its own final state, from the learning-dynamics job) into
   that schedule.
@@ -44,6 +44,7 @@ __all__ = [
     "accuracy_with_projection",
     "build_model",
     "freeze_schedule",
+    "layer_names",
     "load_digits",
     "set_determinism",
     "train",
