@@ -46,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -389,14 +390,19 @@ class _SharedEigh:
 
     def __init__(self) -> None:
         self._cache: dict[tuple[tuple[int, ...], bytes], tuple[np.ndarray, np.ndarray]] = {}
+        self._locks: dict[tuple[tuple[int, ...], bytes], threading.Lock] = {}
+        self._lock = threading.Lock()
 
     def __call__(self, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         c = np.ascontiguousarray(c)
         key = (c.shape, hashlib.blake2b(c.view(np.uint8), digest_size=20).digest())
-        if key not in self._cache:
-            w, v = top_eigh(c)
-            w.flags.writeable = v.flags.writeable = False  # shared by several results
-            self._cache[key] = (w, v)
+        with self._lock:
+            once = self._locks.setdefault(key, threading.Lock())
+        with once:  # pairs run in threads: the first computes, the others wait
+            if key not in self._cache:
+                w, v = top_eigh(c)
+                w.flags.writeable = v.flags.writeable = False  # shared by several results
+                self._cache[key] = (w, v)
         return self._cache[key]
 
 
