@@ -7,6 +7,8 @@ input, so the per-frequency CCA of the DFT path is the same code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 __all__ = ["cca_from_cov", "inv_sqrt_psd", "top_eigh"]
@@ -51,6 +53,7 @@ def cca_from_cov(
     syy: np.ndarray,
     *,
     epsilon: float = 1e-10,
+    inv_sqrt: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Canonical correlations and weights from covariance blocks.
 
@@ -67,6 +70,9 @@ def cca_from_cov(
     syy : ndarray, shape (..., dy, dy)
     epsilon : float
         Ridge added to the scaled diagonals.
+    inv_sqrt : callable, optional
+        Replaces :func:`inv_sqrt_psd` (a layer x layer matrix passes a memoized
+        one, so that pairs sharing a layer share its whitening).
 
     Returns
     -------
@@ -84,8 +90,9 @@ def cca_from_cov(
     ymax = np.where(ymax > 0, ymax, 1.0)
     eye_x = np.eye(sxx.shape[-1])
     eye_y = np.eye(syy.shape[-1])
-    ix = inv_sqrt_psd(sxx / xmax + epsilon * eye_x)
-    iy = inv_sqrt_psd(syy / ymax + epsilon * eye_y)
+    isq = inv_sqrt or inv_sqrt_psd
+    ix = isq(sxx / xmax + epsilon * eye_x)
+    iy = isq(syy / ymax + epsilon * eye_y)
     whitened = ix @ (sxy / np.sqrt(xmax * ymax)) @ iy
     u, s, vh = np.linalg.svd(whitened, full_matrices=False)
     k = min(sxx.shape[-1], syy.shape[-1])

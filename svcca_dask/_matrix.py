@@ -55,7 +55,7 @@ import numpy as np
 from dask.delayed import delayed
 
 from ._input import ArrayLike, as_dask
-from ._linalg import top_eigh
+from ._linalg import inv_sqrt_psd, top_eigh
 from ._measures import (
     DEFAULT_MAX_FEATURES,
     PairStats,
@@ -280,8 +280,11 @@ def similarity_matrix(
     row_set = set(row_idx)
     blockwise = not (row_set & set(col_idx))
     from_stats = _FROM_STATS[measure]
-    if measure == "svcca":  # pairs that share a layer share its eigendecomposition
-        options = {**options, "eigh": _SharedEigh()}
+    # pairs that share a layer share its eigendecomposition and its whitening
+    if measure == "svcca":
+        options = {**options, "eigh": _Shared(top_eigh), "inv_sqrt": _Shared(inv_sqrt_psd)}
+    elif measure in ("cca", "pwcca"):
+        options = {**options, "inv_sqrt": _Shared(inv_sqrt_psd)}
     results: dict[tuple[Hashable, Hashable], Any] = {}
     scores = np.empty((len(xs), len(ys)), dtype=np.float64)
     rows, cols = tuple(xs), tuple(ys)
@@ -381,28 +384,34 @@ def _map_pairs(f: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
             return list(pool.map(f, jobs))
 
 
-class _SharedEigh:
-    """:func:`top_eigh` memoized on the matrix's content: a layer's (live)
-    covariance is the same in every pair it is in, so SVCCA over ``L x L``
-    pairs runs ``2 L`` eighs instead of ``2 L**2`` (the O(d**3) step that
-    dominates the matrix for wide layers). Same input, same output: sharing
-    changes no number."""
+class _Shared:
+    """``fn`` memoized on its matrix argument's content, computed once per
+    distinct input even when pairs run in threads.
 
-    def __init__(self) -> None:
-        self._cache: dict[tuple[tuple[int, ...], bytes], tuple[np.ndarray, np.ndarray]] = {}
+    A layer's (live) covariance is the same in every pair it is in, so over
+    ``L x L`` pairs its eigendecomposition (SVCCA) and its whitening (every
+    CCA measure) run ``2 L`` times instead of ``2 L**2``: the O(d**3) steps
+    that dominate the matrix for wide layers. Same input, same output: sharing
+    changes no number.
+    """
+
+    def __init__(self, fn: Callable[[np.ndarray], Any]) -> None:
+        self._fn = fn
+        self._cache: dict[tuple[tuple[int, ...], bytes], Any] = {}
         self._locks: dict[tuple[tuple[int, ...], bytes], threading.Lock] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, c: np.ndarray) -> Any:
         c = np.ascontiguousarray(c)
         key = (c.shape, hashlib.blake2b(c.view(np.uint8), digest_size=20).digest())
         with self._lock:
             once = self._locks.setdefault(key, threading.Lock())
-        with once:  # pairs run in threads: the first computes, the others wait
+        with once:  # the first thread computes, the others wait
             if key not in self._cache:
-                w, v = top_eigh(c)
-                w.flags.writeable = v.flags.writeable = False  # shared by several results
-                self._cache[key] = (w, v)
+                out = self._fn(c)
+                for a in out if isinstance(out, tuple) else (out,):
+                    a.flags.writeable = False  # shared by several results
+                self._cache[key] = out
         return self._cache[key]
 
 

@@ -240,12 +240,15 @@ def _dropped(live: np.ndarray, d: int) -> np.ndarray:
     return np.setdiff1d(np.arange(d), live)
 
 
-def _cca_fields(p: PairStats, epsilon: float, names: tuple[str, str]) -> dict[str, Any]:
+def _cca_fields(
+    p: PairStats, epsilon: float, names: tuple[str, str], inv_sqrt: Any = None
+) -> dict[str, Any]:
     dx, dy = p.sxx.shape[0], p.syy.shape[0]
     lx = _live(p.sxx, epsilon, names[0])
     ly = _live(p.syy, epsilon, names[1])
     rho, a, b = cca_from_cov(
-        p.sxx[np.ix_(lx, lx)], p.sxy[np.ix_(lx, ly)], p.syy[np.ix_(ly, ly)], epsilon=epsilon
+        p.sxx[np.ix_(lx, lx)], p.sxy[np.ix_(lx, ly)], p.syy[np.ix_(ly, ly)],
+        epsilon=epsilon, inv_sqrt=inv_sqrt,
     )
     return {
         "score": float(np.mean(rho)),
@@ -263,10 +266,18 @@ def _cca_fields(p: PairStats, epsilon: float, names: tuple[str, str]) -> dict[st
 
 
 def cca_from_stats(
-    p: PairStats, *, epsilon: float = 1e-10, names: tuple[str, str] = ("x", "y")
+    p: PairStats,
+    *,
+    epsilon: float = 1e-10,
+    names: tuple[str, str] = ("x", "y"),
+    inv_sqrt: Any = None,
 ) -> CCAResult:
-    """CCA of a pair from its covariance statistics (see :func:`cca`)."""
-    return CCAResult(**_cca_fields(p, epsilon, names))
+    """CCA of a pair from its covariance statistics (see :func:`cca`).
+
+    ``inv_sqrt`` replaces the whitening's :func:`inv_sqrt_psd` (see
+    :func:`cca_from_cov`).
+    """
+    return CCAResult(**_cca_fields(p, epsilon, names, inv_sqrt))
 
 
 def _n_keep(w: np.ndarray, keep: float | int, name: str) -> int:
@@ -297,11 +308,13 @@ def svcca_from_stats(
     epsilon: float = 1e-10,
     names: tuple[str, str] = ("x", "y"),
     eigh: Any = top_eigh,
+    inv_sqrt: Any = None,
 ) -> SVCCAResult:
     """SVCCA of a pair from its covariance statistics (see :func:`svcca`).
 
-    ``eigh`` computes each side's :func:`top_eigh`; a layer x layer matrix
-    passes a memoized one so that pairs sharing a layer share its eigh.
+    ``eigh`` computes each side's :func:`top_eigh` and ``inv_sqrt`` the
+    whitening (see :func:`cca_from_cov`); a layer x layer matrix passes
+    memoized ones so that pairs sharing a layer share them.
     """
     keep_x, keep_y = keep if isinstance(keep, tuple) else (keep, keep)
     dx, dy = p.sxx.shape[0], p.syy.shape[0]
@@ -320,7 +333,7 @@ def svcca_from_stats(
         sxy=vx.T @ p.sxy @ vy,
         syy=np.diag(wy[:ky]),
     )
-    f = _cca_fields(reduced, epsilon, names)
+    f = _cca_fields(reduced, epsilon, names, inv_sqrt)
     f.update(
         x_weights=vx @ f["x_weights"],
         y_weights=vy @ f["y_weights"],
@@ -348,11 +361,16 @@ def pwcca_from_stats(
     epsilon: float = 1e-10,
     side: Literal["x", "y", "smaller"] = "x",
     names: tuple[str, str] = ("x", "y"),
+    inv_sqrt: Any = None,
 ) -> PWCCAResult:
-    """PWCCA of a pair from its covariance statistics (see :func:`pwcca`)."""
+    """PWCCA of a pair from its covariance statistics (see :func:`pwcca`).
+
+    ``inv_sqrt`` replaces the whitening's :func:`inv_sqrt_psd` (see
+    :func:`cca_from_cov`).
+    """
     if side not in ("x", "y", "smaller"):
         raise ValueError(f"side must be 'x', 'y' or 'smaller', got {side!r}")
-    f = _cca_fields(p, epsilon, names)
+    f = _cca_fields(p, epsilon, names, inv_sqrt)
     if side == "smaller":
         side = "x" if len(f["x_features"]) <= len(f["y_features"]) else "y"
     s, w = (p.sxx, f["x_weights"]) if side == "x" else (p.syy, f["y_weights"])

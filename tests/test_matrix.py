@@ -302,19 +302,25 @@ def test_plan_properties(widths, max_width, data):
             assert len(tile) == len(set(tile))  # a layer stacked once per tile
 
 
-def test_svcca_pairs_share_each_layers_eigendecomposition(monkeypatch):
+@pytest.mark.parametrize("measure", ["svcca", "pwcca"])
+def test_pairs_share_each_layers_eigh_and_whitening(measure, monkeypatch):
     import svcca_dask._matrix as matrix
 
-    calls = []
+    calls = collections.Counter()
 
-    def counting_top_eigh(c):
-        calls.append(c.shape)
-        return sd._linalg.top_eigh(c)
+    def counting(name, fn):
+        def wrapped(c):
+            calls[name] += 1
+            return fn(c)
 
-    monkeypatch.setattr(matrix, "top_eigh", counting_top_eigh)
+        return wrapped
+
+    monkeypatch.setattr(matrix, "top_eigh", counting("eigh", sd._linalg.top_eigh))
+    monkeypatch.setattr(matrix, "inv_sqrt_psd", counting("whiten", sd._linalg.inv_sqrt_psd))
     xs = _layers("a", [5, 8, 3])
     ys = _layers("b", [6, 4], seed=1)
-    m = sd.similarity_matrix(xs, ys, measure="svcca")
-    assert len(calls) == 5  # one eigh per distinct layer, not two per pair (12)
-    ref = sd.svcca(xs["a1"], ys["b0"])  # unshared: the same numbers
+    m = sd.similarity_matrix(xs, ys, measure=measure)
+    # once per distinct layer, not twice per pair (12)
+    assert calls == ({"eigh": 5, "whiten": 5} if measure == "svcca" else {"whiten": 5})
+    ref = PAIR[measure](xs["a1"], ys["b0"])  # unshared: the same numbers
     np.testing.assert_allclose(m["a1", "b0"].coefficients, ref.coefficients, rtol=0, atol=1e-12)
