@@ -4,7 +4,7 @@ Two "networks" of 8 layers each (widths 32 ... 256, float32, blosc-lz4 Zarr
 arrays on local disk). Prints, measured in the same run:
 
 * ``one-pass``  - ``similarity_matrix(A, B)``: the 8 x 8 SVCCA matrix, one pass
-* ``64 calls``  - ``svcca(A[a], B[b])`` for each of the 64 pairs
+* ``64 calls``  - ``svcca(A[a], B[b])`` for each of the 64 pairs (one BLAS thread)
 * ``tiled``     - ``similarity_matrix`` with ``max_width`` forcing tiles
   (wall time and chunk reads for each, reads counted in the Zarr store)
 * the kernel the design rests on: the joint SYRK of the 16 stacked layers vs
@@ -138,8 +138,16 @@ def main() -> None:
         xs, ys = open_layers(root, counting=True)
         runs = {}
         runs["one-pass"] = reads_of(lambda: sd.similarity_matrix(xs, ys, measure="svcca"))
-        runs["64 calls"] = reads_of(lambda: np.array(
-            [[sd.svcca(xs[a], ys[b]).score for b in ys] for a in xs]))
+        # the per-pair linear algebra with one BLAS thread, as similarity_matrix runs
+        # it: multi-threaded BLAS on these small eighs spins on a busy machine
+        # (seen here: 5 s or 90 s for the same 64 calls, depending on the load)
+        from threadpoolctl import threadpool_limits
+
+        def calls() -> np.ndarray:
+            with threadpool_limits(limits=1, user_api="blas"):
+                return np.array([[sd.svcca(xs[a], ys[b]).score for b in ys] for a in xs])
+
+        runs["64 calls"] = reads_of(calls)
         runs["tiled"] = reads_of(
             lambda: sd.similarity_matrix(xs, ys, measure="svcca", max_width=d + 2 * max(WIDTHS)))
         ref = runs["64 calls"][1]
