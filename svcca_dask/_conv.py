@@ -35,6 +35,7 @@ import dask.array as da
 import numpy as np
 import scipy.fft as sfft
 from dask.delayed import delayed
+from scipy.linalg import solve_triangular as _solve_triangular
 from scipy.linalg.blas import zherk as _zherk
 
 from ._input import ArrayLike, as_dask, open_zarr_array
@@ -335,7 +336,10 @@ class DFT:
         Number of independent accumulators (each a chain of tasks over
         consecutive row chunks, merged at the end): the parallelism of the
         pass. Default: the number of threads of the scheduler (of all workers
-        on a ``distributed`` cluster), at most the number of row chunks.
+        on a ``distributed`` cluster), at most the number of row chunks, and
+        at most twice the size of the data over the size of one accumulator
+        (each lane writes its whole accumulator once, which costs about as
+        much as processing half as many bytes of images).
     rows : int, optional
         Images per task. Default: stored chunks merged (never split) up to
         about 64 MiB of Fourier coefficients per task, at least 8 images.
@@ -447,6 +451,8 @@ def _dft_plan(
 
 #: Bytes of float64 image data transformed at once inside a task.
 _FFT_BATCH_BYTES = 16 * 2**20
+#: Below one needed rfft column in this many, the columns' DFT is done directly.
+_DIRECT_DFT_RATIO = 6
 #: Bytes of Fourier coefficients a task aims for when merging stored chunks.
 _TASK_COEF_BYTES = 64 * 2**20
 
@@ -475,11 +481,22 @@ def _coefficients_into(
     per_image = c * h * w * 8
     step = max(1, _FFT_BATCH_BYTES // per_image)
     perm = (0, hax, wax, layout.index("C"))
+    # a narrow band of columns (a pass over part of the frequencies): the DFT
+    # of just those columns as two real GEMMs beats a full rfft along W
+    direct = g.columns.size * _DIRECT_DFT_RATIO < w // 2 + 1
+    if direct:
+        angle = (-2 * np.pi / w) * np.outer(np.arange(w), g.columns)
+        cos_sin = np.concatenate([np.cos(angle), np.sin(angle)], axis=1)  # (W, 2 ncols)
     for s0 in range(0, m, step):
         b = np.asarray(block[s0 : s0 + step], dtype=np.float64)
-        r = sfft.rfft(b, axis=wax, workers=1)
-        if g.columns.size < r.shape[wax]:
-            r = np.take(r, g.columns, axis=wax)
+        if direct:
+            prod = np.moveaxis(b, wax, -1) @ cos_sin
+            ncols = g.columns.size
+            r = np.moveaxis(prod[..., :ncols] + 1j * prod[..., ncols:], -1, wax)
+        else:
+            r = sfft.rfft(b, axis=wax, workers=1)
+            if g.columns.size < r.shape[wax]:
+                r = np.take(r, g.columns, axis=wax)
         r = sfft.fft(r, axis=hax, workers=1, overwrite_x=True)
         coef = r.transpose(perm)[:, g.rows, g.cols, :]  # (m_s, F, C)
         if g.conj.any():
@@ -519,8 +536,9 @@ def _dft_fold(
     (:attr:`DFTStats.x_scale`) in the same pass.
     """
     m = xb.shape[0]
-    for b, name in ((xb, names[0]), (yb, names[1])):
-        sums = np.asarray(b, dtype=np.float64).reshape(m, -1).sum(axis=1)
+    for b, name in ((xb, names[0]), (yb, names[1])) if with_scale else ():
+        # checked in the first pass only: later passes read the same data
+        sums = np.asarray(b).reshape(m, -1).sum(axis=1, dtype=np.float64)  # buffered cast
         if not np.all(np.isfinite(sums)):
             _raise_non_finite([np.asarray(b).reshape(m, -1)], [name], row_start)
     cx, cy = plan.x_shape[0], plan.y_shape[0]
@@ -561,9 +579,10 @@ _EMPTY: dict[str, Any] = {"n": 0, "mean": np.zeros((0, 1)), "m2": np.zeros((0, 1
 
 def _position_moments(b: np.ndarray) -> dict[str, Any]:
     """Chunk statistics of every activation taken alone: ``P`` problems of size 1."""
-    flat = np.asarray(b, dtype=np.float64).reshape(b.shape[0], -1)
-    mean = flat.mean(axis=0)
-    m2 = np.einsum("ij,ij->j", flat - mean, flat - mean)
+    flat = b.reshape(b.shape[0], -1)
+    mean = flat.mean(axis=0, dtype=np.float64)
+    dev = np.subtract(flat, mean, dtype=np.float64)  # the one float64 temporary
+    m2 = np.einsum("ij,ij->j", dev, dev)
     return {"n": flat.shape[0], "mean": mean[:, None], "m2": m2[:, None, None]}
 
 
@@ -672,27 +691,45 @@ def _memory_limit(opt: DFT) -> int:
     return out
 
 
-def _default_lanes() -> int:
+def _scheduler_threads() -> int:
     client = _current_client()
     if client is not None:
         return max(1, sum(client.nthreads().values()))
     return max(1, int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
 
 
+def _default_lanes(data_bytes: int, stats_bytes: int) -> int:
+    """One lane per scheduler thread, but about one lane per half accumulator
+    of data at most: each lane's accumulator is written (page-faulted) in
+    full once, which on a VM costs about as much as streaming half as many
+    bytes of images through the FFT and the Gram; for a few hundred images of
+    a wide layer one lane (and fewer bands) is faster."""
+    return max(1, min(_scheduler_threads(), round(2 * data_bytes / max(1, stats_bytes))))
+
+
 def _as_options(conv: Any) -> DFT:
     return conv if isinstance(conv, DFT) else DFT()
 
 
-def _bands(plan: _Plan, lanes: int, budget: int) -> list[np.ndarray]:
+def _stats_bytes(plan: _Plan) -> int:
+    """Bytes of one accumulator over all planned frequencies: ``F (Cx + Cy)^2`` complex128."""
+    d = plan.x_shape[0] + plan.y_shape[0]
+    return int(plan.frequencies.shape[0]) * d * d * 16
+
+
+def _bands(plan: _Plan, lanes: int, budget: int, *, holds_stats: bool) -> list[np.ndarray]:
     """Split the planned frequencies into bands whose statistics fit the budget.
 
-    Each lane holds one ``(F_band, D, D)`` complex128 accumulator; one more
-    is counted for the merge of the lanes and the per-frequency CCA.
+    Each lane holds one ``(F_band, D, D)`` complex128 accumulator. The merged
+    statistics come on top: a few frequency blocks at a time (counted as a
+    tenth of a lane), or all of the band at once for SVCCA in one pass
+    (``holds_stats``: one more lane), which keeps them until the kept
+    directions of every frequency are chosen.
     """
     d = plan.x_shape[0] + plan.y_shape[0]
     per_freq = d * d * 16
     f_total = plan.frequencies.shape[0]
-    per_band = max(1, budget // ((lanes + 1) * per_freq))
+    per_band = max(1, int(budget // ((lanes + (1.0 if holds_stats else 0.1)) * per_freq)))
     n_bands = -(-f_total // per_band)
     return [a for a in np.array_split(np.arange(f_total), n_bands) if a.size]
 
@@ -837,19 +874,23 @@ class _DFTRun:
         layout: Any,
         names: tuple[str, str],
         single_band: bool = False,
+        holds_stats: bool = False,
     ) -> None:
         self.opt = _as_options(conv)
         self.names = names
         self.xd, self.yd, xl, yl = _open_pair(x, y, layout, names)
         self.plan = _dft_plan(_shape_of(self.xd, xl), _shape_of(self.yd, yl), xl, yl)
-        self.lanes = self.opt.lanes or _default_lanes()
+        data_bytes = int(self.xd.nbytes + self.yd.nbytes)
+        self.lanes = self.opt.lanes or _default_lanes(data_bytes, _stats_bytes(self.plan))
         if self.lanes < 1:
             raise ValueError(f"lanes must be at least 1, got {self.lanes}")
         f_total = self.plan.frequencies.shape[0]
         if single_band:
             self.bands = [np.arange(f_total)]
         else:
-            self.bands = _bands(self.plan, self.lanes, _memory_limit(self.opt))
+            self.bands = _bands(
+                self.plan, self.lanes, _memory_limit(self.opt), holds_stats=holds_stats
+            )
         self.scale: tuple[float, float] | None = None
 
     def _graph(self, band: np.ndarray) -> tuple[list[Any], Any]:
@@ -1017,21 +1058,27 @@ def _chol_cca(
     ymax = np.max(np.abs(syy), axis=(-2, -1), keepdims=True)
     xmax = np.where(xmax > 0, xmax, 1.0)
     ymax = np.where(ymax > 0, ymax, 1.0)
-    lx_inv = np.linalg.inv(np.linalg.cholesky(sxx / xmax + epsilon * np.eye(sxx.shape[-1])))
-    ly_inv = np.linalg.inv(np.linalg.cholesky(syy / ymax + epsilon * np.eye(syy.shape[-1])))
-    whitened = lx_inv @ (sxy / np.sqrt(xmax * ymax)) @ np.swapaxes(ly_inv.conj(), -1, -2)
+    lx = np.linalg.cholesky(sxx / xmax + epsilon * np.eye(sxx.shape[-1]))
+    ly = np.linalg.cholesky(syy / ymax + epsilon * np.eye(syy.shape[-1]))
+    t = _tri(lx, sxy / np.sqrt(xmax * ymax))  # L_x^{-1} Sxy
+    whitened = _herm(_tri(ly, _herm(t)))  # L_x^{-1} Sxy L_y^{-H}
     k = min(sxx.shape[-1], syy.shape[-1])
     if not weights:
         s = np.linalg.svd(whitened, compute_uv=False)
         return np.clip(s[..., :k], 0.0, 1.0), None, None
     u, s, vh = np.linalg.svd(whitened, full_matrices=False)
-    a = np.swapaxes(lx_inv.conj(), -1, -2) @ u[..., :, :k] / np.sqrt(xmax)
-    b = (
-        np.swapaxes(ly_inv.conj(), -1, -2)
-        @ np.swapaxes(vh[..., :k, :].conj(), -1, -2)
-        / np.sqrt(ymax)
-    )
+    a = _tri(lx, u[..., :, :k], trans="C") / np.sqrt(xmax)  # L_x^{-H} U
+    b = _tri(ly, _herm(vh[..., :k, :]), trans="C") / np.sqrt(ymax)
     return np.clip(s[..., :k], 0.0, 1.0), a, b
+
+
+def _herm(a: np.ndarray) -> np.ndarray:
+    return np.swapaxes(a.conj(), -1, -2)
+
+
+def _tri(low: np.ndarray, b: np.ndarray, trans: str = "N") -> np.ndarray:
+    """Batched lower-triangular solve ``L^{-1} b`` (or ``L^{-H} b``)."""
+    return _solve_triangular(low, b, lower=True, trans=trans, check_finite=False)
 
 
 def _batched_cca(
@@ -1476,7 +1523,7 @@ def dft_measure(
     same graph (one pass); with several, one pass per band gathers the
     eigenvalues and one more per band computes the CCA.
     """
-    run = _DFTRun(x, y, conv=conv, layout=layout, names=names)
+    run = _DFTRun(x, y, conv=conv, layout=layout, names=names, holds_stats=measure == "svcca")
     if measure == "svcca":
         for k in _keep_pair(keep):
             _check_keep_value(k)

@@ -257,12 +257,29 @@ def test_dft_independent_of_chunking_lanes_and_bands():
 def test_bands_split_the_frequencies():
     x, y = translation_invariant(cx=3, cy=2, h=6, w=6, n0=12)
     run = _conv._DFTRun(
-        x, y, conv=sd.DFT(memory_limit=10_000, lanes=1), layout="NCHW", names=("x", "y")
+        x, y, conv=sd.DFT(memory_limit=4_000, lanes=1), layout="NCHW", names=("x", "y")
     )
     assert len(run.bands) > 1  # 25 per-frequency covariances of 5 x 5 complex need several bands
     np.testing.assert_array_equal(
         np.concatenate(run.bands), np.arange(run.plan.frequencies.shape[0])
     )
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_narrow_bands_use_a_direct_dft_of_their_columns(layout):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((150, 3, 6, 20)) + 5
+    y = np.roll(x[:, :2], 2, axis=3) + rng.standard_normal((150, 2, 6, 20))
+    if layout == "NHWC":
+        x, y = nhwc(x), nhwc(y)
+    one = sd.cca(x, y, conv=sd.DFT(memory_limit=2**30), layout=layout)
+    run = _conv._DFTRun(
+        x, y, conv=sd.DFT(memory_limit=2_000, lanes=1), layout=layout, names=("x", "y")
+    )
+    cols = [np.unique(np.abs(run.plan.frequencies[b, 1])).size for b in run.bands]
+    assert min(cols) * _conv._DIRECT_DFT_RATIO < 11  # some passes take the direct path
+    many = sd.cca(x, y, conv=sd.DFT(memory_limit=2_000, lanes=1), layout=layout)
+    np.testing.assert_allclose(many.coefficients, one.coefficients, rtol=1e-12, atol=1e-12)
 
 
 def test_fold_is_the_chan_merge():
