@@ -22,7 +22,8 @@ for each layer's own SYRK plus one x-by-y GEMM. For the 8 + 8 layers of
 the time of the needed blocks on one 4096-row chunk (one BLAS thread; the GEMM
 runs at the SYRK's rate per flop here, so "a GEMM of two buffers is slower"
 holds per pair, where the flops are equal, not for a matrix). So disjoint sides
-use :func:`cross_chunk` / :func:`cross_combine`: the same buffer, one SYRK per
+restrict the core's chunk to those blocks (``regions=`` of
+:func:`~svcca_dask._stats.moments_chunk`): the same buffer, one SYRK per
 layer and one GEMM, and accumulators of ``d_x d_y + sum d_i**2`` instead of
 ``(d_x + d_y)**2``. Sides that only partly overlap use the joint SYRK.
 
@@ -52,7 +53,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from dask.delayed import delayed
 
 from ._input import ArrayLike, as_dask
 from ._linalg import inv_sqrt_psd, top_eigh
@@ -65,7 +65,7 @@ from ._measures import (
     pwcca_from_stats,
     svcca_from_stats,
 )
-from ._stats import _raise_non_finite, _unify_rows, accumulate_graph, compute, to_moments
+from ._stats import Region, accumulate_graph, compute, to_moments
 
 __all__ = ["MATRIX_MEASURES", "SimilarityMatrix", "similarity_matrix"]
 
@@ -419,99 +419,25 @@ class _Shared:
 # the needed blocks only: own blocks of every layer, one cross block x-side by y-side
 
 
-def cross_chunk(
-    *blocks: np.ndarray,
-    n_x: int,
-    names: Sequence[str] | None = None,
-    row_start: int = 0,
-) -> dict[str, Any]:
-    """Partial statistics of one row chunk: each layer's own co-moment and the
-    cross co-moment of the first ``n_x`` layers (stacked) with the others.
-
-    The same buffer as :func:`~svcca_dask._stats.moments_chunk` (one float64
-    copy, centred on the chunk mean), then one SYRK per layer and one GEMM
-    instead of the SYRK of the whole stack: no x-x or y-y cross blocks.
-
-    Returns
-    -------
-    dict
-        ``{"n": m, "mean": (d,), "own": [(d_i, d_i), ...], "cross": (d_x, d_y),
-        "sizes": (d_1, ...), "n_x": n_x}`` in float64.
-    """
-    m = blocks[0].shape[0]
-    sizes = tuple(int(b.shape[1]) for b in blocks)
-    edges = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-    buf = np.empty((m, int(edges[-1])), dtype=np.float64)
-    for b, a, e in zip(blocks, edges[:-1], edges[1:], strict=True):
-        buf[:, a:e] = b
-    col_sum = buf.sum(axis=0)
-    if not np.all(np.isfinite(col_sum)):
-        _raise_non_finite(blocks, names, row_start)
-    mean = col_sum / m
-    buf -= mean
-    own = [buf[:, a:e].T @ buf[:, a:e] for a, e in itertools.pairwise(edges)]
-    split = int(edges[n_x])
-    cross = buf[:, :split].T @ buf[:, split:]
-    return {"n": m, "mean": mean, "own": own, "cross": cross, "sizes": sizes, "n_x": n_x}
-
-
-def cross_combine(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Merge :func:`cross_chunk` partials pairwise: the Chan/Pebay update of
-    :func:`~svcca_dask._stats.moments_combine`, block by block
-    (``M_IJ += Mb_IJ + (na nb / n) d_I d_J^T``)."""
-    acc = parts[0]
-    sizes, n_x = acc["sizes"], acc["n_x"]
-    edges = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-    split = int(edges[n_x])
-    n, mean = acc["n"], acc["mean"]
-    own = [o.copy() for o in acc["own"]]
-    cross = acc["cross"].copy()
-    for p in parts[1:]:
-        nb = p["n"]
-        if nb == 0:
-            continue
-        if n == 0:
-            n, mean, own, cross = nb, p["mean"], [o.copy() for o in p["own"]], p["cross"].copy()
-            continue
-        tot = n + nb
-        d = p["mean"] - mean
-        f = n * nb / tot
-        for k, (a, e) in enumerate(itertools.pairwise(edges)):
-            own[k] += p["own"][k]
-            own[k] += f * np.outer(d[a:e], d[a:e])
-        cross += p["cross"]
-        cross += f * np.outer(d[:split], d[split:])
-        mean = mean + d * (nb / tot)
-        n = tot
-    return {"n": n, "mean": mean, "own": own, "cross": cross, "sizes": sizes, "n_x": n_x}
+def _cross_regions(sizes: Sequence[int], n_x: int) -> list[Region]:
+    """Each layer's own block, then the block of the first ``n_x`` layers
+    (stacked) against the others: no x-x or y-y cross blocks."""
+    edges = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
+    own = [(a, e, a, e) for a, e in itertools.pairwise(edges)]
+    return [*own, (0, edges[n_x], edges[n_x], edges[-1])]
 
 
 def _cross_graph(
     arrays: Sequence[Any], n_x: int, *, names: Sequence[str], split_every: int
 ) -> Any:
-    """The lazy :func:`cross_chunk` statistics: one task per row chunk (row
-    chunks unified as :func:`~svcca_dask._stats.accumulate_graph` does), then
-    a tree of :func:`cross_combine`."""
-    if split_every < 2:
-        raise ValueError(f"split_every must be at least 2, got {split_every}")
-    arrays = _unify_rows(arrays)
-    row_chunks = arrays[0].chunks[0]
-    starts = np.concatenate([[0], np.cumsum(row_chunks)])[:-1]
-    per_array = [a.to_delayed(optimize_graph=True).reshape(-1) for a in arrays]
-    chunk = delayed(cross_chunk, pure=True)
-    parts = [
-        chunk(*[b[i] for b in per_array], n_x=n_x, names=names, row_start=int(starts[i]))
-        for i in range(len(row_chunks))
-    ]
-    combine = delayed(cross_combine, pure=True)
-    while len(parts) > 1:
-        parts = [combine(parts[i : i + split_every]) for i in range(0, len(parts), split_every)]
-    return parts[0]
+    """The lazy statistics of the needed blocks (see :func:`_cross_regions`)."""
+    regions = _cross_regions([int(a.shape[1]) for a in arrays], n_x)
+    return accumulate_graph(arrays, names=names, split_every=split_every, regions=regions)
 
 
 @dataclass(frozen=True)
 class _CrossBlocks:
-    """Computed :func:`cross_chunk` statistics, as :class:`PairStats` per pair."""
+    """Computed :func:`_cross_graph` statistics, as :class:`PairStats` per pair."""
 
     n: int
     mean: np.ndarray
@@ -522,8 +448,10 @@ class _CrossBlocks:
 
     @classmethod
     def from_out(cls, out: dict[str, Any]) -> _CrossBlocks:
-        edges = np.concatenate([[0], np.cumsum(out["sizes"])]).astype(int)
-        return cls(int(out["n"]), out["mean"], out["own"], out["cross"], edges, out["n_x"])
+        regions = out["regions"]
+        edges = np.array([r[0] for r in regions[:-1]] + [regions[-2][1]], dtype=int)
+        n_x = int(np.searchsorted(edges, regions[-1][1]))
+        return cls(int(out["n"]), out["mean"], out["m2"][:-1], out["m2"][-1], edges, n_x)
 
     def pair(self, i: int, j: int) -> PairStats:
         """Statistics of stacked layer ``i`` (x side) against ``j`` (y side)."""

@@ -39,7 +39,7 @@ import dask
 import numpy as np
 from dask.delayed import Delayed, delayed
 
-__all__ = ["Moments", "accumulate", "moments_chunk", "moments_combine"]
+__all__ = ["Moments", "Region", "accumulate", "accumulate_graph", "moments_chunk", "moments_combine"]
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,15 @@ class Moments:
         return self.mean[..., self._slice(i)]
 
 
+Region = tuple[int, int, int, int]
+"""Rows ``r0:r1`` by columns ``c0:c1`` of the stacked co-moment matrix."""
+
+
 def moments_chunk(
     *blocks: np.ndarray,
     names: Sequence[str] | None = None,
     row_start: int = 0,
+    regions: Sequence[Region] | None = None,
 ) -> dict[str, Any]:
     """Partial statistics of one row chunk of several arrays.
 
@@ -99,20 +104,53 @@ def moments_chunk(
         Names of the arrays, for error messages.
     row_start : int
         Index of the chunk's first row in the whole array, for error messages.
+    regions : sequence of (r0, r1, c0, c1), optional
+        Only these blocks of the stacked co-moment (a diagonal block is a
+        SYRK, an off-diagonal one a GEMM): a layer x layer matrix between two
+        networks needs each layer's own block and the x-by-y cross block, not
+        the x-x and y-y cross blocks. Default: the whole ``(d, d)`` matrix in
+        one SYRK.
 
     Returns
     -------
     dict
-        ``{"n": m, "mean": (d,), "m2": (d, d)}`` in float64.
+        ``{"n": m, "mean": (d,), "m2": (d, d)}`` in float64; with ``regions``,
+        ``"m2"`` is a list of blocks and ``"regions"`` the regions.
 
     Raises
     ------
     ValueError
         If any value is NaN or infinite; the message names the array and the rows.
+
+    Notes
+    -----
+    A chunk whose float64 buffer would exceed about ``DEFAULT_CHUNK_BYTES``
+    is processed in row pieces merged with :func:`moments_combine`: buffers
+    of 32 MiB and more are mapped fresh by malloc and page-fault on every use.
     """
+    from ._input import DEFAULT_CHUNK_BYTES
+
+    m = blocks[0].shape[0]
+    width = sum(b.shape[1] for b in blocks)
+    step = max(1, DEFAULT_CHUNK_BYTES // (8 * max(width, 1)))
+    if m > 1.5 * step:
+        pieces = [
+            _piece_moments([b[a : a + step] for b in blocks], names, row_start + a, regions)
+            for a in range(0, m, step)
+        ]
+        return moments_combine(pieces)
+    return _piece_moments(blocks, names, row_start, regions)
+
+
+def _piece_moments(
+    blocks: Sequence[np.ndarray],
+    names: Sequence[str] | None,
+    row_start: int,
+    regions: Sequence[Region] | None,
+) -> dict[str, Any]:
     m = blocks[0].shape[0]
     widths = [b.shape[1] for b in blocks]
-    # One float64 buffer: the cast and the stack in a single copy, then one SYRK.
+    # One float64 buffer: the cast and the stack in a single copy, then SYRK/GEMM.
     buf = np.empty((m, sum(widths)), dtype=np.float64)
     start = 0
     for b, w in zip(blocks, widths, strict=True):
@@ -123,8 +161,13 @@ def moments_chunk(
         _raise_non_finite(blocks, names, row_start)
     mean = col_sum / m
     buf -= mean
-    m2 = buf.T @ buf  # A.T @ A on one C-contiguous buffer runs as SYRK
-    return {"n": m, "mean": mean, "m2": m2}
+    if regions is None:
+        return {"n": m, "mean": mean, "m2": buf.T @ buf}  # A.T @ A on one buffer runs as SYRK
+    m2 = []
+    for r0, r1, c0, c1 in regions:
+        rows = buf[:, r0:r1]
+        m2.append(rows.T @ rows if (r0, r1) == (c0, c1) else rows.T @ buf[:, c0:c1])
+    return {"n": m, "mean": mean, "m2": m2, "regions": tuple(regions)}
 
 
 def _raise_non_finite(
@@ -160,22 +203,36 @@ def moments_combine(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
         The statistics of the union of the rows.
     """
     acc = parts[0]
-    n, mean, m2 = acc["n"], acc["mean"], acc["m2"].copy()
+    regions = acc.get("regions")
+    n, mean, m2 = acc["n"], acc["mean"], _copy(acc["m2"])
     for p in parts[1:]:
         nb = p["n"]
         if nb == 0:
             continue
         if n == 0:
-            n, mean, m2 = nb, p["mean"], p["m2"].copy()
+            n, mean, m2 = nb, p["mean"], _copy(p["m2"])
             continue
         tot = n + nb
         d = p["mean"] - mean
-        m2 += p["m2"]
-        # outer(d, conj(d)) per leading batch index (one per frequency on the DFT path)
-        m2 += (n * nb / tot) * (d[..., :, None] * d[..., None, :].conj())
+        f = n * nb / tot
+        if regions is None:
+            m2 += p["m2"]
+            # outer(d, conj(d)) per leading batch index (one per frequency on the DFT path)
+            m2 += f * (d[..., :, None] * d[..., None, :].conj())
+        else:
+            for block, pb, (r0, r1, c0, c1) in zip(m2, p["m2"], regions, strict=True):
+                block += pb
+                block += f * (d[..., r0:r1, None] * d[..., None, c0:c1].conj())
         mean = mean + d * (nb / tot)
         n = tot
-    return {"n": n, "mean": mean, "m2": m2}
+    out = {"n": n, "mean": mean, "m2": m2}
+    if regions is not None:
+        out["regions"] = regions
+    return out
+
+
+def _copy(m2: Any) -> Any:
+    return [b.copy() for b in m2] if isinstance(m2, list) else m2.copy()
 
 
 def _tree(parts: list[Delayed], split_every: int) -> Delayed:
@@ -193,11 +250,13 @@ def accumulate_graph(
     *,
     names: Sequence[str] | None = None,
     split_every: int = 8,
+    regions: Sequence[Region] | None = None,
 ) -> Delayed:
-    """The lazy statistics of column-stacked dask arrays (one fused task per row chunk).
+    """The lazy statistics of column-stacked dask arrays (one task per row chunk).
 
     See :func:`accumulate`; this returns the :class:`~dask.delayed.Delayed`
     dict so that several statistics can be computed in one ``dask.compute``.
+    ``regions`` restricts the co-moment to some blocks (see :func:`moments_chunk`).
     """
     if split_every < 2:
         raise ValueError(f"split_every must be at least 2, got {split_every}")
@@ -207,7 +266,8 @@ def accumulate_graph(
     per_array = [a.to_delayed(optimize_graph=True).reshape(-1) for a in arrays]
     chunk = delayed(moments_chunk, pure=True)
     parts = [
-        chunk(*[blocks[i] for blocks in per_array], names=names, row_start=int(starts[i]))
+        chunk(*[blocks[i] for blocks in per_array], names=names, row_start=int(starts[i]),
+              regions=regions)
         for i in range(len(row_chunks))
     ]
     return _tree(parts, split_every)

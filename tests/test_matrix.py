@@ -255,15 +255,20 @@ def test_conv_layers_need_conv():
 
 
 def test_cross_blocks_equal_the_joint_comoment_blocks():
-    from svcca_dask._matrix import cross_chunk, cross_combine
+    from svcca_dask._matrix import _cross_regions, _CrossBlocks
+    from svcca_dask._stats import moments_chunk, moments_combine
 
     rng = np.random.default_rng(11)
     sizes = (3, 5, 4, 2)  # layers 0, 1 on the x side; 2, 3 on the y side
     z = rng.standard_normal((700, sum(sizes))) * rng.uniform(0.1, 10, sum(sizes)) + 1e4
     layers = np.split(z, np.cumsum(sizes)[:-1], axis=1)
     bounds = [0, 1, 90, 333, 334, 700]  # uneven chunks, one of a single row
-    parts = [cross_chunk(*[v[a:b] for v in layers], n_x=2) for a, b in itertools.pairwise(bounds)]
-    out = cross_combine([cross_combine(parts[:2]), cross_combine(parts[2:])])
+    regions = _cross_regions(sizes, 2)
+    parts = [moments_chunk(*[v[a:b] for v in layers], regions=regions) for a, b in itertools.pairwise(bounds)]
+    out = moments_combine([moments_combine(parts[:2]), moments_combine(parts[2:])])
+    blocks = _CrossBlocks.from_out(out)
+    assert blocks.n_x == 2 and list(blocks.edges) == [0, 3, 8, 12, 14]
+    out = {"own": blocks.own, "cross": blocks.cross, "n": blocks.n, "mean": blocks.mean}
     zc = z - z.mean(0)
     full = zc.T @ zc  # the joint co-moment, two-pass in memory
     e = np.cumsum((0, *sizes))

@@ -102,3 +102,28 @@ def test_non_finite_names_array_and_rows():
     ys[big - 1, 0] = np.inf
     with pytest.raises(ValueError, match=rf"y contains NaN or infinite values in rows {big - 1} \(chunk starting at row {big // 2}\)"):
         accumulate([da.from_array(xs, chunks=big // 2), da.from_array(ys, chunks=big // 2)], names=["x", "y"])
+
+
+def test_large_chunk_is_processed_in_pieces(monkeypatch):
+    import svcca_dask._input as inp
+
+    monkeypatch.setattr(inp, "DEFAULT_CHUNK_BYTES", 8 * 12 * 100)  # pieces of 100 rows at 12 features
+    x, y = _data(n=1000, shift=1e4)
+    p = moments_chunk(x, y)
+    z = np.hstack([x, y]).astype(np.float64)
+    assert p["n"] == 1000
+    np.testing.assert_allclose(p["m2"] / 999, np.cov(z, rowvar=False), rtol=1e-9, atol=1e-9)  # pieces merge exactly
+    y = y.copy()
+    y[555, 1] = np.nan
+    with pytest.raises(ValueError, match=r"rows 555 \(chunk starting at row 500\)"):
+        moments_chunk(x, y, names=["x", "y"])  # the piece is named
+
+
+def test_regions_equal_blocks_of_the_full_comoment():
+    x, y = _data(shift=1e3)
+    full = moments_chunk(x, y)["m2"]
+    regions = [(0, 7, 0, 7), (7, 12, 7, 12), (0, 7, 7, 12)]
+    parts = [moments_chunk(x[a : a + 250], y[a : a + 250], regions=regions) for a in range(0, 1000, 250)]
+    out = moments_combine(parts)
+    for block, (r0, r1, c0, c1) in zip(out["m2"], regions, strict=True):
+        np.testing.assert_allclose(block, full[r0:r1, c0:c1], rtol=1e-9, atol=1e-9 * np.abs(full).max())
