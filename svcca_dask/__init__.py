@@ -21,7 +21,7 @@ from ._conv import (
     pwcca_from_dft_stats,
     svcca_from_dft_stats,
 )
-from ._matrix import SimilarityMatrix, similarity_matrix
+from ._matrix import SimilarityMatrix, similarity_matrices, similarity_matrix
 from ._measures import (
     DEFAULT_MAX_FEATURES,
     CCAResult,
@@ -99,6 +99,7 @@ __all__ = [
     "pwcca_from_dft_stats",
     "pwcca_from_stats",
     "read_layer",
+    "similarity_matrices",
     "similarity_matrix",
     "svcca",
     "svcca_from_dft_stats",

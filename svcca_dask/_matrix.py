@@ -67,7 +67,7 @@ from ._measures import (
 )
 from ._stats import Region, accumulate_graph, compute, to_moments
 
-__all__ = ["MATRIX_MEASURES", "SimilarityMatrix", "similarity_matrix"]
+__all__ = ["MATRIX_MEASURES", "SimilarityMatrix", "similarity_matrices", "similarity_matrix"]
 
 #: Measures :func:`similarity_matrix` computes, with the options each accepts.
 MATRIX_MEASURES: dict[str, tuple[str, ...]] = {
@@ -161,7 +161,8 @@ def similarity_matrix(
         array) is read and stacked once.
     measure : {"svcca", "cca", "pwcca", "cka", "linear_cka"}, default "svcca"
         The measure of each pair (see :func:`svcca`, :func:`cca`,
-        :func:`pwcca`, :func:`linear_cka`).
+        :func:`pwcca`, :func:`linear_cka`). For several measures from the same
+        pass, use :func:`similarity_matrices`.
     conv : {"samples", "mean", "flatten"}, optional
         Reduction of 4-D conv layers to 2-D features, per layer, as the
         measures' ``conv=`` does (:func:`conv_features`); 2-D layers are used as
@@ -214,16 +215,70 @@ def similarity_matrix(
     2.0 GiB per partial: the default ``max_width`` (8192) splits that into
     tiles, and each layer is then read once per tile row.
     """
-    if measure not in _FROM_STATS:
-        raise ValueError(
-            f"unknown measure {measure!r}; choose one of {', '.join(map(repr, _FROM_STATS))}"
-        )
+    _check_measure(measure)
     allowed = MATRIX_MEASURES[measure]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise TypeError(
             f"measure={measure!r} takes no option {', '.join(unknown)}; "
             f"its options are: {', '.join(allowed) or 'none'}"
+        )
+    return similarity_matrices(
+        xs, ys, measures=(measure,), conv=conv, layout=layout, max_width=max_width,
+        split_every=split_every, return_results=return_results, **options,
+    )[measure]
+
+
+def _check_measure(measure: Any) -> None:
+    if measure not in _FROM_STATS:
+        raise ValueError(
+            f"unknown measure {measure!r}; choose one of {', '.join(map(repr, _FROM_STATS))}"
+        )
+
+
+def similarity_matrices(
+    xs: Mapping[Hashable, ArrayLike],
+    ys: Mapping[Hashable, ArrayLike] | None = None,
+    *,
+    measures: Sequence[str] = ("svcca",),
+    conv: str | None = None,
+    layout: str | None = None,
+    max_width: int = DEFAULT_MAX_FEATURES,
+    split_every: int = 8,
+    return_results: bool = True,
+    **options: Any,
+) -> dict[str, SimilarityMatrix]:
+    """Several measures' layer x layer matrices from the same single pass.
+
+    The statistics of :func:`similarity_matrix` serve every measure: a job
+    asking for SVCCA, PWCCA and CKA of the same layers reads the data once.
+
+    Parameters
+    ----------
+    xs, ys, conv, layout, max_width, split_every, return_results
+        As for :func:`similarity_matrix`.
+    measures : sequence of str, default ("svcca",)
+        Measures to compute (names as :func:`similarity_matrix`'s ``measure``).
+    **options
+        Options of the measures; each measure receives those it takes
+        (``keep``: svcca; ``epsilon``: svcca, cca, pwcca; ``side``: pwcca).
+
+    Returns
+    -------
+    dict of str to SimilarityMatrix
+        One matrix per measure, in the order given.
+    """
+    measures = tuple(dict.fromkeys([measures] if isinstance(measures, str) else measures))
+    if not measures:
+        raise ValueError("measures is empty: give at least one measure")
+    for m in measures:
+        _check_measure(m)
+    taken = {o for m in measures for o in MATRIX_MEASURES[m]}
+    unknown = sorted(set(options) - taken)
+    if unknown:
+        raise TypeError(
+            f"no measure of {', '.join(measures)} takes option {', '.join(unknown)}; "
+            f"their options are: {', '.join(sorted(taken)) or 'none'}"
         )
     if max_width < 2:
         raise ValueError(f"max_width must be at least 2, got {max_width}")
@@ -279,14 +334,19 @@ def similarity_matrix(
     # blocks; otherwise every block of the joint co-moment is needed or nearly
     row_set = set(row_idx)
     blockwise = not (row_set & set(col_idx))
-    from_stats = _FROM_STATS[measure]
     # pairs that share a layer share its eigendecomposition and its whitening
-    if measure == "svcca":
-        options = {**options, "eigh": _Shared(top_eigh), "inv_sqrt": _Shared(inv_sqrt_psd)}
-    elif measure in ("cca", "pwcca"):
-        options = {**options, "inv_sqrt": _Shared(inv_sqrt_psd)}
-    results: dict[tuple[Hashable, Hashable], Any] = {}
-    scores = np.empty((len(xs), len(ys)), dtype=np.float64)
+    # (the whitening of a layer's live covariance is the same for every measure)
+    shared_eigh, shared_inv_sqrt = _Shared(top_eigh), _Shared(inv_sqrt_psd)
+    per_measure: dict[str, dict[str, Any]] = {}
+    for m in measures:
+        opts = {k: v for k, v in options.items() if k in MATRIX_MEASURES[m]}
+        if m == "svcca":
+            opts.update(eigh=shared_eigh, inv_sqrt=shared_inv_sqrt)
+        elif m in ("cca", "pwcca"):
+            opts["inv_sqrt"] = shared_inv_sqrt
+        per_measure[m] = opts
+    results: dict[str, dict[tuple[Hashable, Hashable], Any]] = {m: {} for m in measures}
+    scores = {m: np.empty((len(xs), len(ys)), dtype=np.float64) for m in measures}
     rows, cols = tuple(xs), tuple(ys)
     n_tiles = 0
     for tile_row, homes in plan:
@@ -321,26 +381,31 @@ def similarity_matrix(
             job: tuple[int, int, int, int, int],
             positions: list[dict[int, int]] = positions,
             stats: list[Any] = stats,
-        ) -> Any:
+        ) -> list[Any]:
             r, c, t, i, j = job
             pi, pj = positions[t][i], positions[t][j]
             p = stats[t].pair(pi, pj) if blockwise else pair_stats(stats[t], pi, pj)
-            return from_stats(p, names=(f"xs[{rows[r]!r}]", f"ys[{cols[c]!r}]"), **options)
+            names = (f"xs[{rows[r]!r}]", f"ys[{cols[c]!r}]")
+            return [_FROM_STATS[m](p, names=names, **per_measure[m]) for m in measures]
 
-        for (r, c, *_), res in zip(jobs, _map_pairs(measure_pair, jobs), strict=True):
-            scores[r, c] = res.score
-            if return_results:
-                results[(rows[r], cols[c])] = res
-    return SimilarityMatrix(
-        scores=scores,
-        rows=rows,
-        columns=cols,
-        measure=measure,
-        results=results,
-        n_samples=int(n),
-        tile_rows=len(plan),
-        tiles=n_tiles,
-    )
+        for (r, c, *_), out in zip(jobs, _map_pairs(measure_pair, jobs), strict=True):
+            for m, res in zip(measures, out, strict=True):
+                scores[m][r, c] = res.score
+                if return_results:
+                    results[m][(rows[r], cols[c])] = res
+    return {
+        m: SimilarityMatrix(
+            scores=scores[m],
+            rows=rows,
+            columns=cols,
+            measure=m,
+            results=results[m],
+            n_samples=int(n),
+            tile_rows=len(plan),
+            tiles=n_tiles,
+        )
+        for m in measures
+    }
 
 
 def _layer(x: ArrayLike, *, name: str, conv: str | None, layout: str | None) -> Any:

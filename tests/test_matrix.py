@@ -329,3 +329,21 @@ def test_pairs_share_each_layers_eigh_and_whitening(measure, monkeypatch):
     assert calls == ({"eigh": 5, "whiten": 5} if measure == "svcca" else {"whiten": 5})
     ref = PAIR[measure](xs["a1"], ys["b0"])  # unshared: the same numbers
     np.testing.assert_allclose(m["a1", "b0"].coefficients, ref.coefficients, rtol=0, atol=1e-12)
+
+
+def test_several_measures_share_one_pass():
+    log: list = []
+    raw = _layers("l", [6, 9, 4], n=1200)
+    layers = _counted(raw, log)
+    log.clear()
+    mats = sd.similarity_matrices(layers, measures=["svcca", "pwcca", "cka"], keep=0.9, side="y")
+    reads = collections.Counter(log)
+    assert set(reads.values()) == {1} and len(reads) == 3 * 4  # three measures, one read per chunk
+    assert list(mats) == ["svcca", "pwcca", "cka"]
+    for m, opts in (("svcca", {"keep": 0.9}), ("pwcca", {"side": "y"}), ("cka", {})):
+        alone = sd.similarity_matrix(raw, measure=m, **opts)
+        np.testing.assert_allclose(mats[m].scores, alone.scores, rtol=1e-12)  # same numbers as one measure
+    with pytest.raises(TypeError, match="no measure of svcca, cka takes option side"):
+        sd.similarity_matrices(raw, measures=["svcca", "cka"], side="y")
+    with pytest.raises(TypeError, match="measure='cka' takes no option keep"):
+        sd.similarity_matrix(raw, measure="cka", keep=0.9)
