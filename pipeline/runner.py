@@ -363,32 +363,47 @@ class _Task:
 
 @dataclass
 class _Group:
-    """Tasks of one measure and store pair, computed together."""
+    """Tasks of one store pair and one conv reduction, all measures together:
+    a full layer x layer product is one similarity-matrix pass for every measure."""
 
-    measure: str
-    options: dict[str, Any]
     x_store: str
     y_store: str
+    conv: Any
     tasks: list[_Task]
     conv_layers: bool = False  # some layer of the group is 4-D
 
+    @property
+    def measures(self) -> list[str]:
+        return list(dict.fromkeys(t.measure for t in self.tasks))
+
     def matrix_options(self) -> dict[str, Any]:
-        """The options for :func:`svcca_dask.similarity_matrix`, with ``conv`` made explicit."""
-        opts = dict(self.options)
-        conv = opts.pop("conv", _default_conv(self.measure))
+        """The options for :func:`svcca_dask.similarity_matrices` (every measure's
+        job options, which agree: they come from one table), ``conv`` explicit."""
+        opts: dict[str, Any] = {}
+        for t in self.tasks:
+            opts.update(t.options)
+        opts.pop("conv", None)
         if self.conv_layers:
-            opts["conv"] = conv
+            opts["conv"] = self.conv
         return opts
 
     @property
     def matrix(self) -> bool:
-        """Whether the pairs are a full layer x layer product (one similarity-matrix pass)."""
-        if len(self.tasks) < 2 or self.matrix_options().get("conv") == "dft":
+        """Whether every measure's pairs are the same full layer x layer product."""
+        if self.conv_layers and self.conv == "dft":
             return False  # the per-frequency (DFT) statistics depend on the pair
-        rows = list(dict.fromkeys(t.pair.x_layer for t in self.tasks))
-        cols = list(dict.fromkeys(t.pair.y_layer for t in self.tasks))
         pairs = {(t.pair.x_layer, t.pair.y_layer) for t in self.tasks}
-        return len(pairs) == len(self.tasks) == len(rows) * len(cols)
+        rows = {x for x, _ in pairs}
+        cols = {y for _, y in pairs}
+        per_measure = len(self.tasks) / len(self.measures)
+        return (
+            len(pairs) >= 2
+            and len(pairs) == len(rows) * len(cols) == per_measure
+            and all(
+                {(t.pair.x_layer, t.pair.y_layer) for t in self.tasks if t.measure == m} == pairs
+                for m in self.measures
+            )
+        )
 
 
 def _default_conv(measure: str) -> Any:
@@ -436,9 +451,10 @@ def _groups(job: Job, tasks: list[_Task]) -> list[_Group]:
     stores = {name: open_store(path) for name, path in job.stores.items()}
     groups: dict[tuple[str, str, str], _Group] = {}
     for t in tasks:
-        key = (t.measure, t.pair.x_store, t.pair.y_store)
+        conv = t.options.get("conv", _default_conv(t.measure))
+        key = (t.pair.x_store, t.pair.y_store, repr(conv))
         if key not in groups:
-            groups[key] = _Group(t.measure, t.options, t.pair.x_store, t.pair.y_store, [])
+            groups[key] = _Group(t.pair.x_store, t.pair.y_store, conv, [])
         g = groups[key]
         g.tasks.append(t)
         p = t.pair
@@ -459,18 +475,20 @@ def _compute(job: Job, group: _Group) -> Iterator[tuple[_Task, Any]]:
         same = group.x_store == group.y_store and rows == cols
         ys = None if same else {c: job.layer_path(group.y_store, c) for c in cols}
         log.info(
-            "similarity matrix %s: %s (%d x %d)", group.measure, group.x_store, len(rows), len(cols)
+            "similarity matrices %s: %s (%d x %d)",
+            ", ".join(group.measures), group.x_store, len(rows), len(cols),
         )
-        mat = svcca_dask.similarity_matrix(xs, ys, measure=group.measure, **group.matrix_options())
+        mats = svcca_dask.similarity_matrices(
+            xs, ys, measures=group.measures, **group.matrix_options()
+        )
         for t in group.tasks:
-            yield t, mat[(t.pair.x_layer, t.pair.y_layer)]
+            yield t, mats[t.measure][(t.pair.x_layer, t.pair.y_layer)]
         return
-    fn = _function(group.measure)
     for t in group.tasks:
-        log.info("%s %s", group.measure, t.pair)
+        log.info("%s %s", t.measure, t.pair)
         x = job.layer_path(t.pair.x_store, t.pair.x_layer)
         y = job.layer_path(t.pair.y_store, t.pair.y_layer)
-        yield t, fn(x, y, **t.options)
+        yield t, _function(t.measure)(x, y, **t.options)
 
 
 def _dask_progress(enabled: bool) -> Any:
@@ -602,7 +620,9 @@ def run_job(
                     }
                     report.computed += 1
                     bar.update(1)
-                _write_table(job.output, ordered())  # results as each group completes
+                    if not group.matrix:  # pair by pair: each result as it completes
+                        _write_table(job.output, ordered())
+                _write_table(job.output, ordered())  # a matrix pass: its results together
     finally:
         bar.close()
     report.rows = ordered()

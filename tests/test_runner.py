@@ -62,7 +62,7 @@ def test_end_to_end_on_a_local_cluster(root):
     }
     report = run_job(job_for(root, cluster=cluster), progress=False)
     assert report.computed == 27 and report.reused == 0  # 3 x 3 pairs x 3 measures
-    assert report.passes == 3  # one similarity-matrix pass per measure, not one per pair
+    assert report.passes == 1  # one similarity-matrix pass for all three measures, not one per pair
     rows = read_csv(root)
     assert list(rows[0]) == list(COLUMNS)
     assert {"x_store", "x_layer", "y_store", "y_layer", "measure", "score"} <= set(rows[0])
@@ -189,12 +189,12 @@ def test_killed_run_leaves_whole_results_and_resumes(root, monkeypatch):
         run_job(job, progress=False)
     monkeypatch.undo()
     rows = read_csv(root)
-    assert len(rows) == 3  # the first measure's group was written whole, nothing half
+    assert len(rows) == 4  # pair by pair: the four results before the kill, nothing half
     for r in rows:  # every row in the table has its arrays
         assert (root / "out" / "coefficients.zarr" / r["result_id"] / "zarr.json").is_file()
     assert json.loads((root / "out" / "job.json").read_text())["state"] == "running"
     resumed = run_job(job, progress=False)
-    assert resumed.reused == 3 and resumed.computed == 6
+    assert resumed.reused == 4 and resumed.computed == 5
 
 
 def test_table_write_is_atomic(root, monkeypatch):
