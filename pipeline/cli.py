@@ -12,18 +12,21 @@ other heavy packages inside the handler): ``svcca-dask --help`` imports all of t
 Handlers raise exceptions to fail: :func:`main` prints ``svcca-dask <command>:
 error: <message>`` on one line and exits with status 1 (argparse usage errors
 exit with 2); ``--verbose`` adds the traceback and debug logs. Every
-subcommand gets ``--verbose`` automatically.
+subcommand gets ``--verbose`` automatically. Without it, the libraries in
+:data:`QUIET_LOGGERS` (Dask's ``distributed`` and the web servers under its
+dashboard) log warnings and errors only, whichever subcommand starts a cluster.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
@@ -37,6 +40,13 @@ COMMAND_MODULES: list[str] = [
 
 PROG = "svcca-dask"
 log = logging.getLogger("pipeline")
+
+#: Libraries whose INFO logs stay out of the CLI's output unless ``--verbose``.
+#: ``distributed`` sets its loggers to INFO when it is imported (inside a
+#: handler, after :func:`main` configured logging), so a logger level set
+#: beforehand would not hold: a filter on the handlers drops their records
+#: below WARNING instead.
+QUIET_LOGGERS: tuple[str, ...] = ("distributed", "bokeh", "tornado")
 
 
 # --------------------------------------------------------------------------- #
@@ -293,6 +303,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _BelowWarning(logging.Filter):
+    """Drops records below WARNING from the loggers in ``names`` and their children."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        super().__init__()
+        self.prefixes = tuple(names)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return not any(
+            record.name == name or record.name.startswith(name + ".") for name in self.prefixes
+        )
+
+
+@contextlib.contextmanager
+def _quiet_libraries(names: Sequence[str] = QUIET_LOGGERS) -> Iterator[None]:
+    """Keep the INFO and DEBUG logs of ``names`` off the root handlers while inside.
+
+    Also off any handler those loggers have of their own (``distributed`` adds
+    one when it is imported before logging is configured). The filter is
+    removed on exit, so that embedding :func:`main` leaves logging as it was.
+    """
+    handlers = list(logging.getLogger().handlers)
+    for name in names:
+        handlers += logging.getLogger(name).handlers
+    quiet = _BelowWarning(names)
+    for h in handlers:
+        h.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(quiet)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``svcca-dask``; returns the exit status (0 on success)."""
     parser = build_parser()
@@ -307,7 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
     )
     try:
-        code = handler(args)
+        with contextlib.nullcontext() if verbose else _quiet_libraries():
+            code = handler(args)
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130

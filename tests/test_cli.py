@@ -149,3 +149,46 @@ def test_console_script_exit_codes(tmp_path):
     )
     assert bad.returncode == 1
     assert bad.stderr.strip().count("\n") == 0 and "no activation store" in bad.stderr
+
+
+NOISY_MODULE = """
+import logging
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("noisy", help="logs like distributed does")
+    p.set_defaults(handler=_noisy)
+
+
+def _noisy(args):
+    logging.getLogger("distributed").setLevel(logging.INFO)  # what importing distributed does
+    logging.getLogger("distributed.scheduler").info("scheduler-info")
+    logging.getLogger("distributed.scheduler").warning("scheduler-warning")
+    logging.getLogger("tornado.application").info("tornado-info")
+    logging.getLogger("distributedx").warning("other-library")
+    return 0
+"""
+
+
+def test_library_info_logs_are_quiet_unless_verbose(tmp_path, monkeypatch, caplog):
+    import logging
+
+    (tmp_path / "noisy_cmd.py").write_text(NOISY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("pipeline.cli.COMMAND_MODULES", [*COMMAND_MODULES, "noisy_cmd"])
+    level = logging.getLogger("distributed").level
+    try:
+        assert main(["noisy"]) == 0
+        assert "scheduler-warning" in caplog.text  # warnings still reach the handler
+        assert "scheduler-info" not in caplog.text and "tornado-info" not in caplog.text
+        assert "other-library" in caplog.text  # a name that only starts alike is not filtered
+        caplog.clear()
+        assert main(["noisy", "--verbose"]) == 0
+        assert "scheduler-info" in caplog.text  # --verbose lets them through
+        caplog.clear()
+        assert main(["noisy"]) == 0
+        logging.getLogger("distributed.scheduler").info("after-main")
+        assert "after-main" in caplog.text  # main's filter is gone once it returns
+        assert "scheduler-info" not in caplog.text
+    finally:
+        logging.getLogger("distributed").setLevel(level)
