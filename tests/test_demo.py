@@ -84,7 +84,18 @@ def test_models_name_their_layers_and_build_reproducibly(arch: str, digits) -> N
     names = layer_names(a)
     assert names[-1] == "logits"
     assert all(a.get_submodule(n) is not None for n in names)  # every layer is a module
-    assert a.eval()(digits.x_test[:5]).shape == (5, 10)
+    seen = {}
+    hooks = [
+        a.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o))
+        for n in names
+    ]
+    with torch.no_grad():
+        assert a.eval()(digits.x_test[:5]).shape == (5, 10)
+    for h in hooks:
+        h.remove()
+    for n in names[:-1]:  # hidden layers are taken after their ReLU: never affine in the input
+        assert float(seen[n].min()) == 0.0, n
+    assert float(seen["logits"].min()) < 0.0  # the logits have no nonlinearity
 
 
 def test_accuracy_with_projection_identity_and_zero(digits) -> None:
@@ -92,7 +103,7 @@ def test_accuracy_with_projection_identity_and_zero(digits) -> None:
 
     net = build_model("convnet", seed=0).eval()
     x, y = digits.x_test, digits.y_test
-    d = net.fc1.out_features
+    d = net.logits.in_features  # fc1's width
     mean = np.zeros(d)
     full = accuracy_with_projection(net, "fc1", np.eye(d), mean, x, y)
     assert full == accuracy(net, x, y)  # the identity projection changes nothing
@@ -195,6 +206,39 @@ def test_neuron_check_compares_directions_with_neurons() -> None:
     np.testing.assert_allclose(same["neuron_corr_same_rank"], 1.0, atol=1e-8)
 
 
+def _dyn(diagonals: dict[str, list[float]]) -> dict[str, np.ndarray]:
+    """Learning-dynamics matrices with the given diagonals (per checkpoint) and 0.5 elsewhere."""
+    labels = ["0%", "35%", "75%", "100%"]
+    out = {}
+    for t, label in enumerate(labels):
+        m = np.full((len(diagonals), len(diagonals)), 0.5)
+        np.fill_diagonal(m, [d[t] for d in diagonals.values()])
+        out[label] = m
+    return out
+
+
+def test_convergence_check_needs_a_margin_and_a_first_layer_that_learned() -> None:
+    from pipeline.demo import _convergence_check
+
+    layers = ["conv1", "conv2", "fc1", "logits"]
+    diag = {
+        "conv1": [0.89, 0.98, 0.998, 1.0],
+        "conv2": [0.68, 0.95, 0.99, 1.0],
+        "fc1": [0.52, 0.90, 0.988, 1.0],
+        "logits": [0.6, 0.98, 0.998, 1.0],
+    }
+    c = _convergence_check(_dyn(diag), layers, first="conv1", last="fc1")
+    assert c["holds"]  # 0.98 leads 0.90 by more than 0.02, and conv1 gained 0.09
+    assert c["curves"]["fc1"]["35%"] == 0.90 and "leads by 0.080" in c["text"]
+    close = dict(diag, fc1=[0.52, 0.97, 0.99, 1.0])
+    assert not _convergence_check(_dyn(close), layers, first="conv1", last="fc1")["holds"]
+    # a first layer that scores 1 at 0% (affine in the pixels) has learned nothing visible
+    trivial = dict(diag, conv1=[1.0, 1.0, 1.0, 1.0])
+    assert not _convergence_check(_dyn(trivial), layers, first="conv1", last="fc1")["holds"]
+    with pytest.raises(ValueError, match="first and last must be two of the layers"):
+        _convergence_check(_dyn(diag), layers, first="conv1", last="fc9")
+
+
 def test_cli_has_the_demo_subcommand() -> None:
     from pipeline.cli import build_parser
     from pipeline.demo import DEFAULT_OUT, _demo
@@ -218,7 +262,7 @@ def test_demo_end_to_end(tmp_path) -> None:
 
     from pipeline.demo import run_demo
     from pipeline.jobs import load_job
-    from pipeline.models import ConvNet
+    from pipeline.models import ConvNet, ResNet
     from pipeline.runner import COLUMNS, run_job
 
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
@@ -234,7 +278,7 @@ def test_demo_end_to_end(tmp_path) -> None:
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["job", *COLUMNS]  # the tidy table
-    n_conv, n_res = len(ConvNet.LAYERS), 6
+    n_conv, n_res = len(ConvNet.LAYERS), len(ResNet.LAYERS)
     assert len(rows) == 4 * n_conv**2 + 4 * n_res**2 + n_conv**2 + n_conv * 10
     scores = np.array([float(r["score"]) for r in rows])
     assert np.all((scores >= 0) & (scores <= 1 + 1e-9))  # similarities, no NaN
@@ -244,7 +288,12 @@ def test_demo_end_to_end(tmp_path) -> None:
     assert ft["frozen_gflop"] < ft["normal_gflop"]  # lower layers froze: less backward work
     assert ft["reproduced_net1"]  # training again from the same seeds gives net1 again
     # the paper's findings, on the demo's own output (seeded and deterministic)
-    assert summary.checks["lower_layers_converge_first"]["holds"]
+    lower = summary.checks["lower_layers_converge_first"]
+    assert lower["holds"] and (lower["first"], lower["last"]) == ("conv1", "fc1")
+    conv1, fc1 = lower["curves"]["conv1"], lower["curves"]["fc1"]
+    assert conv1["35%"] - fc1["35%"] >= 0.02  # the first hidden layer converges first
+    assert max(c["0%"] for c in lower["curves"].values()) < 0.95  # 0%: no layer is final yet
+    assert min(summary.accuracy.values()) > 0.9  # the slow training still learns the digits
     assert summary.checks["directions_shared"]["holds"]
     assert summary.compression["svcca_accuracy"][-1] > 0.5  # all directions: the net works
     # the job files are real jobs: a rerun finds every result and recomputes nothing

@@ -65,22 +65,20 @@ def digits():
 
 
 def test_training_with_schedule_freezes_layers_and_saves_compute(digits) -> None:
-    schedule = {"conv1": 0.25, "bn1": 0.25, "conv2": 0.5, "bn2": 0.5}
+    schedule = {"conv1": 0.25, "conv2": 0.5, "conv3": None}
     normal = train(build_model("convnet", seed=0), digits, epochs=2, seed=0)
     model = build_model("convnet", seed=0)
     frozen = train(model, digits, epochs=2, seed=0, schedule=schedule)
     steps = 2 * -(-digits.x_train.shape[0] // 64)
-    assert frozen.frozen_at_step == {
-        "conv1": round(0.25 * steps),
-        "bn1": round(0.25 * steps),
-        "conv2": round(0.5 * steps),
-        "bn2": round(0.5 * steps),
-    }
-    # conv1 stopped training at 25%: its weights at 35% and 100% are those of 25%
+    assert frozen.frozen_at_step == {"conv1": round(0.25 * steps), "conv2": round(0.5 * steps)}
+    # the conv1 block (conv, batch norm, relu) stopped training at 25%: its state at
+    # 35% and 100% is that of 25%, batch-norm statistics included
     at35, at100 = frozen.checkpoints[0.35], frozen.checkpoints[1.0]
-    assert torch.equal(at35["conv1.weight"], at100["conv1.weight"])
-    assert torch.equal(at35["bn1.running_mean"], at100["bn1.running_mean"])  # BN stats frozen too
-    assert not torch.equal(at35["fc1.weight"], at100["fc1.weight"])  # upper layers still train
+    assert torch.equal(at35["conv1.0.weight"], at100["conv1.0.weight"])
+    assert torch.equal(at35["conv1.1.running_mean"], at100["conv1.1.running_mean"])
+    assert not torch.equal(at35["conv2.0.weight"], at100["conv2.0.weight"])  # until 50%
+    assert not torch.equal(at35["conv3.0.weight"], at100["conv3.0.weight"])  # None: trains
+    assert not torch.equal(at35["fc1.0.weight"], at100["fc1.0.weight"])  # upper layers train
     assert frozen.compute_gflop < normal.compute_gflop  # no backward through frozen bottom
     assert all(p.requires_grad for p in model.parameters())  # handed back trainable
     assert 0.0 <= frozen.test_accuracy <= 1.0
@@ -93,7 +91,22 @@ def test_training_is_reproducible_and_keeps_checkpoints(digits) -> None:
     for key, value in a.checkpoints[1.0].items():
         assert torch.equal(value, b.checkpoints[1.0][key]), key  # same seeds, same weights
     assert not torch.equal(
-        a.checkpoints[0.0]["stem_conv.weight"], a.checkpoints[1.0]["stem_conv.weight"]
+        a.checkpoints[0.0]["stem.0.weight"], a.checkpoints[1.0]["stem.0.weight"]
     )  # it trained
     with pytest.raises(ValueError, match="unknown layer"):
         train(build_model("resnet", seed=3), digits, epochs=1, schedule={"fc9": 0.5})
+    with pytest.raises(ValueError, match="momentum"):
+        train(build_model("resnet", seed=3), digits, epochs=1, momentum=-0.5)
+
+
+def test_flops_count_each_block_once_and_scale_with_spatial_size(digits) -> None:
+    from pipeline.models import _layer_flops
+
+    net = build_model("convnet", seed=0)
+    flops = _layer_flops(net, digits.x_train)
+    assert list(flops) == ["conv1", "conv2", "conv3", "fc1", "logits"]
+    # conv1 block: 3x3 conv 1 -> 16 channels (2 flops per multiply-add) plus batch norm
+    # (4 per channel), at each of the 8 x 8 positions
+    assert flops["conv1"] == (2 * 9 * 1 * 16 + 4 * 16) * 64
+    assert flops["conv3"] == (2 * 9 * 32 * 32 + 4 * 32) * 16  # after the 2x2 max pool
+    assert flops["fc1"] == 2 * 512 * 64 and flops["logits"] == 2 * 64 * 10
