@@ -1,23 +1,62 @@
 """Conv layers: layouts, spatial reductions, and the per-channel DFT path.
 
 A conv layer's activations are 4-D, ``(n, C, H, W)`` ("NCHW", PyTorch) or
-``(n, H, W, C)`` ("NHWC", TensorFlow/JAX). The measures reduce them in one of
-four ways (the ``conv=`` option):
+``(n, H, W, C)`` ("NHWC", TensorFlow/JAX). The layout comes from a Zarr
+array's ``dimension_names`` (``sample``, ``channel``, ``height``, ``width``, in
+any order with the sample axis first) or from ``layout=``; when neither says,
+it is an error. The measures reduce 4-D layers in one of four ways (``conv=``;
+2-D inputs ignore it):
 
+``"dft"`` (the default)
+    The SVCCA paper's method (Raghu et al. 2017, Sec. 3.2; google/svcca's
+    ``dft_ccas.fourier_ccas``): a 2-D DFT over space per channel; when the
+    spatial sizes differ, the common low-frequency band (``-s/2 <= k < s/2``
+    of the smaller size ``s`` on each axis, as the reference code crops); one
+    complex ``C x C`` covariance per frequency, accumulated in one pass; one
+    CCA per frequency, batched; the coefficients of all frequencies pooled,
+    each frequency with its multiplicity (a frequency and its conjugate carry
+    conjugate coefficients and so the same correlations: only one of each
+    pair is transformed, accumulated and solved), sorted descending; score =
+    their mean. See :func:`dft_stats` and :func:`dft_measure`.
 ``"samples"``
-    Every spatial position is a sample: ``(n * H * W, C)``. Both layers must
-    share ``H, W``. A 2-D layer on the other side (class logits) is repeated
-    for every position of its image.
+    Every spatial position is a sample: ``(n * H * W, C)`` (Morcos et al.
+    2018 do this for PWCCA). Both layers must share ``H, W``. A 2-D layer on
+    the other side (class logits) is repeated for every position of its image.
 ``"mean"``
     Average over space: ``(n, C)``.
 ``"flatten"``
     Every (channel, position) is a feature: ``(n, C * H * W)``, in the stored
-    order. Only for small layers (or with ``svd="randomized"``).
-``"dft"`` (the default)
-    The SVCCA paper's method (Raghu et al. 2017, Sec. 3.2): a 2-D DFT over
-    space per channel, one complex ``C x C`` covariance per frequency, a CCA
-    per frequency, and the coefficients of all frequencies pooled. See
-    :func:`dft_stats`.
+    order. Only for small layers, or with ``svd="randomized"``.
+
+Why ``"dft"`` is the default: it is the method SVCCA was published with, the
+only one of the four that is exact (equal to the CCA of the flattened layers
+when the data is translation invariant, which image datasets nearly are)
+while costing ``C x C`` problems instead of ``HWC x HWC``; it compares layers
+of different spatial sizes (``"samples"`` cannot) and keeps the spatial
+structure (``"mean"`` discards it, and is a lower bound). Its costs, which the
+other modes avoid: per image about twice the flops of ``"samples"`` (one
+Hermitian rank-n update per frequency), and statistics of ``F (Cx + Cy)^2``
+complex numbers (``F ~ H W / 2`` frequencies): 6.6 GB for two 256-channel
+56 x 56 layers, handled by frequency bands under a memory limit (one pass
+over the data per band, :class:`DFT`). ``"mean"`` is the cheap choice for
+quick layer x layer scans (and what :func:`svcca_dask.similarity_matrix`
+supports in one pass).
+
+Against a 2-D layer (class logits ``(n, k)``) the 2-D side is a 1 x 1 map with
+no spatial extent: the common band is the DC frequency alone, and the result
+is the CCA of the conv layer's spatial sums (equivalently means) with the
+target, as the reference code does for ``(n, 1, 1, k)`` targets (its
+docstring: a lower bound on the correlation of the target with the channels).
+
+Dead features per frequency: a channel whose variance at a frequency is below
+``epsilon`` times ``H * W`` times the largest variance of any single
+activation of its layer (the variance a DFT coefficient of white noise that
+strong would have) is dead there and dropped at that frequency, never NaN. A
+frequency contributes ``min(live x channels, live y channels)``
+correlations; the pooled list is completed with zeros up to ``min(Kx, Ky)``
+(``K`` = live directions summed over frequencies with multiplicity), which is
+what the CCA of the flattened layers gives when frequencies are
+uncorrelated. A spatially constant channel, for instance, is live at DC only.
 
 The first three are feature maps (:func:`conv_features`): a lazy 2-D Dask array
 that every 2-D measure accepts. ``"dft"`` is not a feature map: it has its own
@@ -535,6 +574,8 @@ def _dft_fold(
     by the same :func:`moments_combine`: it sets the dead-channel threshold
     (:attr:`DFTStats.x_scale`) in the same pass.
     """
+    if isinstance(xb, _ChunkGetter):
+        xb, yb = xb(), yb()  # type: ignore[operator]
     m = xb.shape[0]
     for b, name in ((xb, names[0]), (yb, names[1])) if with_scale else ():
         # checked in the first pass only: later passes read the same data
@@ -543,7 +584,12 @@ def _dft_fold(
             _raise_non_finite([np.asarray(b).reshape(m, -1)], [name], row_start)
     cx, cy = plan.x_shape[0], plan.y_shape[0]
     f_count, d = idx.size, cx + cy
-    z = np.empty((f_count, d, m + 1), dtype=np.complex128)
+    # the coefficient buffer is reused by the lane's next task (buffers this
+    # large are mapped fresh by malloc and page-faulted on every use otherwise)
+    buf = acc.pop("_buf", None) if acc is not None else None
+    if buf is None or buf.shape[0] != f_count or buf.shape[2] < m + 1:
+        buf = np.empty((f_count, d, m + 1), dtype=np.complex128)
+    z = buf[:, :, : m + 1]
     _coefficients_into(z, 0, xb, plan.x_layout, plan.x_shape, plan.gather(plan.x_shape, idx))
     _coefficients_into(z, cx, yb, plan.y_layout, plan.y_shape, plan.gather(plan.y_shape, idx))
     mean_b = z[:, :, :m].mean(axis=2)
@@ -571,6 +617,7 @@ def _dft_fold(
         r = _zherk(1.0, z[f].T, beta=1.0, c=c, trans=2, lower=0, overwrite_c=1)
         if not np.may_share_memory(r, c):  # pragma: no cover - f2py copied c
             c[...] = r
+    acc["_buf"] = buf
     return acc
 
 
@@ -581,8 +628,11 @@ def _position_moments(b: np.ndarray) -> dict[str, Any]:
     """Chunk statistics of every activation taken alone: ``P`` problems of size 1."""
     flat = b.reshape(b.shape[0], -1)
     mean = flat.mean(axis=0, dtype=np.float64)
-    dev = np.subtract(flat, mean, dtype=np.float64)  # the one float64 temporary
-    m2 = np.einsum("ij,ij->j", dev, dev)
+    m2 = np.zeros_like(mean)
+    step = max(1, _FFT_BATCH_BYTES // (8 * max(1, flat.shape[1])))
+    for s0 in range(0, flat.shape[0], step):  # float64 temporaries of ~16 MiB
+        dev = np.subtract(flat[s0 : s0 + step], mean, dtype=np.float64)
+        m2 += np.einsum("ij,ij->j", dev, dev)
     return {"n": flat.shape[0], "mean": mean[:, None], "m2": m2[:, None, None]}
 
 
@@ -740,7 +790,9 @@ def _rows_target(plan: _Plan, idx: np.ndarray, opt: DFT, stored: int) -> int:
             raise ValueError(f"rows must be a positive number of images, got {opt.rows}")
         return int(opt.rows)
     d = plan.x_shape[0] + plan.y_shape[0]
-    want = max(8, _TASK_COEF_BYTES // max(1, idx.size * d * 16))
+    raw = 8 * sum(int(np.prod(shape)) for shape in (plan.x_shape, plan.y_shape))
+    # ~64 MiB of coefficients and of float64 images per task, at least 8 images
+    want = max(8, min(_TASK_COEF_BYTES // max(1, idx.size * d * 16), _TASK_COEF_BYTES // raw))
     return max(stored, want // stored * stored)
 
 
@@ -766,6 +818,13 @@ def _lane_graph(
     xr, yr = _same_rows(xd, yd, _rows_target(plan, idx, opt, stored))
     xs = xr.to_delayed(optimize_graph=True).reshape(-1)
     ys = yr.to_delayed(optimize_graph=True).reshape(-1)
+    if _current_client() is None:
+        # On threads, chunk reads that are separate tasks all become ready at
+        # once and idle threads run them ahead of the (sequential) lanes, which
+        # would hold up to the whole data in memory. Each fold task reads its
+        # own chunk instead. (distributed queues root tasks itself.)
+        xs = [_ChunkGetter(b) for b in xs]
+        ys = [_ChunkGetter(b) for b in ys]
     starts = np.concatenate([[0], np.cumsum(xr.chunks[0])])[:-1]
     n_chunks = len(xs)
     fold = delayed(_dft_fold, pure=False)
@@ -779,6 +838,21 @@ def _lane_graph(
             )  # fmt: skip
         accs.append(acc)
     return accs
+
+
+class _ChunkGetter:
+    """One row chunk's (culled) graph, computed synchronously inside the task that needs it."""
+
+    def __init__(self, block: Any) -> None:
+        from dask.optimization import cull
+
+        self.key = block.key
+        self.graph, _ = cull(dict(block.__dask_graph__()), [self.key])
+
+    def __call__(self) -> np.ndarray:
+        from dask.local import get_sync
+
+        return np.asarray(get_sync(self.graph, self.key))
 
 
 def _scale_of(*accs: dict[str, Any], plan: _Plan) -> tuple[float, float]:

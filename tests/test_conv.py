@@ -425,3 +425,42 @@ def test_conv_features_is_lazy_and_chunked_along_samples():
     np.testing.assert_array_equal(
         sd.conv_features(x, conv="flatten", layout="NCHW").compute(), flat(x.compute())
     )
+
+
+def test_dft_and_randomized_svd_on_a_distributed_cluster(tmp_path):
+    from distributed import Client, LocalCluster
+
+    x, y = translation_invariant(cx=3, cy=2, h=4, w=4, shift=10.0)
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    for name, a in (("x", x), ("y", y)):
+        arr = root.create_array(
+            name, shape=a.shape, chunks=(40, *a.shape[1:]), dtype="f8",
+            dimension_names=("sample", "channel", "height", "width"),
+        )  # fmt: skip
+        arr[:] = a
+    px, py = str(tmp_path / "s.zarr" / "x"), str(tmp_path / "s.zarr" / "y")
+    on_threads = {
+        "cca": sd.cca(px, py),
+        "svcca": sd.svcca(px, py, keep=0.9, conv=sd.DFT(memory_limit=3_000)),  # several bands
+        "cka": sd.linear_cka(px, py),
+        "flat": sd.svcca(px, py, conv="flatten", keep=5, svd="randomized"),
+    }
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                     dashboard_address=None) as cluster,
+        Client(cluster),
+    ):  # fmt: skip
+        on_cluster = {
+            "cca": sd.cca(px, py),
+            "svcca": sd.svcca(px, py, keep=0.9, conv=sd.DFT(memory_limit=3_000)),
+            "cka": sd.linear_cka(px, py),
+            "flat": sd.svcca(px, py, conv="flatten", keep=5, svd="randomized"),
+        }
+    for key, ref in on_threads.items():
+        assert on_cluster[key].score == pytest.approx(
+            ref.score, rel=1e-12
+        )  # same numbers on workers
+        if hasattr(ref, "coefficients"):
+            np.testing.assert_allclose(
+                on_cluster[key].coefficients, ref.coefficients, rtol=1e-12, atol=1e-12
+            )
