@@ -503,6 +503,7 @@ def _coefficients_into(
     layout: str | None,
     shape: tuple[int, int, int],
     g: _Gather,
+    workers: int = 1,
 ) -> None:
     """Write the planned DFT coefficients of one side's row chunk into
     ``buf[:, offset:offset + C, :m]`` (frequency, channel, image)."""
@@ -533,10 +534,10 @@ def _coefficients_into(
             ncols = g.columns.size
             r = np.moveaxis(prod[..., :ncols] + 1j * prod[..., ncols:], -1, wax)
         else:
-            r = sfft.rfft(b, axis=wax, workers=1)
+            r = sfft.rfft(b, axis=wax, workers=workers)
             if g.columns.size < r.shape[wax]:
                 r = np.take(r, g.columns, axis=wax)
-        r = sfft.fft(r, axis=hax, workers=1, overwrite_x=True)
+        r = sfft.fft(r, axis=hax, workers=workers, overwrite_x=True)
         coef = r.transpose(perm)[:, g.rows, g.cols, :]  # (m_s, F, C)
         if g.conj.any():
             coef[:, g.conj, :] = coef[:, g.conj, :].conj()
@@ -553,6 +554,7 @@ def _dft_fold(
     names: tuple[str, str],
     row_start: int,
     with_scale: bool = False,
+    threads: int = 1,
 ) -> dict[str, Any]:
     """Merge one row chunk into a lane's per-frequency statistics, in place.
 
@@ -590,8 +592,9 @@ def _dft_fold(
     if buf is None or buf.shape[0] != f_count or buf.shape[2] < m + 1:
         buf = np.empty((f_count, d, m + 1), dtype=np.complex128)
     z = buf[:, :, : m + 1]
-    _coefficients_into(z, 0, xb, plan.x_layout, plan.x_shape, plan.gather(plan.x_shape, idx))
-    _coefficients_into(z, cx, yb, plan.y_layout, plan.y_shape, plan.gather(plan.y_shape, idx))
+    gx, gy = plan.gather(plan.x_shape, idx), plan.gather(plan.y_shape, idx)
+    _coefficients_into(z, 0, xb, plan.x_layout, plan.x_shape, gx, workers=threads)
+    _coefficients_into(z, cx, yb, plan.y_layout, plan.y_shape, gy, workers=threads)
     mean_b = z[:, :, :m].mean(axis=2)
     z[:, :, :m] -= mean_b[:, :, None]
     if acc is None:
@@ -610,15 +613,28 @@ def _dft_fold(
     acc["mean"] += delta * (m / tot)
     acc["n"] = tot
     m2 = acc["m2"]
-    for f in range(f_count):
-        # m2[f] (C order) seen as m2[f].T (Fortran order): upper(m2[f].T) += conj(Z) Z^T,
-        # i.e. lower(m2[f]) += Z Z^H
-        c = m2[f].T
-        r = _zherk(1.0, z[f].T, beta=1.0, c=c, trans=2, lower=0, overwrite_c=1)
-        if not np.may_share_memory(r, c):  # pragma: no cover - f2py copied c
-            c[...] = r
+    with _blas_threads(threads):
+        for f in range(f_count):
+            # m2[f] (C order) seen as m2[f].T (Fortran order): upper(m2[f].T) += conj(Z) Z^T,
+            # i.e. lower(m2[f]) += Z Z^H
+            c = m2[f].T
+            r = _zherk(1.0, z[f].T, beta=1.0, c=c, trans=2, lower=0, overwrite_c=1)
+            if not np.may_share_memory(r, c):  # pragma: no cover - f2py copied c
+                c[...] = r
     acc["_buf"] = buf
     return acc
+
+
+def _blas_threads(threads: int) -> Any:
+    """BLAS threads for one task: more than one only when there are fewer lanes
+    than scheduler threads (nothing else runs during the folds then)."""
+    import contextlib
+
+    if threads <= 1:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=threads, user_api="blas")
 
 
 _EMPTY: dict[str, Any] = {"n": 0, "mean": np.zeros((0, 1)), "m2": np.zeros((0, 1, 1))}
@@ -829,12 +845,16 @@ def _lane_graph(
     n_chunks = len(xs)
     fold = delayed(_dft_fold, pure=False)
     accs = []
-    for lane in np.array_split(np.arange(n_chunks), max(1, min(lanes, n_chunks))):
+    n_lanes = max(1, min(lanes, n_chunks))
+    # fewer lanes than threads on the threaded scheduler: give each lane's
+    # BLAS and FFT the spare threads (reads run inside the folds, see above)
+    threads = 1 if _current_client() is not None else max(1, _scheduler_threads() // n_lanes)
+    for lane in np.array_split(np.arange(n_chunks), n_lanes):
         acc = None
         for i in lane:
             acc = fold(
                 acc, xs[i], ys[i], plan=plan, idx=idx, names=names,
-                row_start=int(starts[i]), with_scale=with_scale,
+                row_start=int(starts[i]), with_scale=with_scale, threads=threads,
             )  # fmt: skip
         accs.append(acc)
     return accs

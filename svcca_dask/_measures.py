@@ -585,7 +585,7 @@ def svcca(
         ``(dx + dy)**2`` memory). ``"tsqr"``: Dask's exact tall-skinny SVD of
         the centred data (3 passes). ``"randomized"``: Dask's
         ``svd_compressed`` (Halko et al.) on the centred data, never a ``d x d``
-        matrix (``3 + 2 * n_power_iter`` passes); ``RandomizedSVD(...)`` sets
+        matrix (``4 + 2 * n_power_iter`` passes); ``RandomizedSVD(...)`` sets
         its options. ``"auto"``: ``"covariance"`` when ``dx + dy <=
         max_features``, else per side: its own covariance when its width is
         at most ``max_features``, else randomized. ``conv="dft"`` always uses

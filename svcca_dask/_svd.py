@@ -29,9 +29,9 @@ accumulated with :func:`svcca_dask.accumulate` in one more pass; the CCA runs
 on those.
 
 Passes over the data: "covariance" 1; "tsqr" 3 (mean and total variance, TSQR,
-projection); "randomized" ``3 + 2 * n_power_iter`` (mean and total variance,
-``1 + 2 n_power_iter`` for the range finder with the ``Q^T A`` product folded
-in, projection), and again for each doubling of ``n_components`` a float
+projection); "randomized" ``4 + 2 * n_power_iter`` (mean and total variance,
+``1 + 2 n_power_iter`` for the range finder, one for ``Q^T A``, projection),
+and ``2 + 2 n_power_iter`` more for each doubling of ``n_components`` a float
 ``keep`` needs.
 
 ``keep`` as a fraction works on every path: the total variance is the trace of
