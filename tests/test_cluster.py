@@ -291,7 +291,7 @@ def test_tls_config_from_cluster_folder(start_dask_processes, tmp_path):
 
 
 def test_jobqueue_config_makes_a_slurm_job_script(capsys):
-    pytest.importorskip("dask_jobqueue")
+    import dask_jobqueue  # noqa: F401  (the [test] extra installs it: a missing one fails here)
     cfg = yaml.safe_load((CLUSTER / "slurm" / "jobqueue.yaml").read_text())["jobqueue"]["slurm"]
     settings = {f"jobqueue.slurm.{k}": v for k, v in cfg.items()}
     settings["jobqueue.slurm.interface"] = "lo"  # this machine has no ib0; keeps it on loopback
