@@ -380,8 +380,11 @@ class DFT:
         (each lane writes its whole accumulator once, which costs about as
         much as processing half as many bytes of images).
     rows : int, optional
-        Images per task. Default: stored chunks merged (never split) up to
-        about 64 MiB of Fourier coefficients per task, at least 8 images.
+        Images per task. Default: stored chunks merged (never split) until a
+        task's images and coefficients take an eighth of a lane's
+        accumulator (at most 512 MiB), 8 to 64 images: each task streams the
+        whole accumulator, so fewer images per task make the pass bound by
+        memory bandwidth.
     """
 
     memory_limit: int | str | None = None
@@ -490,10 +493,12 @@ def _dft_plan(
 
 #: Bytes of float64 image data transformed at once inside a task.
 _FFT_BATCH_BYTES = 16 * 2**20
+#: A fold task's buffers, as a share of its lane's accumulator (see _rows_target).
+_TASK_SHARE = 0.125
+#: ... and at most this many bytes.
+_TASK_MAX_BYTES = 512 * 2**20
 #: Below one needed rfft column in this many, the columns' DFT is done directly.
 _DIRECT_DFT_RATIO = 6
-#: Bytes of Fourier coefficients a task aims for when merging stored chunks.
-_TASK_COEF_BYTES = 64 * 2**20
 
 
 def _coefficients_into(
@@ -795,20 +800,34 @@ def _bands(plan: _Plan, lanes: int, budget: int, *, holds_stats: bool) -> list[n
     d = plan.x_shape[0] + plan.y_shape[0]
     per_freq = d * d * 16
     f_total = plan.frequencies.shape[0]
-    per_band = max(1, int(budget // ((lanes + (1.0 if holds_stats else 0.1)) * per_freq)))
+    # each lane: its accumulator plus a task's buffers (up to 1/8 of it, see _rows_target)
+    share = lanes * (1 + _TASK_SHARE) + (1.0 if holds_stats else 0.1)
+    per_band = max(1, int(budget // (share * per_freq)))
     n_bands = -(-f_total // per_band)
     return [a for a in np.array_split(np.arange(f_total), n_bands) if a.size]
 
 
-def _rows_target(plan: _Plan, idx: np.ndarray, opt: DFT, stored: int) -> int:
+def _rows_target(plan: _Plan, idx: np.ndarray, opt: DFT, stored: int, itemsize: int) -> int:
+    """Images per fold task.
+
+    Each fold streams its lane's whole accumulator through one ZHERK per
+    frequency (read and write), for ``4 m D^2`` flops per ``32 D^2`` bytes:
+    with few images per task and several lanes at once it is bound by
+    memory bandwidth (measured here, two lanes of 256 + 256 channels: 8
+    images per task ran about 25% slower than 32). So a task
+    takes as many images as fit in an eighth of the accumulator (the images
+    as stored plus their coefficients), at most 512 MiB, between 8 and 64
+    images; stored chunks are merged, never split.
+    """
     if opt.rows is not None:
         if opt.rows < 1:
             raise ValueError(f"rows must be a positive number of images, got {opt.rows}")
         return int(opt.rows)
     d = plan.x_shape[0] + plan.y_shape[0]
-    raw = 8 * sum(int(np.prod(shape)) for shape in (plan.x_shape, plan.y_shape))
-    # ~64 MiB of coefficients and of float64 images per task, at least 8 images
-    want = max(8, min(_TASK_COEF_BYTES // max(1, idx.size * d * 16), _TASK_COEF_BYTES // raw))
+    per_image = itemsize * sum(int(np.prod(shape)) for shape in (plan.x_shape, plan.y_shape))
+    per_image += idx.size * d * 16  # its coefficients
+    room = min(_TASK_SHARE * idx.size * d * d * 16, _TASK_MAX_BYTES)
+    want = int(min(64, max(8, room // per_image)))
     return max(stored, want // stored * stored)
 
 
@@ -831,7 +850,8 @@ def _lane_graph(
 ) -> list[Any]:
     """The lanes of one pass: each a chain of fold tasks over consecutive row chunks."""
     stored = max(max(xd.chunks[0]), max(yd.chunks[0]))
-    xr, yr = _same_rows(xd, yd, _rows_target(plan, idx, opt, stored))
+    itemsize = max(xd.dtype.itemsize, yd.dtype.itemsize)
+    xr, yr = _same_rows(xd, yd, _rows_target(plan, idx, opt, stored, itemsize))
     xs = xr.to_delayed(optimize_graph=True).reshape(-1)
     ys = yr.to_delayed(optimize_graph=True).reshape(-1)
     if _current_client() is None:
