@@ -80,6 +80,7 @@ from scipy.linalg.blas import zherk as _zherk
 from ._input import ArrayLike, as_dask, open_zarr_array
 from ._linalg import cca_from_cov, top_eigh
 from ._stats import _current_client, _raise_non_finite, compute, moments_combine
+from ._svd import check_keep
 
 __all__ = [
     "CONV_MODES",
@@ -1640,7 +1641,7 @@ def dft_measure(
     run = _DFTRun(x, y, conv=conv, layout=layout, names=names, holds_stats=measure == "svcca")
     if measure == "svcca":
         for k in _keep_pair(keep):
-            _check_keep_value(k)
+            check_keep(k)
         if len(run.bands) == 1:
             return _svcca_one_pass(run, keep=keep, epsilon=epsilon, names=names)
         eig = run.map(_eig_part)
@@ -1667,18 +1668,6 @@ def _cca_part_fn(st: DFTStats, epsilon: float, side: str | None) -> dict[str, np
 
 def _cka_part_fn(st: DFTStats) -> dict[str, np.ndarray]:
     return _cka_part(st)
-
-
-def _check_keep_value(keep: Any) -> None:
-    if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)):
-        raise TypeError(f"keep must be a float in (0, 1] or a positive int, got {keep!r}")
-    if isinstance(keep, (int, np.integer)) and keep < 1:
-        raise ValueError(f"keep as an int is a number of directions, at least 1; got {keep}")
-    if isinstance(keep, (float, np.floating)) and not 0.0 < keep <= 1.0:
-        raise ValueError(
-            f"keep as a float is a fraction of variance in (0, 1], got {keep}; "
-            "pass an int for a number of directions"
-        )
 
 
 def _svcca_one_pass(

@@ -22,7 +22,7 @@ from ._conv import (
 from ._input import ArrayLike, check_pair
 from ._linalg import cca_from_cov, top_eigh
 from ._stats import Moments, accumulate
-from ._svd import SVD_METHODS, RandomizedSVD, reduce_pair
+from ._svd import SVD_METHODS, RandomizedSVD, check_keep, reduce_pair
 from ._svd import projected_stats as _projected_stats
 
 __all__ = [
@@ -281,17 +281,9 @@ def cca_from_stats(
 
 
 def _n_keep(w: np.ndarray, keep: float | int, name: str) -> int:
-    if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)):
-        raise TypeError(f"keep must be a float in (0, 1] or a positive int, got {keep!r}")
+    check_keep(keep)
     if isinstance(keep, (int, np.integer)):
-        if keep < 1:
-            raise ValueError(f"keep as an int is a number of directions, at least 1; got {keep}")
         return int(min(keep, np.count_nonzero(w > 0) or 1))
-    if not 0.0 < keep <= 1.0:
-        raise ValueError(
-            f"keep as a float is a fraction of variance in (0, 1], got {keep}; "
-            "pass an int for a number of directions"
-        )
     total = w.sum()
     if total <= 0:
         raise ValueError(f"{name} has zero total variance")

@@ -129,7 +129,8 @@ def _n_keep(w: np.ndarray, total: float, keep: float | int) -> int | None:
     return k if k <= w.size else None
 
 
-def _check_keep(keep: Any) -> None:
+def check_keep(keep: Any) -> None:
+    """``keep`` must be a float in (0, 1] (fraction of variance) or an int >= 1 (directions)."""
     if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)):
         raise TypeError(f"keep must be a float in (0, 1] or a positive int, got {keep!r}")
     if isinstance(keep, (int, np.integer)) and keep < 1:
@@ -220,7 +221,7 @@ def reduce_pair(
     ("covariance") or the means and column variances ("tsqr", "randomized").
     """
     for k in keep:
-        _check_keep(k)
+        check_keep(k)
     graphs: list[Any] = []
     for a, method in zip(arrays, methods, strict=True):
         if method == "covariance":
