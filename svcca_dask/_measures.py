@@ -22,7 +22,7 @@ from ._conv import (
 from ._input import ArrayLike, check_pair
 from ._linalg import cca_from_cov, top_eigh
 from ._stats import Moments, accumulate
-from ._svd import SVD_METHODS, RandomizedSVD, check_keep, reduce_pair
+from ._svd import SVD_METHODS, RandomizedSVD, _live_from_var, check_keep, reduce_pair
 from ._svd import projected_stats as _projected_stats
 
 __all__ = [
@@ -219,15 +219,8 @@ class CKAResult:
 
 def _live(s: np.ndarray, epsilon: float, name: str) -> np.ndarray:
     """Indices of features whose variance, scaled as the CCA scales it, is at least epsilon."""
-    diag = np.real(np.diagonal(s)).copy()
-    top = np.max(np.abs(s)) if s.size else 0.0
-    live = np.flatnonzero(diag / top >= epsilon) if top > 0 else np.empty(0, dtype=np.intp)
-    if live.size == 0:
-        raise ValueError(
-            f"{name} has no live feature: every feature has zero variance over the "
-            "samples (a dead layer, or constant input)"
-        )
-    return live
+    # a covariance's largest |entry| is on its diagonal: the scale is the largest variance
+    return _live_from_var(np.real(np.diagonal(s)), epsilon, name)
 
 
 def _expand(w: np.ndarray, idx: np.ndarray, d: int) -> np.ndarray:
