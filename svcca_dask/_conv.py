@@ -65,7 +65,10 @@ statistics (:class:`DFTStats`) and results (:class:`DFTCCAResult`, ...).
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -75,10 +78,10 @@ import numpy as np
 import scipy.fft as sfft
 from dask.delayed import delayed
 from scipy.linalg import solve_triangular as _solve_triangular
-from scipy.linalg.blas import zherk as _zherk
 
 from ._input import ArrayLike, as_dask, open_zarr_array
 from ._linalg import cca_from_cov, top_eigh
+from ._rfp import hfrk_update, packed_size, unpack
 from ._stats import _current_client, _raise_non_finite, compute, moments_combine
 from ._svd import check_keep
 
@@ -367,25 +370,29 @@ class DFT:
     ----------
     memory_limit : int or str, optional
         Bytes (or a string such as ``"2GiB"``) the per-frequency statistics
-        may take, all lanes together. When the statistics of all frequencies
-        do not fit, the frequencies are split into bands and each band takes
+        and the tasks' buffers may take, all lanes together (the process
+        itself, its libraries and the chunks being read come on top: about
+        0.3 GB here). When the statistics of all frequencies do not fit, the frequencies are split into bands and each band takes
         one pass over the data (the data is read once per band). Default: the
         Dask config value ``svcca_dask.dft_memory_limit`` if set, else a
         quarter of the machine's physical memory.
     lanes : int, optional
         Number of independent accumulators (each a chain of tasks over
         consecutive row chunks, merged at the end): the parallelism of the
-        pass. Default: the number of threads of the scheduler (of all workers
-        on a ``distributed`` cluster), at most the number of row chunks, and
-        at most twice the size of the data over the size of one accumulator
-        (each lane writes its whole accumulator once, which costs about as
-        much as processing half as many bytes of images).
+        pass across tasks. Default: one on the threaded scheduler, whose
+        tasks then use every thread (the two layers read and transformed at
+        once, the frequencies merged in parallel: the statistics are held
+        once); on a ``distributed`` cluster one per thread of all workers, at
+        most the number of row chunks, and at most twice the size of the
+        data over the size of one accumulator (each lane writes its whole
+        accumulator once, which costs about as much as processing half as
+        many bytes of images).
     rows : int, optional
         Images per task. Default: stored chunks merged (never split) until a
-        task's images and coefficients take an eighth of a lane's
-        accumulator (at most 512 MiB), 8 to 64 images: each task streams the
-        whole accumulator, so fewer images per task make the pass bound by
-        memory bandwidth.
+        task's coefficients take an eighth of a lane's accumulator (at most
+        512 MiB), 8 to 64 images: each task streams the whole accumulator,
+        so fewer images per task make the pass bound by memory bandwidth.
+        On threads a task reads its stored chunks one at a time.
     """
 
     memory_limit: int | str | None = None
@@ -550,10 +557,14 @@ def _coefficients_into(
         buf[:, offset : offset + c, s0 : s0 + b.shape[0]] = coef.transpose(1, 2, 0)
 
 
+def _rows_of(piece: Any) -> int:
+    return int(piece.rows if isinstance(piece, _ChunkGetter) else piece.shape[0])
+
+
 def _dft_fold(
     acc: dict[str, Any] | None,
-    xb: np.ndarray,
-    yb: np.ndarray,
+    xb: Any,
+    yb: Any,
     *,
     plan: _Plan,
     idx: np.ndarray,
@@ -564,15 +575,23 @@ def _dft_fold(
 ) -> dict[str, Any]:
     """Merge one row chunk into a lane's per-frequency statistics, in place.
 
-    The chunk's DFT coefficients ``Z`` (frequency, channel, image) are centred
-    on the chunk mean, and one extra column ``sqrt(na nb / n) (mean_b -
-    mean_a)`` is appended: then ``acc.m2 += Z Z^H`` per frequency is exactly
-    the Chan/Pebay merge of :func:`svcca_dask._stats.moments_combine`
-    (``M = Ma + Mb + (na nb / n) d d^H``), done by one ZHERK per frequency
-    that writes into the accumulator (beta = 1): half the flops of a general
-    product, no partial statistics allocated, no separate merge pass over the
-    ``F x D x D`` accumulator. Only the lower triangle of each ``m2[f]`` is
-    kept (Hermitian); :func:`_finalize` fills the rest.
+    ``xb`` and ``yb`` are the chunk of each layer, or lists of consecutive
+    pieces of it (stored chunks, read one at a time on threads) with the
+    same row counts on both sides. The chunk's DFT coefficients ``Z``
+    (frequency, channel, image) are centred on the chunk mean, and one extra
+    column ``sqrt(na nb / n) (mean_b - mean_a)`` is appended: then
+    ``acc.m2 += Z Z^H`` per frequency is exactly the Chan/Pebay merge of
+    :func:`svcca_dask._stats.moments_combine` (``M = Ma + Mb + (na nb / n)
+    d d^H``), done by one ``zhfrk`` per frequency that writes into the
+    accumulator: half the flops of a general product, no partial statistics
+    allocated, no separate merge pass over the accumulator. ``m2`` holds
+    each frequency's Hermitian matrix in rectangular full packed storage
+    (half the memory of a square one, :mod:`svcca_dask._rfp`).
+
+    With ``threads > 1`` the two layers are read and transformed in two
+    threads, and the frequencies are centred and merged in ``threads``
+    threads (``zhfrk`` through ctypes releases the GIL): one accumulator,
+    all cores.
 
     The accumulator is owned by its lane: each fold task is the only consumer
     of the previous one's result, so updating it in place is safe.
@@ -582,14 +601,12 @@ def _dft_fold(
     by the same :func:`moments_combine`: it sets the dead-channel threshold
     (:attr:`DFTStats.x_scale`) in the same pass.
     """
-    if isinstance(xb, _ChunkGetter):
-        xb, yb = xb(), yb()  # type: ignore[operator]
-    m = xb.shape[0]
-    for b, name in ((xb, names[0]), (yb, names[1])) if with_scale else ():
-        # checked in the first pass only: later passes read the same data
-        sums = np.asarray(b).reshape(m, -1).sum(axis=1, dtype=np.float64)  # buffered cast
-        if not np.all(np.isfinite(sums)):
-            _raise_non_finite([np.asarray(b).reshape(m, -1)], [name], row_start)
+    xs = xb if isinstance(xb, list) else [xb]
+    ys = yb if isinstance(yb, list) else [yb]
+    sizes = [_rows_of(p) for p in xs]
+    if sizes != [_rows_of(p) for p in ys]:  # pragma: no cover - the graph aligns them
+        raise ValueError("the pieces of x and y must have the same rows")
+    m = sum(sizes)
     cx, cy = plan.x_shape[0], plan.y_shape[0]
     f_count, d = idx.size, cx + cy
     # the coefficient buffer is reused by the lane's next task (buffers this
@@ -599,48 +616,73 @@ def _dft_fold(
         buf = np.empty((f_count, d, m + 1), dtype=np.complex128)
     z = buf[:, :, : m + 1]
     gx, gy = plan.gather(plan.x_shape, idx), plan.gather(plan.y_shape, idx)
-    _coefficients_into(z, 0, xb, plan.x_layout, plan.x_shape, gx, workers=threads)
-    _coefficients_into(z, cx, yb, plan.y_layout, plan.y_shape, gy, workers=threads)
-    mean_b = z[:, :, :m].mean(axis=2)
-    z[:, :, :m] -= mean_b[:, :, None]
+    positions: dict[str, list[dict[str, Any]]] = {"x_pos": [], "y_pos": []}
+    sides = (
+        (names[0], 0, plan.x_layout, plan.x_shape, gx, "x_pos"),
+        (names[1], cx, plan.y_layout, plan.y_shape, gy, "y_pos"),
+    )
+    parallel = threads > 1
+    fft_workers = max(1, threads // 2)
+
+    def side(piece: Any, offset: int, rows: int, spec: tuple) -> None:
+        name, c0, layout, shape, g, key = spec
+        b = piece() if isinstance(piece, _ChunkGetter) else piece
+        if with_scale:  # checked in the first pass only: later passes read the same data
+            flat = np.asarray(b).reshape(rows, -1)
+            if not np.all(np.isfinite(flat.sum(axis=1, dtype=np.float64))):
+                _raise_non_finite([flat], [name], row_start + offset)
+            positions[key].append(_position_moments(b))
+        view = z[:, :, offset : offset + rows]
+        _coefficients_into(view, c0, b, layout, shape, g, workers=fft_workers)
+
+    offset = 0
+    for xp, yp, rows in zip(xs, ys, sizes, strict=True):
+        if parallel:
+            other = _fold_pool().submit(side, yp, offset, rows, sides[1])
+            side(xp, offset, rows, sides[0])
+            other.result()
+        else:
+            side(xp, offset, rows, sides[0])
+            side(yp, offset, rows, sides[1])
+        offset += rows
     if acc is None:
         acc = {
             "n": 0,
             "mean": np.zeros((f_count, d), dtype=np.complex128),
-            "m2": np.zeros((f_count, d, d), dtype=np.complex128),
+            "m2": np.zeros((f_count, packed_size(d)), dtype=np.complex128),
         }
     if with_scale:
-        for key, b in (("x_pos", xb), ("y_pos", yb)):
-            acc[key] = moments_combine([acc.get(key, _EMPTY), _position_moments(b)])
+        for key, parts in positions.items():
+            acc[key] = moments_combine([acc.get(key, _EMPTY), *parts])
     na = acc["n"]
     tot = na + m
-    delta = mean_b - acc["mean"]
-    z[:, :, m] = np.sqrt(na * m / tot) * delta
-    acc["mean"] += delta * (m / tot)
+    weight = np.sqrt(na * m / tot)
+
+    def merge(sl: slice) -> None:
+        zs = z[sl]
+        mean_b = zs[:, :, :m].mean(axis=2)
+        zs[:, :, :m] -= mean_b[:, :, None]
+        delta = mean_b - acc["mean"][sl]
+        zs[:, :, m] = weight * delta
+        acc["mean"][sl] += delta * (m / tot)
+        hfrk_update(acc["m2"][sl], zs)
+
+    if parallel and f_count > 1:
+        cuts = np.linspace(0, f_count, min(threads, f_count) + 1).astype(int)
+        list(_fold_pool().map(merge, [slice(a, b) for a, b in itertools.pairwise(cuts)]))
+    else:
+        merge(slice(0, f_count))
     acc["n"] = tot
-    m2 = acc["m2"]
-    with _blas_threads(threads):
-        for f in range(f_count):
-            # m2[f] (C order) seen as m2[f].T (Fortran order): upper(m2[f].T) += conj(Z) Z^T,
-            # i.e. lower(m2[f]) += Z Z^H
-            c = m2[f].T
-            r = _zherk(1.0, z[f].T, beta=1.0, c=c, trans=2, lower=0, overwrite_c=1)
-            if not np.may_share_memory(r, c):  # pragma: no cover - f2py copied c
-                c[...] = r
     acc["_buf"] = buf
     return acc
 
 
-def _blas_threads(threads: int) -> Any:
-    """BLAS threads for one task: more than one only when there are fewer lanes
-    than scheduler threads (nothing else runs during the folds then)."""
-    import contextlib
-
-    if threads <= 1:
-        return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=threads, user_api="blas")
+@functools.lru_cache(maxsize=1)
+def _fold_pool() -> ThreadPoolExecutor:
+    """Threads of the fold tasks that use more than one (see :func:`_dft_fold`)."""
+    return ThreadPoolExecutor(
+        max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="svcca-dft"
+    )
 
 
 _EMPTY: dict[str, Any] = {"n": 0, "mean": np.zeros((0, 1)), "m2": np.zeros((0, 1, 1))}
@@ -656,19 +698,6 @@ def _position_moments(b: np.ndarray) -> dict[str, Any]:
         dev = np.subtract(flat[s0 : s0 + step], mean, dtype=np.float64)
         m2 += np.einsum("ij,ij->j", dev, dev)
     return {"n": flat.shape[0], "mean": mean[:, None], "m2": m2[:, None, None]}
-
-
-def _finalize(out: dict[str, Any]) -> dict[str, Any]:
-    """Fill the upper triangles from the lower ones (Hermitian), in place."""
-    m2 = out["m2"]
-    d = m2.shape[-1]
-    iu = np.triu_indices(d, 1)
-    block = max(1, (64 * 2**20) // max(1, iu[0].size * 16))
-    for f0 in range(0, m2.shape[0], block):
-        sl = m2[f0 : f0 + block]
-        sl[:, iu[0], iu[1]] = sl[:, iu[1], iu[0]].conj()
-        # herk leaves exactly real diagonals; the merges keep them real
-    return out
 
 
 @dataclass(frozen=True)
@@ -771,11 +800,15 @@ def _scheduler_threads() -> int:
 
 
 def _default_lanes(data_bytes: int, stats_bytes: int) -> int:
-    """One lane per scheduler thread, but about one lane per half accumulator
-    of data at most: each lane's accumulator is written (page-faulted) in
-    full once, which on a VM costs about as much as streaming half as many
-    bytes of images through the FFT and the Gram; for a few hundred images of
-    a wide layer one lane (and fewer bands) is faster."""
+    """On threads, one lane: its tasks use every thread (two layers read and
+    transformed at once, frequencies merged in parallel), so the statistics
+    are held once. On a ``distributed`` cluster, one lane per thread, but
+    about one lane per half accumulator of data at most: each lane's
+    accumulator is written (page-faulted) in full once, which costs about as
+    much as streaming half as many bytes of images through the FFT and the
+    Gram."""
+    if _current_client() is None:
+        return 1
     return max(1, min(_scheduler_threads(), round(2 * data_bytes / max(1, stats_bytes))))
 
 
@@ -783,59 +816,69 @@ def _as_options(conv: Any) -> DFT:
     return conv if isinstance(conv, DFT) else DFT()
 
 
+def _freq_bytes(plan: _Plan) -> int:
+    """Bytes of one frequency's packed ``(Cx + Cy)^2`` Hermitian accumulator."""
+    return packed_size(plan.x_shape[0] + plan.y_shape[0]) * 16
+
+
 def _stats_bytes(plan: _Plan) -> int:
-    """Bytes of one accumulator over all planned frequencies: ``F (Cx + Cy)^2`` complex128."""
-    d = plan.x_shape[0] + plan.y_shape[0]
-    return int(plan.frequencies.shape[0]) * d * d * 16
+    """Bytes of one accumulator over all planned frequencies."""
+    return int(plan.frequencies.shape[0]) * _freq_bytes(plan)
 
 
-def _bands(plan: _Plan, lanes: int, budget: int, *, holds_stats: bool) -> list[np.ndarray]:
+def _bands(plan: _Plan, lanes: int, budget: int) -> list[np.ndarray]:
     """Split the planned frequencies into bands whose statistics fit the budget.
 
-    Each lane holds one ``(F_band, D, D)`` complex128 accumulator. The merged
-    statistics come on top: a few frequency blocks at a time (counted as a
-    tenth of a lane), or all of the band at once for SVCCA in one pass
-    (``holds_stats``: one more lane), which keeps them until the kept
-    directions of every frequency are chosen.
+    Each lane holds one packed accumulator of its band plus a task's buffers
+    (up to an eighth of it, see :func:`_rows_target`). After the pass, the
+    per-frequency work runs a block of frequencies at a time, a few blocks
+    at once (counted as a tenth of a lane).
     """
-    d = plan.x_shape[0] + plan.y_shape[0]
-    per_freq = d * d * 16
+    per_freq = _freq_bytes(plan)
     f_total = plan.frequencies.shape[0]
-    # each lane: its accumulator plus a task's buffers (up to 1/8 of it, see _rows_target)
-    share = lanes * (1 + _TASK_SHARE) + (1.0 if holds_stats else 0.1)
+    share = lanes * (1 + _TASK_SHARE) + 0.1
     per_band = max(1, int(budget // (share * per_freq)))
     n_bands = -(-f_total // per_band)
     return [a for a in np.array_split(np.arange(f_total), n_bands) if a.size]
 
 
-def _rows_target(plan: _Plan, idx: np.ndarray, opt: DFT, stored: int, itemsize: int) -> int:
+def _rows_target(
+    plan: _Plan, idx: np.ndarray, opt: DFT, itemsize: int, *, inputs_held: bool
+) -> int:
     """Images per fold task.
 
-    Each fold streams its lane's whole accumulator through one ZHERK per
-    frequency (read and write), for ``4 m D^2`` flops per ``32 D^2`` bytes:
-    with few images per task and several lanes at once it is bound by
-    memory bandwidth (measured here, two lanes of 256 + 256 channels: 8
-    images per task ran about 25% slower than 32). So a task
-    takes as many images as fit in an eighth of the accumulator (the images
-    as stored plus their coefficients), at most 512 MiB, between 8 and 64
-    images; stored chunks are merged, never split.
+    Each fold streams its lane's whole accumulator through one ``zhfrk``
+    per frequency (read and write), for about ``4 m D^2`` flops per ``16
+    D^2`` bytes: with few images per task it is bound by memory bandwidth and
+    by the small products (measured here, 8 images per update ran at 58 ms
+    per image, 32 at 40 ms). So a task takes as many images as fit in an
+    eighth of the accumulator (their coefficients, and their stored values
+    when a task holds all of its input at once: on ``distributed``), at most
+    512 MiB, between 8 and 64 images.
     """
     if opt.rows is not None:
         if opt.rows < 1:
             raise ValueError(f"rows must be a positive number of images, got {opt.rows}")
         return int(opt.rows)
     d = plan.x_shape[0] + plan.y_shape[0]
-    per_image = itemsize * sum(int(np.prod(shape)) for shape in (plan.x_shape, plan.y_shape))
-    per_image += idx.size * d * 16  # its coefficients
-    room = min(_TASK_SHARE * idx.size * d * d * 16, _TASK_MAX_BYTES)
-    want = int(min(64, max(8, room // per_image)))
-    return max(stored, want // stored * stored)
+    per_image = idx.size * d * 16  # its coefficients
+    if inputs_held:
+        per_image += itemsize * sum(int(np.prod(shape)) for shape in (plan.x_shape, plan.y_shape))
+    room = min(_TASK_SHARE * idx.size * _freq_bytes(plan), _TASK_MAX_BYTES)
+    return int(min(64, max(8, room // per_image)))
 
 
-def _same_rows(xd: da.Array, yd: da.Array, rows: int) -> tuple[da.Array, da.Array]:
-    if xd.chunks[0] == yd.chunks[0] and max(xd.chunks[0]) >= rows:
-        return xd, yd
-    return xd.rechunk({0: rows}), yd.rechunk({0: rows})
+def _task_groups(chunks: tuple[int, ...], rows: int) -> list[list[int]]:
+    """Consecutive stored chunks merged (never split) into tasks of at least ``rows``."""
+    groups: list[list[int]] = [[]]
+    count = 0
+    for i, size in enumerate(chunks):
+        if count >= rows:
+            groups.append([])
+            count = 0
+        groups[-1].append(i)
+        count += size
+    return [g for g in groups if g]
 
 
 def _lane_graph(
@@ -850,32 +893,36 @@ def _lane_graph(
     with_scale: bool,
 ) -> list[Any]:
     """The lanes of one pass: each a chain of fold tasks over consecutive row chunks."""
-    stored = max(max(xd.chunks[0]), max(yd.chunks[0]))
+    if xd.chunks[0] != yd.chunks[0]:
+        yd = yd.rechunk({0: xd.chunks[0]})
+    on_threads = _current_client() is None
     itemsize = max(xd.dtype.itemsize, yd.dtype.itemsize)
-    xr, yr = _same_rows(xd, yd, _rows_target(plan, idx, opt, stored, itemsize))
-    xs = xr.to_delayed(optimize_graph=True).reshape(-1)
-    ys = yr.to_delayed(optimize_graph=True).reshape(-1)
-    if _current_client() is None:
+    rows = _rows_target(plan, idx, opt, itemsize, inputs_held=not on_threads)
+    xs = list(xd.to_delayed(optimize_graph=True).reshape(-1))
+    ys = list(yd.to_delayed(optimize_graph=True).reshape(-1))
+    if on_threads:
         # On threads, chunk reads that are separate tasks all become ready at
         # once and idle threads run them ahead of the (sequential) lanes, which
         # would hold up to the whole data in memory. Each fold task reads its
-        # own chunk instead. (distributed queues root tasks itself.)
-        xs = [_ChunkGetter(b) for b in xs]
-        ys = [_ChunkGetter(b) for b in ys]
-    starts = np.concatenate([[0], np.cumsum(xr.chunks[0])])[:-1]
-    n_chunks = len(xs)
+        # own chunks, one at a time, instead. (distributed queues root tasks itself.)
+        xs = [_ChunkGetter(b, r) for b, r in zip(xs, xd.chunks[0], strict=True)]
+        ys = [_ChunkGetter(b, r) for b, r in zip(ys, yd.chunks[0], strict=True)]
+    starts = np.concatenate([[0], np.cumsum(xd.chunks[0])])[:-1]
+    tasks = _task_groups(xd.chunks[0], rows)
     fold = delayed(_dft_fold, pure=False)
     accs = []
-    n_lanes = max(1, min(lanes, n_chunks))
-    # fewer lanes than threads on the threaded scheduler: give each lane's
-    # BLAS and FFT the spare threads (reads run inside the folds, see above)
-    threads = 1 if _current_client() is not None else max(1, _scheduler_threads() // n_lanes)
-    for lane in np.array_split(np.arange(n_chunks), n_lanes):
+    n_lanes = max(1, min(lanes, len(tasks)))
+    # fewer lanes than threads on the threaded scheduler: each lane's tasks
+    # use the spare threads (reads run inside the folds, see above)
+    threads = 1 if not on_threads else max(1, _scheduler_threads() // n_lanes)
+    for lane in np.array_split(np.arange(len(tasks)), n_lanes):
         acc = None
-        for i in lane:
+        for t in lane:
+            group = tasks[t]
             acc = fold(
-                acc, xs[i], ys[i], plan=plan, idx=idx, names=names,
-                row_start=int(starts[i]), with_scale=with_scale, threads=threads,
+                acc, [xs[i] for i in group], [ys[i] for i in group], plan=plan, idx=idx,
+                names=names, row_start=int(starts[group[0]]), with_scale=with_scale,
+                threads=threads,
             )  # fmt: skip
         accs.append(acc)
     return accs
@@ -884,10 +931,11 @@ def _lane_graph(
 class _ChunkGetter:
     """One row chunk's (culled) graph, computed synchronously inside the task that needs it."""
 
-    def __init__(self, block: Any) -> None:
+    def __init__(self, block: Any, rows: int) -> None:
         from dask.optimization import cull
 
         self.key = block.key
+        self.rows = int(rows)
         self.graph, _ = cull(dict(block.__dask_graph__()), [self.key])
 
     def __call__(self) -> np.ndarray:
@@ -914,9 +962,9 @@ def _block_stats(
     idx: np.ndarray,
 ) -> DFTStats:
     """Merge the lanes' statistics of a block of frequencies (Chan/Pebay) and finish them."""
-    parts = [{"n": a["n"], "mean": a["mean"][sl], "m2": a["m2"][sl]} for a in accs]
-    out = moments_combine(parts)  # copies the block: the lanes stay untouched
-    _finalize(out)
+    d = plan.x_shape[0] + plan.y_shape[0]
+    parts = [{"n": a["n"], "mean": a["mean"][sl], "m2": unpack(a["m2"][sl], d)} for a in accs]
+    out = moments_combine(parts)  # new arrays: the lanes stay untouched
     n = int(out["n"])
     cov = out["m2"]
     cov /= n - 1
@@ -945,10 +993,6 @@ def _concat_stats(blocks: list[DFTStats]) -> DFTStats:
         mean=np.concatenate([b.mean for b in blocks]),
         cov=np.concatenate([b.cov for b in blocks]),
     )
-
-
-def _with_light(fn: Any, st: DFTStats, *args: Any) -> tuple[DFTStats, dict[str, np.ndarray]]:
-    return _light(st), fn(st, *args)
 
 
 def _open_pair(
@@ -989,7 +1033,6 @@ class _DFTRun:
         layout: Any,
         names: tuple[str, str],
         single_band: bool = False,
-        holds_stats: bool = False,
     ) -> None:
         self.opt = _as_options(conv)
         self.names = names
@@ -1003,13 +1046,11 @@ class _DFTRun:
         if single_band:
             self.bands = [np.arange(f_total)]
         else:
-            self.bands = _bands(
-                self.plan, self.lanes, _memory_limit(self.opt), holds_stats=holds_stats
-            )
+            self.bands = _bands(self.plan, self.lanes, _memory_limit(self.opt))
         self.scale: tuple[float, float] | None = None
 
     def _graph(self, band: np.ndarray) -> tuple[list[Any], Any]:
-        """Lazy per-block statistics of one band, and the (lazy or known) scales."""
+        """The lazy lane accumulators of one band, and the (lazy or known) scales."""
         accs = _lane_graph(
             self.xd, self.yd, self.plan, band, opt=self.opt, lanes=self.lanes,
             names=self.names, with_scale=self.scale is None,
@@ -1017,12 +1058,19 @@ class _DFTRun:
         scale: Any = self.scale
         if scale is None:
             scale = delayed(_scale_of, pure=False)(*accs, plan=self.plan)
-        d = self.plan.x_shape[0] + self.plan.y_shape[0]
-        block = delayed(_block_stats, pure=False)
-        stats = [
-            block(sl, scale, *accs, plan=self.plan, idx=band) for sl in _freq_blocks(band.size, d)
-        ]
-        return stats, scale
+        return accs, scale
+
+    def _blocks(self, band: np.ndarray) -> list[slice]:
+        return _freq_blocks(band.size, self.plan.x_shape[0] + self.plan.y_shape[0])
+
+    def _apply(
+        self, accs: list[Any], scale: Any, band: np.ndarray, sl: slice, fn: Any, *args: Any
+    ) -> Any:
+        """A task: the merged statistics of one block of frequencies, then ``fn`` on them
+        (the full matrices of a block live only inside that task)."""
+        return delayed(_block_apply, pure=False)(
+            fn, sl, scale, accs, args, plan=self.plan, idx=band
+        )
 
     def _run(self, graphs: Any, scale: Any) -> Any:
         out, scale_value = compute(graphs, scale)
@@ -1034,9 +1082,9 @@ class _DFTRun:
         """``fn(block_stats, *args)`` on every block of every band (one pass per band)."""
         collected = []
         for band in self.bands:
-            stats, scale = self._graph(band)
-            work = delayed(_with_light, pure=False)
-            collected += self._run([work(fn, st, *args) for st in stats], scale)
+            accs, scale = self._graph(band)
+            tasks = [self._apply(accs, scale, band, sl, fn, *args) for sl in self._blocks(band)]
+            collected += self._run(tasks, scale)
         return _Parts.join(collected)
 
     def map_split(self, fn: Any, per_freq: dict[str, np.ndarray], *args: Any) -> _Parts:
@@ -1044,13 +1092,11 @@ class _DFTRun:
         collected = []
         start = 0
         for band in self.bands:
-            stats, scale = self._graph(band)
-            work = delayed(_with_light, pure=False)
+            accs, scale = self._graph(band)
             tasks = []
-            d = self.plan.x_shape[0] + self.plan.y_shape[0]
-            for st, sl in zip(stats, _freq_blocks(band.size, d), strict=True):
+            for sl in self._blocks(band):
                 part = {k: v[start + sl.start : start + sl.stop] for k, v in per_freq.items()}
-                tasks.append(work(fn, st, part, *args))
+                tasks.append(self._apply(accs, scale, band, sl, fn, part, *args))
             collected += self._run(tasks, scale)
             start += band.size
         return _Parts.join(collected)
@@ -1058,8 +1104,18 @@ class _DFTRun:
     def stats(self) -> DFTStats:
         """All statistics in one pass (one band), gathered on the client."""
         (band,) = self.bands
-        stats, scale = self._graph(band)
-        return _concat_stats(self._run(stats, scale))
+        accs, scale = self._graph(band)
+        block = delayed(_block_stats, pure=False)
+        tasks = [block(sl, scale, *accs, plan=self.plan, idx=band) for sl in self._blocks(band)]
+        return _concat_stats(self._run(tasks, scale))
+
+
+def _block_apply(
+    fn: Any, sl: slice, scale: tuple[float, float], accs: list[dict[str, Any]], args: tuple,
+    *, plan: _Plan, idx: np.ndarray,
+) -> tuple[DFTStats, dict[str, np.ndarray]]:  # fmt: skip
+    st = _block_stats(sl, scale, *accs, plan=plan, idx=idx)
+    return _light(st), fn(st, *args)
 
 
 def dft_stats(
@@ -1096,10 +1152,11 @@ def dft_stats(
 
     Notes
     -----
-    Memory: ``lanes`` accumulators of ``F * (Cx + Cy)**2 * 16`` bytes, plus one
-    task's chunk and coefficients per thread, plus the gathered result on the
-    client; nothing scales with ``n``. For two 256-channel 56 x 56 layers
-    (F = 1570) that is 6.6 GB per lane: the measures split such layers into
+    Memory: ``lanes`` accumulators of ``F * D (D + 1) / 2 * 16`` bytes (``D =
+    Cx + Cy``; Hermitian matrices in packed storage), plus one task's
+    coefficients per lane, plus the gathered result on the client (``F * D**2
+    * 16`` bytes); nothing scales with ``n``. For two 256-channel 56 x 56
+    layers (F = 1570) that is 3.3 GB per lane: the measures split such layers into
     frequency bands under :attr:`DFT.memory_limit` and reduce each band to
     per-frequency results on the workers; this function does neither.
     """
@@ -1638,7 +1695,7 @@ def dft_measure(
     same graph (one pass); with several, one pass per band gathers the
     eigenvalues and one more per band computes the CCA.
     """
-    run = _DFTRun(x, y, conv=conv, layout=layout, names=names, holds_stats=measure == "svcca")
+    run = _DFTRun(x, y, conv=conv, layout=layout, names=names)
     if measure == "svcca":
         for k in _keep_pair(keep):
             check_keep(k)
@@ -1675,16 +1732,14 @@ def _svcca_one_pass(
 ) -> DFTSVCCAResult:
     """SVCCA in one graph: eigenvalues per block, the global choice, the CCA per block."""
     (band,) = run.bands
-    stats, scale = run._graph(band)
-    work = delayed(_with_light, pure=False)
-    eig = [work(_eig_part, st) for st in stats]
+    accs, scale = run._graph(band)
+    blocks = run._blocks(band)
+    eig = [run._apply(accs, scale, band, sl, _eig_part) for sl in blocks]
     joined = delayed(_Parts.join, pure=False)(eig)
     dec = delayed(_decide_keep, pure=False)(joined, keep, scale, epsilon, names)
-    d = run.plan.x_shape[0] + run.plan.y_shape[0]
-    blocks = _freq_blocks(band.size, d)
     sv = [
-        work(_svcca_block, st, delayed(_slice_keep)(dec, sl), epsilon)
-        for st, sl in zip(stats, blocks, strict=True)
+        run._apply(accs, scale, band, sl, _svcca_block, delayed(_slice_keep)(dec, sl), epsilon)
+        for sl in blocks
     ]
     parts_list, dec_value = run._run([sv, dec], scale)
     parts = _Parts.join(parts_list)

@@ -15,6 +15,7 @@ from reference import linear_cka as ref_cka
 
 import svcca_dask as sd
 from svcca_dask import _conv
+from svcca_dask._rfp import unpack
 from svcca_dask._stats import moments_combine
 
 
@@ -301,9 +302,34 @@ def test_fold_is_the_chan_merge():
         zc = z - mean[..., None]
         parts.append({"n": z.shape[-1], "mean": mean, "m2": zc @ np.swapaxes(zc.conj(), 1, 2)})
     merged = moments_combine(parts)
-    _conv._finalize(acc)
     np.testing.assert_allclose(acc["mean"], merged["mean"], rtol=1e-13, atol=1e-12)
-    np.testing.assert_allclose(acc["m2"], merged["m2"], rtol=1e-12, atol=1e-10)
+    full = unpack(acc["m2"], 5)
+    np.testing.assert_allclose(full, merged["m2"], rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_fold_pieces_and_threads_change_nothing(threads):
+    """Pieces read one at a time, two layers transformed at once and frequencies merged
+    in several threads: the same accumulator as one chunk on one thread."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((25, 3, 6, 5)) + 3
+    y = rng.standard_normal((25, 4, 6, 5))
+    plan = _conv._dft_plan((3, 6, 5), (4, 6, 5), "NCHW", "NCHW")
+    idx = np.arange(plan.frequencies.shape[0])
+    kw = {"plan": plan, "idx": idx, "names": ("x", "y"), "row_start": 0, "with_scale": True}
+    one = _conv._dft_fold(None, x[:9], y[:9], **kw)
+    one = _conv._dft_fold(one, x[9:], y[9:], **kw)
+    cuts = [(0, 4), (4, 9)], [(9, 10), (10, 18), (18, 25)]
+    many = None
+    for group in cuts:
+        xs = [x[a:b] for a, b in group]
+        ys = [y[a:b] for a, b in group]
+        many = _conv._dft_fold(many, xs, ys, **kw, threads=threads)
+    assert many["n"] == one["n"] == 25
+    np.testing.assert_allclose(many["mean"], one["mean"], rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(many["m2"], one["m2"], rtol=1e-12, atol=1e-10)
+    for key in ("x_pos", "y_pos"):
+        np.testing.assert_allclose(many[key]["m2"], one[key]["m2"], rtol=1e-12)
 
 
 def test_dft_stats_public():
