@@ -81,7 +81,7 @@ from scipy.linalg import solve_triangular as _solve_triangular
 
 from ._input import ArrayLike, as_dask, open_zarr_array
 from ._linalg import cca_from_cov, top_eigh
-from ._rfp import hfrk_update, packed_size, unpack
+from ._rfp import hfrk_update, packed_size, release_free_memory, unpack
 from ._stats import _current_client, _raise_non_finite, compute, moments_combine
 from ._svd import check_keep
 
@@ -506,7 +506,7 @@ _TASK_SHARE = 0.125
 #: ... and at most this many bytes.
 _TASK_MAX_BYTES = 512 * 2**20
 #: Below one needed rfft column in this many, the columns' DFT is done directly.
-_DIRECT_DFT_RATIO = 6
+_DIRECT_DFT_RATIO = 2
 
 
 def _coefficients_into(
@@ -533,28 +533,39 @@ def _coefficients_into(
         return
     per_image = c * h * w * 8
     step = max(1, _FFT_BATCH_BYTES // per_image)
-    perm = (0, hax, wax, layout.index("C"))
+    cax = layout.index("C")
+    ncols = g.columns.size
     # a narrow band of columns (a pass over part of the frequencies): the DFT
-    # of just those columns as two real GEMMs beats a full rfft along W
-    direct = g.columns.size * _DIRECT_DFT_RATIO < w // 2 + 1
+    # of just those columns as one real GEMM beats a full rfft along W
+    direct = ncols * _DIRECT_DFT_RATIO < w // 2 + 1
     if direct:
         angle = (-2 * np.pi / w) * np.outer(np.arange(w), g.columns)
-        cos_sin = np.concatenate([np.cos(angle), np.sin(angle)], axis=1)  # (W, 2 ncols)
+        # cos and sin interleaved: the product read as complex128 is cos + i sin
+        cos_sin = np.stack([np.cos(angle), np.sin(angle)], axis=-1).reshape(w, 2 * ncols)
+    # H and the computed columns become one axis (adjacent in both layouts)
+    flat = g.rows * ncols + g.cols
     for s0 in range(0, m, step):
         b = np.asarray(block[s0 : s0 + step], dtype=np.float64)
         if direct:
             prod = np.moveaxis(b, wax, -1) @ cos_sin
-            ncols = g.columns.size
-            r = np.moveaxis(prod[..., :ncols] + 1j * prod[..., ncols:], -1, wax)
+            r = np.moveaxis(prod.view(np.complex128), -1, wax)
         else:
             r = sfft.rfft(b, axis=wax, workers=workers)
-            if g.columns.size < r.shape[wax]:
+            if ncols < r.shape[wax]:
                 r = np.take(r, g.columns, axis=wax)
         r = sfft.fft(r, axis=hax, workers=workers, overwrite_x=True)
-        coef = r.transpose(perm)[:, g.rows, g.cols, :]  # (m_s, F, C)
-        if g.conj.any():
-            coef[:, g.conj, :] = coef[:, g.conj, :].conj()
-        buf[:, offset : offset + c, s0 : s0 + b.shape[0]] = coef.transpose(1, 2, 0)
+        r = np.ascontiguousarray(r)
+        if cax == 1:  # NCHW: (m, C, H, cols) -> (m, C, F)
+            coef = np.take(r.reshape(r.shape[0], c, -1), flat, axis=2)
+            if g.conj.any():
+                coef[:, :, g.conj] = coef[:, :, g.conj].conj()
+            out = coef.transpose(2, 1, 0)
+        else:  # NHWC: (m, H, cols, C) -> (m, F, C)
+            coef = np.take(r.reshape(r.shape[0], -1, c), flat, axis=1)
+            if g.conj.any():
+                coef[:, g.conj, :] = coef[:, g.conj, :].conj()
+            out = coef.transpose(1, 2, 0)
+        buf[:, offset : offset + c, s0 : s0 + b.shape[0]] = out
 
 
 def _rows_of(piece: Any) -> int:
@@ -635,16 +646,19 @@ def _dft_fold(
         view = z[:, :, offset : offset + rows]
         _coefficients_into(view, c0, b, layout, shape, g, workers=fft_workers)
 
-    offset = 0
-    for xp, yp, rows in zip(xs, ys, sizes, strict=True):
-        if parallel:
-            other = _fold_pool().submit(side, yp, offset, rows, sides[1])
-            side(xp, offset, rows, sides[0])
-            other.result()
-        else:
-            side(xp, offset, rows, sides[0])
-            side(yp, offset, rows, sides[1])
-        offset += rows
+    def all_pieces(pieces: list[Any], spec: tuple) -> None:
+        offset = 0
+        for piece, rows in zip(pieces, sizes, strict=True):
+            side(piece, offset, rows, spec)
+            offset += rows
+
+    if parallel:  # one thread per layer, each reading its pieces one at a time
+        other = _fold_pool().submit(all_pieces, ys, sides[1])
+        all_pieces(xs, sides[0])
+        other.result()
+    else:
+        all_pieces(xs, sides[0])
+        all_pieces(ys, sides[1])
     if acc is None:
         acc = {
             "n": 0,
@@ -674,6 +688,7 @@ def _dft_fold(
         merge(slice(0, f_count))
     acc["n"] = tot
     acc["_buf"] = buf
+    release_free_memory()
     return acc
 
 
@@ -1115,7 +1130,10 @@ def _block_apply(
     *, plan: _Plan, idx: np.ndarray,
 ) -> tuple[DFTStats, dict[str, np.ndarray]]:  # fmt: skip
     st = _block_stats(sl, scale, *accs, plan=plan, idx=idx)
-    return _light(st), fn(st, *args)
+    out = _light(st), fn(st, *args)
+    del st
+    release_free_memory()
+    return out
 
 
 def dft_stats(
