@@ -639,10 +639,10 @@ def _dft_fold(
         name, c0, layout, shape, g, key = spec
         b = piece() if isinstance(piece, _ChunkGetter) else piece
         if with_scale:  # checked in the first pass only: later passes read the same data
-            flat = np.asarray(b).reshape(rows, -1)
-            if not np.all(np.isfinite(flat.sum(axis=1, dtype=np.float64))):
-                _raise_non_finite([flat], [name], row_start + offset)
-            positions[key].append(_position_moments(b))
+            pm = _position_moments(np.asarray(b))
+            if not (np.all(np.isfinite(pm["mean"])) and np.all(np.isfinite(pm["m2"]))):
+                _raise_non_finite([np.asarray(b).reshape(rows, -1)], [name], row_start + offset)
+            positions[key].append(pm)
         view = z[:, :, offset : offset + rows]
         _coefficients_into(view, c0, b, layout, shape, g, workers=fft_workers)
 
@@ -704,7 +704,8 @@ _EMPTY: dict[str, Any] = {"n": 0, "mean": np.zeros((0, 1)), "m2": np.zeros((0, 1
 
 
 def _position_moments(b: np.ndarray) -> dict[str, Any]:
-    """Chunk statistics of every activation taken alone: ``P`` problems of size 1."""
+    """Chunk statistics of every activation taken alone: ``P`` problems of size 1.
+    A NaN or infinity anywhere makes the result non-finite (the caller checks)."""
     flat = b.reshape(b.shape[0], -1)
     mean = flat.mean(axis=0, dtype=np.float64)
     m2 = np.zeros_like(mean)

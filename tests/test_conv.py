@@ -490,3 +490,18 @@ def test_dft_and_randomized_svd_on_a_distributed_cluster(tmp_path):
             np.testing.assert_allclose(
                 on_cluster[key].coefficients, ref.coefficients, rtol=1e-12, atol=1e-12
             )
+
+
+def test_task_groups_merge_stored_chunks_never_split():
+    assert _conv._task_groups((8, 8, 8, 8, 8), 16) == [[0, 1], [2, 3], [4]]
+    assert _conv._task_groups((8, 8, 8), 5) == [[0], [1], [2]]  # a chunk is never split
+    assert _conv._task_groups((10, 3, 3, 3), 6) == [[0], [1, 2], [3]]
+
+
+def test_one_lane_on_threads_holds_the_statistics_once():
+    """On the threaded scheduler the default is one lane whose tasks use every thread."""
+    x, y = translation_invariant(cx=3, cy=2)
+    run = _conv._DFTRun(x, y, conv="dft", layout="NCHW", names=("x", "y"))
+    assert run.lanes == 1
+    accs, _ = run._graph(run.bands[0])
+    assert len(accs) == 1

@@ -127,3 +127,20 @@ def test_regions_equal_blocks_of_the_full_comoment():
     out = moments_combine(parts)
     for block, (r0, r1, c0, c1) in zip(out["m2"], regions, strict=True):
         np.testing.assert_allclose(block, full[r0:r1, c0:c1], rtol=1e-9, atol=1e-9 * np.abs(full).max())
+
+
+def test_compute_runs_blosc_single_threaded_and_restores_it():
+    """Inside a threaded compute, Blosc decodes with one thread (dask's threads would
+    oversubscribe the cores otherwise); the setting is restored afterwards."""
+    import dask
+    from numcodecs import blosc
+
+    from svcca_dask._stats import compute
+
+    before = blosc.set_nthreads(3)
+    try:
+        (inside,) = compute(dask.delayed(blosc.get_nthreads)())
+        assert inside == 1
+        assert blosc.get_nthreads() == 3
+    finally:
+        blosc.set_nthreads(before)
