@@ -635,9 +635,8 @@ def _dft_fold(
     parallel = threads > 1
     fft_workers = max(1, threads // 2)
 
-    def side(piece: Any, offset: int, rows: int, spec: tuple) -> None:
+    def side(b: Any, offset: int, rows: int, spec: tuple) -> None:
         name, c0, layout, shape, g, key = spec
-        b = piece() if isinstance(piece, _ChunkGetter) else piece
         if with_scale:  # checked in the first pass only: later passes read the same data
             pm = _position_moments(np.asarray(b))
             if not (np.all(np.isfinite(pm["mean"])) and np.all(np.isfinite(pm["m2"]))):
@@ -647,9 +646,19 @@ def _dft_fold(
         _coefficients_into(view, c0, b, layout, shape, g, workers=fft_workers)
 
     def all_pieces(pieces: list[Any], spec: tuple) -> None:
+        # with threads to spare, the next piece is read while this one is
+        # transformed (a piece is read in Zarr's own threads, mostly waiting)
+        ahead = parallel and any(isinstance(p, _ChunkGetter) for p in pieces)
+        nxt = _read_pool().submit(_load, pieces[0]) if ahead else None
         offset = 0
-        for piece, rows in zip(pieces, sizes, strict=True):
-            side(piece, offset, rows, spec)
+        for i, rows in enumerate(sizes):
+            if nxt is not None:
+                b = nxt.result()
+                nxt = _read_pool().submit(_load, pieces[i + 1]) if i + 1 < len(pieces) else None
+            else:
+                b = _load(pieces[i])
+            side(b, offset, rows, spec)
+            del b
             offset += rows
 
     if parallel:  # one thread per layer, each reading its pieces one at a time
@@ -690,6 +699,16 @@ def _dft_fold(
     acc["_buf"] = buf
     release_free_memory()
     return acc
+
+
+def _load(piece: Any) -> Any:
+    return piece() if isinstance(piece, _ChunkGetter) else piece
+
+
+@functools.lru_cache(maxsize=1)
+def _read_pool() -> ThreadPoolExecutor:
+    """Threads that read the next stored chunk of a fold task ahead (see :func:`_dft_fold`)."""
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="svcca-dft-read")
 
 
 @functools.lru_cache(maxsize=1)
