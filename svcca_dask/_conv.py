@@ -998,8 +998,11 @@ def _block_stats(
 ) -> DFTStats:
     """Merge the lanes' statistics of a block of frequencies (Chan/Pebay) and finish them."""
     d = plan.x_shape[0] + plan.y_shape[0]
-    parts = [{"n": a["n"], "mean": a["mean"][sl], "m2": unpack(a["m2"][sl], d)} for a in accs]
-    out = moments_combine(parts)  # new arrays: the lanes stay untouched
+    parts = [
+        {"n": a["n"], "mean": a["mean"][sl].copy(), "m2": unpack(a["m2"][sl], d)} for a in accs
+    ]
+    # new arrays (copied, unpacked or merged): the lanes stay untouched
+    out = parts[0] if len(parts) == 1 else moments_combine(parts)
     n = int(out["n"])
     cov = out["m2"]
     cov /= n - 1

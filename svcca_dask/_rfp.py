@@ -112,33 +112,16 @@ def hfrk_update(c: np.ndarray, z: np.ndarray, *, nogil: bool = True) -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def _positions(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Where each packed entry and its conjugate go in a row-major ``n x n`` matrix.
-
-    RFP keeps part of the lower triangle conjugate-transposed (the block
-    folded into the rectangle), so each packed number is ``A[i, j]`` or
-    ``conj(A[i, j])`` for some ``i >= j``; probing ``ztrttf`` with ``A[i, j]
-    = (i n + j)(1 + 1j)`` tells which.
-    """
-    from scipy.linalg.lapack import ztrttf
-
-    i, j = np.tril_indices(n)
-    a = np.zeros((n, n), dtype=np.complex128, order="F")
-    a[i, j] = (i * n + j) * (1 + 1j)
-    packed, info = ztrttf(a, transr="N", uplo="L")
-    if info != 0:  # pragma: no cover - LAPACK argument error
-        raise RuntimeError(f"ztrttf failed with info={info}")
-    flat = np.rint(packed.real).astype(np.int64)
-    conj = packed.imag < 0  # the entry was stored conjugated
-    rows, cols = np.divmod(flat, n)
-    mirror = cols * n + rows
-    # the accumulated A is conj(M), M = Z Z^H: a plain packed A[i, j] is M[j, i],
-    # a conjugated one is M[i, j]
-    return np.where(conj, flat, mirror), np.where(conj, mirror, flat)
+def _lower_mask(n: int) -> np.ndarray:
+    return np.tri(n, dtype=bool)
 
 
 def unpack(c: np.ndarray, n: int) -> np.ndarray:
     """The full Hermitian matrices ``Z Z^H`` accumulated by :func:`hfrk_update`.
+
+    LAPACK's ``ztfttr`` unfolds each packed matrix into a square lower
+    triangle (of ``conj(Z Z^H)``, see :func:`hfrk_update`); its conjugate is
+    the lower triangle of ``Z Z^H`` and its transpose the upper one.
 
     Parameters
     ----------
@@ -150,11 +133,17 @@ def unpack(c: np.ndarray, n: int) -> np.ndarray:
     ndarray, complex128, shape (F, n, n)
         A new array.
     """
-    as_is, conjugated = _positions(n)
-    out = np.empty((c.shape[0], n * n), dtype=np.complex128)
-    out[:, as_is] = c
-    out[:, conjugated] = c.conj()  # the diagonal is real: both writes agree
-    return out.reshape(c.shape[0], n, n)
+    from scipy.linalg.lapack import ztfttr
+
+    lower = _lower_mask(n)
+    out = np.empty((c.shape[0], n, n), dtype=np.complex128)
+    for f in range(c.shape[0]):
+        a, info = ztfttr(n, c[f], transr="N", uplo="L")
+        if info != 0:  # pragma: no cover - LAPACK argument error
+            raise RuntimeError(f"ztfttr failed with info={info}")
+        np.copyto(out[f], a.T)  # upper: (Z Z^H)[j, i] = conj(Z Z^H)[i, j]
+        np.conjugate(a, out=out[f], where=lower)  # lower and the (real) diagonal
+    return out
 
 
 @functools.lru_cache(maxsize=1)
