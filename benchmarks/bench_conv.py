@@ -202,7 +202,7 @@ def run_limit(store: str, conv: str) -> dict:
     x = np.asarray(zarr.open_array(f"{store}/x", mode="r")[:rows])
     y = np.asarray(zarr.open_array(f"{store}/y", mode="r")[:rows])
     m, c, h, w = x.shape
-    out: dict = {"chunk_images": CHUNK, "images": m}
+    out: dict = {"images": m}
     with threadpool_limits(limits=1, user_api="blas"):
         if conv == "samples":
             t = time.perf_counter()

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["hfrk_update", "packed_size", "release_free_memory", "unpack"]
+__all__ = ["hfrk_update", "packed_size", "unpack"]
 
 
 def packed_size(n: int) -> int:
@@ -144,25 +144,3 @@ def unpack(c: np.ndarray, n: int) -> np.ndarray:
         np.copyto(out[f], a.T)  # upper: (Z Z^H)[j, i] = conj(Z Z^H)[i, j]
         np.conjugate(a, out=out[f], where=lower)  # lower and the (real) diagonal
     return out
-
-
-@functools.lru_cache(maxsize=1)
-def _malloc_trim() -> Any:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        return None
-
-
-def release_free_memory() -> None:
-    """Give memory that glibc's allocator keeps after ``free`` back to the system.
-
-    The DFT path's tasks allocate many temporaries of a few to 16 MiB in
-    several threads; glibc keeps them in per-thread arenas (arrays under its
-    dynamic mmap threshold, up to 32 MiB, are not unmapped when freed), which
-    held ~330 MB more at the peak of a 256 + 256-channel pass here. A no-op
-    where the C library is not glibc.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
