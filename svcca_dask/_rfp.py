@@ -8,23 +8,18 @@ ZHERKs and one ZGEMM on the packed blocks, as fast as one ZHERK on the
 square matrix: measured here, 39 ms against 40 ms per 256 + 256-channel image
 over all 1,570 frequencies of a 56 x 56 map).
 
-``scipy.linalg.lapack.zhfrk`` holds the GIL for the whole call (so do
-scipy's other f2py BLAS wrappers: two threads calling ``zherk`` ran 1.07x
-faster than one, here). The same LAPACK routine reached through
-``scipy.linalg.cython_lapack``'s function pointer with ``ctypes`` releases
-it (ctypes drops the GIL around foreign calls): two threads on disjoint
-frequencies then run 1.9x faster than one. :func:`hfrk_update` uses that
-pointer when the installed SciPy exposes it, the f2py wrapper otherwise
-(same numbers, no thread scaling).
+Both routines run without the GIL (see :mod:`svcca_dask._nogil`): two
+threads updating disjoint frequencies run 1.9x faster than one.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-from typing import Any
 
 import numpy as np
+
+from ._nogil import cython_function
 
 __all__ = ["hfrk_update", "packed_size", "unpack"]
 
@@ -32,33 +27,6 @@ __all__ = ["hfrk_update", "packed_size", "unpack"]
 def packed_size(n: int) -> int:
     """Numbers in the RFP storage of an ``n x n`` Hermitian matrix."""
     return n * (n + 1) // 2
-
-
-@functools.lru_cache(maxsize=1)
-def _zhfrk_pointer() -> Any:
-    """``zhfrk`` from ``scipy.linalg.cython_lapack`` as a ctypes function, or None."""
-    try:
-        import scipy.linalg.cython_lapack as cl
-
-        capsule = cl.__pyx_capi__["zhfrk"]  # type: ignore[attr-defined]
-        api = ctypes.pythonapi
-        api.PyCapsule_GetName.restype = ctypes.c_char_p
-        api.PyCapsule_GetName.argtypes = [ctypes.py_object]
-        api.PyCapsule_GetPointer.restype = ctypes.c_void_p
-        api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-        address = api.PyCapsule_GetPointer(capsule, api.PyCapsule_GetName(capsule))
-    except (ImportError, AttributeError, KeyError, ValueError):  # pragma: no cover
-        return None
-    if not address:  # pragma: no cover - a capsule without a pointer
-        return None
-    c_int_p, c_double_p = ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_double)
-    # void zhfrk(char *transr, char *uplo, char *trans, int *n, int *k, double *alpha,
-    #            double complex *a, int *lda, double *beta, double complex *c)
-    proto = ctypes.CFUNCTYPE(
-        None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, c_int_p, c_int_p,
-        c_double_p, ctypes.c_void_p, c_int_p, c_double_p, ctypes.c_void_p,
-    )  # fmt: skip
-    return proto(address)
 
 
 def hfrk_update(c: np.ndarray, z: np.ndarray, *, nogil: bool = True) -> None:
@@ -91,7 +59,7 @@ def hfrk_update(c: np.ndarray, z: np.ndarray, *, nogil: bool = True) -> None:
     if z.strides[2] != 16 or z.strides[1] < 16 * k or z.strides[1] % 16:
         raise ValueError("z must have unit stride along its last axis")
     lda = z.strides[1] // 16
-    fn = _zhfrk_pointer() if nogil else None
+    fn = cython_function("zhfrk") if nogil else None
     if fn is None:
         from scipy.linalg.lapack import zhfrk
 
@@ -112,35 +80,50 @@ def hfrk_update(c: np.ndarray, z: np.ndarray, *, nogil: bool = True) -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def _lower_mask(n: int) -> np.ndarray:
-    return np.tri(n, dtype=bool)
+def _strict_lower_mask(n: int) -> np.ndarray:
+    return np.tri(n, k=-1, dtype=bool)
 
 
-def unpack(c: np.ndarray, n: int) -> np.ndarray:
+def unpack(c: np.ndarray, n: int, *, nogil: bool = True) -> np.ndarray:
     """The full Hermitian matrices ``Z Z^H`` accumulated by :func:`hfrk_update`.
 
-    LAPACK's ``ztfttr`` unfolds each packed matrix into a square lower
-    triangle (of ``conj(Z Z^H)``, see :func:`hfrk_update`); its conjugate is
-    the lower triangle of ``Z Z^H`` and its transpose the upper one.
+    LAPACK's ``ztfttr`` unfolds each packed matrix into the Fortran lower
+    triangle of ``conj(Z Z^H)`` (see :func:`hfrk_update`), which read
+    row-major is the upper triangle of ``Z Z^H``; the lower one is its
+    conjugate transpose.
 
     Parameters
     ----------
     c : ndarray, complex128, shape (F, n (n + 1) / 2)
     n : int
+    nogil : bool
+        Use the GIL-free binding when available (tests compare both).
 
     Returns
     -------
     ndarray, complex128, shape (F, n, n)
         A new array.
     """
-    from scipy.linalg.lapack import ztfttr
-
-    lower = _lower_mask(n)
+    fn = cython_function("ztfttr") if nogil else None
+    strict_lower = _strict_lower_mask(n)
     out = np.empty((c.shape[0], n, n), dtype=np.complex128)
+    if fn is None:
+        from scipy.linalg.lapack import ztfttr
+    else:
+        n_i, info = ctypes.c_int(n), ctypes.c_int(0)
     for f in range(c.shape[0]):
-        a, info = ztfttr(n, c[f], transr="N", uplo="L")
-        if info != 0:  # pragma: no cover - LAPACK argument error
-            raise RuntimeError(f"ztfttr failed with info={info}")
-        np.copyto(out[f], a.T)  # upper: (Z Z^H)[j, i] = conj(Z Z^H)[i, j]
-        np.conjugate(a, out=out[f], where=lower)  # lower and the (real) diagonal
+        if fn is None:
+            a, code = ztfttr(n, c[f], transr="N", uplo="L")
+            out[f] = a.T
+        else:
+            # the Fortran lower triangle of conj(Z Z^H) is, read row-major, the
+            # upper triangle of its transpose: of Z Z^H itself
+            packed = np.ascontiguousarray(c[f])
+            fn(b"N", b"L", ctypes.byref(n_i), packed.ctypes.data, out[f].ctypes.data,
+               ctypes.byref(n_i), ctypes.byref(info))  # fmt: skip
+            code = info.value
+        if code != 0:  # pragma: no cover - LAPACK argument error
+            raise RuntimeError(f"ztfttr failed with info={code}")
+        # the lower triangle: (Z Z^H)[i, j] = conj((Z Z^H)[j, i])
+        np.conjugate(out[f].T, out=out[f], where=strict_lower)
     return out

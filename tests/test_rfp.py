@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from svcca_dask import _rfp
+from svcca_dask import _nogil, _rfp
 
 
 def _data(f: int, n: int, k: int, pad: int = 0, seed: int = 0) -> np.ndarray:
@@ -25,7 +25,7 @@ def test_update_then_unpack_is_the_gram(n, k, nogil):
     c = np.zeros((3, _rfp.packed_size(n)), dtype=np.complex128)
     _rfp.hfrk_update(c, z1, nogil=nogil)
     _rfp.hfrk_update(c, np.ascontiguousarray(z2), nogil=nogil)
-    full = _rfp.unpack(c, n)
+    full = _rfp.unpack(c, n, nogil=nogil)
     want = z1 @ np.swapaxes(z1.conj(), 1, 2) + z2 @ np.swapaxes(z2.conj(), 1, 2)
     np.testing.assert_allclose(full, want, rtol=1e-13, atol=1e-12)
     np.testing.assert_array_equal(full, np.swapaxes(full.conj(), 1, 2))  # exactly Hermitian
@@ -39,6 +39,7 @@ def test_both_bindings_agree_bit_for_bit():
     _rfp.hfrk_update(a, z, nogil=True)
     _rfp.hfrk_update(b, z, nogil=False)
     np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(_rfp.unpack(a, 33), _rfp.unpack(a, 33, nogil=False))
 
 
 def test_bad_arguments():
@@ -51,19 +52,16 @@ def test_bad_arguments():
         _rfp.hfrk_update(np.zeros((2, 10), dtype=np.complex128), z[:, :, ::-1])
 
 
-def _wakes_during_the_call(nogil: bool) -> tuple[float, float]:
-    """Thread A runs a long update; the main thread sleeps 10 ms once A is inside.
-    Returns when the main thread woke and when A's update ended, relative to its start."""
-    n = k = 1400  # one frequency: the f2py loop releases the GIL between frequencies
-    z = _data(1, n, k)
-    c = np.zeros((1, _rfp.packed_size(n)), dtype=np.complex128)
+def wakes_during_the_call(call) -> tuple[float, float]:
+    """Thread A runs ``call()``; the main thread sleeps 10 ms once A is inside.
+    Returns when the main thread woke and when A's call ended, relative to its start."""
     started = threading.Event()
     times: dict[str, float] = {}
 
     def run() -> None:
         started.set()
         times["start"] = time.perf_counter()
-        _rfp.hfrk_update(c, z, nogil=nogil)
+        call()
         times["end"] = time.perf_counter()
 
     t = threading.Thread(target=run)
@@ -79,7 +77,10 @@ def test_nogil_binding_releases_the_gil():
     """With the GIL held for the whole call (scipy's f2py wrapper), a sleeping thread
     cannot wake before the call is over; with the ctypes binding it wakes at once.
     (A margin of half the call: not a speed test.)"""
-    if _rfp._zhfrk_pointer() is None:  # pragma: no cover - a SciPy without the capsule
+    if _nogil.cython_function("zhfrk") is None:  # pragma: no cover - no capsule
         pytest.fail("scipy.linalg.cython_lapack does not expose zhfrk")
-    woke, call = _wakes_during_the_call(nogil=True)
+    n = k = 1400  # one frequency: the f2py loop releases the GIL between frequencies
+    z = _data(1, n, k)
+    c = np.zeros((1, _rfp.packed_size(n)), dtype=np.complex128)
+    woke, call = wakes_during_the_call(lambda: _rfp.hfrk_update(c, z))
     assert woke < 0.5 * call, (woke, call)
