@@ -505,3 +505,31 @@ def test_one_lane_on_threads_holds_the_statistics_once():
     assert run.lanes == 1
     accs, _ = run._graph(run.bands[0])
     assert len(accs) == 1
+
+
+def test_recycler_hands_arrays_to_the_next_band_zeroed():
+    arrays = _conv._Recycler()
+    a = arrays.take((3, 4), zero=True)
+    a[:] = 7
+    b = arrays.take((2, 5))  # within a band: never the same memory twice
+    assert not np.shares_memory(a, b)
+    arrays.release()
+    c = arrays.take((2, 6), zero=True)  # the smallest free array that fits: a's
+    assert np.shares_memory(c, a) and not c.any()
+    d = arrays.take((3, 3))
+    assert np.shares_memory(d, b)
+    e = arrays.take((1, 1))  # nothing free is left
+    assert not np.shares_memory(e, a) and not np.shares_memory(e, b)
+
+
+def test_a_run_drops_its_arrays_after_the_last_band():
+    x, y = translation_invariant(cx=3, cy=2, h=6, w=6, n0=12)
+    run = _conv._DFTRun(
+        x, y, conv=sd.DFT(memory_limit=4_000, lanes=1), layout="NCHW", names=("x", "y")
+    )
+    first = run.arrays
+    run.map(_conv._cca_part_fn, 1e-10, None)
+    assert len(run.bands) > 1
+    # every band used the first band's accumulator and coefficient buffer ...
+    assert len(first._used) + len(first._free) == 2
+    assert run.arrays is not first and not run.arrays._free  # ... and the run let them go
