@@ -725,13 +725,17 @@ class _Recycler:
     reused array. Arrays taken during a band are kept (they are alive until
     the band's results are computed anyway) and become free for the next
     band's tasks after it (:meth:`release`). Only on the threaded scheduler:
-    workers of a cluster would each get a copy.
+    workers of a cluster would each get a copy. Pickled (Dask's local
+    ``processes`` scheduler), it travels empty.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._free: list[np.ndarray] = []  # flat complex128 buffers
         self._used: list[np.ndarray] = []
+
+    def __reduce__(self) -> tuple:
+        return (_Recycler, ())
 
     def take(self, shape: tuple[int, ...], *, zero: bool = False) -> np.ndarray:
         size = int(np.prod(shape))

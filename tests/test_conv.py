@@ -6,6 +6,9 @@ in-memory implementation of the SVCCA paper's per-frequency loop (any data,
 any sizes), and for invariance to chunking, lanes and frequency bands.
 """
 
+import pickle
+
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -533,3 +536,17 @@ def test_a_run_drops_its_arrays_after_the_last_band():
     # every band used the first band's accumulator and coefficient buffer ...
     assert len(first._used) + len(first._free) == 2
     assert run.arrays is not first and not run.arrays._free  # ... and the run let them go
+
+
+def test_dft_bands_on_the_local_processes_scheduler():
+    """Tasks pickled to other processes (the recycler travels empty) give the same result."""
+    x, y = translation_invariant(cx=3, cy=2, h=6, w=6, n0=12)
+    arrays = _conv._Recycler()
+    arrays.take((2, 2))
+    arrays.release()
+    assert not pickle.loads(pickle.dumps(arrays))._free
+    opt = sd.DFT(memory_limit=4_000, lanes=1)
+    ref = sd.cca(x, y, conv=opt, layout="NCHW")
+    with dask.config.set(scheduler="processes", num_workers=2):
+        r = sd.cca(x, y, conv=opt, layout="NCHW")
+    np.testing.assert_allclose(r.coefficients, ref.coefficients, rtol=1e-12, atol=1e-12)
