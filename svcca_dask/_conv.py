@@ -611,7 +611,9 @@ def _dft_fold(
     all cores.
 
     The accumulator is owned by its lane: each fold task is the only consumer
-    of the previous one's result, so updating it in place is safe.
+    of the previous one's result, so updating it in place is safe. Its
+    coefficient buffer is kept for the lane's next task unless ``last``; with
+    ``arrays`` (threads) both come from that :class:`_Recycler`.
 
     With ``with_scale``, the variance of every single activation (channel,
     position) is accumulated too, as ``P`` independent 1 x 1 problems merged
