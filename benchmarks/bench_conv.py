@@ -378,7 +378,8 @@ def _child_main(kind: str, args: list[str]) -> None:
             None if args[3] == "-" else int(args[3]),
         )
     elif kind == "limit":
-        res = run_limit(args[0], args[1], *(args[2:3]), *(int(a) for a in args[3:4]))
+        barrier, count = (args[2], int(args[3])) if len(args) > 2 else (None, 1)
+        res = run_limit(args[0], args[1], barrier, count)
     elif kind == "finalize":
         res = run_finalize_only(int(args[0]), int(args[1]))
     elif kind == "small":

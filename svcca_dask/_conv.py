@@ -373,8 +373,8 @@ class DFT:
     memory_limit : int or str, optional
         Bytes (or a string such as ``"2GiB"``) the per-frequency statistics
         and the tasks' buffers may take, all lanes together (the process
-        itself, its libraries and the chunks being read come on top: about
-        0.3 GB here). When the statistics of all frequencies do not fit,
+        itself, its libraries and the chunks being read come on top:
+        0.25-0.4 GiB here). When the statistics of all frequencies do not fit,
         the frequencies are split into bands and each band takes one pass
         over the data (the data is read once per band). Default: the
         Dask config value ``svcca_dask.dft_memory_limit`` if set, else a
@@ -1411,15 +1411,14 @@ def _batched_cca(
     the counts ``min(live x, live y)``, and, with ``weights``, the weights
     ``a (F, Cx, k)``, ``b (F, Cy, k)``.
     """
-    try:  # on new arrays: _chol_cca overwrites them
-        rho, a, b = _chol_cca(
-            _decouple(sxx, lx), _cross(sxy, lx, ly), _decouple(syy, ly), epsilon=epsilon,
-            weights=weights,
-        )  # fmt: skip
+
+    def blocks() -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # new arrays each call
+        return _decouple(sxx, lx), _cross(sxy, lx, ly), _decouple(syy, ly)
+
+    try:  # _chol_cca overwrites its blocks
+        rho, a, b = _chol_cca(*blocks(), epsilon=epsilon, weights=weights)
     except np.linalg.LinAlgError:  # not positive definite at this epsilon: eigh copes
-        rho, a, b = cca_from_cov(
-            _decouple(sxx, lx), _cross(sxy, lx, ly), _decouple(syy, ly), epsilon=epsilon
-        )
+        rho, a, b = cca_from_cov(*blocks(), epsilon=epsilon)
     counts = np.minimum(lx.sum(axis=1), ly.sum(axis=1))
     valid = np.arange(rho.shape[1]) < counts[:, None]
     return np.where(valid, rho, 0.0), counts, a, b
