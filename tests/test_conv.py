@@ -286,6 +286,33 @@ def test_narrow_bands_use_a_direct_dft_of_their_columns(layout):
     np.testing.assert_allclose(many.coefficients, one.coefficients, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("narrow", [False, True])
+@pytest.mark.parametrize("batch", ["steps", "groups"])
+def test_coefficients_are_each_images_fft2_at_the_planned_frequencies(
+    monkeypatch, layout, narrow, batch
+):
+    """Transform steps and staged groups, made small here (steps of 2 images,
+    or groups of 4 staged images: 4 + 4 + 3), write every image's DFT,
+    frequency-major, at the buffer's channel offset, on the rfft and the
+    direct-GEMM paths."""
+    rng = np.random.default_rng(12)
+    m, c, h, w = 11, 3, 6, 20
+    x = rng.standard_normal((m, c, h, w)) + 3
+    plan = _conv._dft_plan((c, h, w), (c, h, w), layout, layout)
+    freqs = plan.frequencies
+    idx = np.flatnonzero(np.abs(freqs[:, 1]) <= 1) if narrow else np.arange(freqs.shape[0])
+    g = plan.gather((c, h, w), idx)
+    assert (g.columns.size * _conv._DIRECT_DFT_RATIO < w // 2 + 1) == narrow
+    size = 2 * c * h * w * 8 if batch == "steps" else 4 * c * idx.size * 16
+    monkeypatch.setattr(_conv, "_FFT_BATCH_BYTES", size)
+    buf = np.full((idx.size, c + 2, m + 1), np.nan, dtype=complex)
+    _conv._coefficients_into(buf, 1, x if layout == "NCHW" else nhwc(x), layout, (c, h, w), g)
+    spectrum = np.fft.fft2(x, axes=(2, 3))[:, :, freqs[idx, 0] % h, freqs[idx, 1] % w]
+    np.testing.assert_allclose(buf[:, 1 : c + 1, :m], spectrum.transpose(2, 1, 0), atol=1e-10)
+    assert np.isnan(buf[:, 0]).all() and np.isnan(buf[:, c + 1]).all() and np.isnan(buf[..., m]).all()
+
+
 def test_fold_is_the_chan_merge():
     """The fused ZHERK update of a lane equals moments_combine of the chunks' own statistics."""
     rng = np.random.default_rng(6)
