@@ -16,7 +16,7 @@ subprocess, so that its peak memory, ``ru_maxrss``, is its own):
    stacked chunk.
 2. ``cca(conv="dft")`` with ``DFT(memory_limit=--memory-limit)`` (default
    1.25 GiB: the frequency bands keep the statistics and the tasks' buffers
-   under it, four passes here; the process peaks ~0.3 GiB higher, under 2 GB)
+   under it, four passes here; the process peaks ~0.35-0.4 GiB higher, under 2 GB)
    on two stored pairs, ``--images`` and twice
    as many, to show that peak memory does not depend on the number of
    images; with the defaults (a quarter of the machine's memory: one pass

@@ -373,8 +373,8 @@ class DFT:
     memory_limit : int or str, optional
         Bytes (or a string such as ``"2GiB"``) the per-frequency statistics
         and the tasks' buffers may take, all lanes together (the process
-        itself, its libraries and the chunks being read come on top:
-        0.25-0.4 GiB here). When the statistics of all frequencies do not fit,
+        itself, its libraries, the chunks being read and the memory glibc
+        keeps for the next task come on top: 0.35-0.45 GiB here). When the statistics of all frequencies do not fit,
         the frequencies are split into bands and each band takes one pass
         over the data (the data is read once per band). Default: the
         Dask config value ``svcca_dask.dft_memory_limit`` if set, else a
@@ -812,7 +812,7 @@ def release_free_memory() -> None:
     unmapped when freed). Called after a lane's last task and after each
     block of the per-frequency work, not after every task: the next task
     reuses that memory, and once given back it is page-faulted in again
-    (measured here, with 256 + 256 channels and four bands: 11-17% of the
+    (measured here, with 256 + 256 channels and four bands: 9-17% of the
     pass's time, for 0.05-0.1 GiB less at the peak). A no-op where the C
     library is not glibc.
     """
