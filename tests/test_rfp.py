@@ -18,9 +18,10 @@ def _data(f: int, n: int, k: int, pad: int = 0, seed: int = 0) -> np.ndarray:
 
 
 @pytest.mark.parametrize("nogil", [True, False])
-@pytest.mark.parametrize(("n", "k"), [(1, 3), (2, 1), (5, 3), (6, 4), (9, 20), (64, 7)])
+@pytest.mark.parametrize(("n", "k"), [(1, 3), (2, 1), (5, 3), (6, 4), (9, 20), (64, 7), (75, 6)])
 def test_update_then_unpack_is_the_gram(n, k, nogil):
-    """Odd and even n (RFP folds them differently), views with padding, repeated updates."""
+    """Odd and even n (RFP folds them differently), views with padding, repeated
+    updates; n = 64 and 75 fill the lower triangle in several blocks of rows."""
     z1, z2 = _data(3, n, k, pad=2, seed=1), _data(3, n, k, pad=0, seed=2)
     c = np.zeros((3, _rfp.packed_size(n)), dtype=np.complex128)
     _rfp.hfrk_update(c, z1, nogil=nogil)
