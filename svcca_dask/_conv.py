@@ -389,7 +389,8 @@ class DFT:
         most the number of row chunks, and at most twice the size of the
         data over the size of one accumulator (each lane writes its whole
         accumulator once, which costs about as much as processing half as
-        many bytes of images).
+        many bytes of images). With fewer lanes than threads, each task uses
+        the spare ones (on a cluster at most one worker's threads).
     rows : int, optional
         Images per task. Default: stored chunks merged (never split) until a
         task's coefficients take an eighth of a lane's accumulator (at most
@@ -936,6 +937,20 @@ def _scheduler_threads() -> int:
     return max(1, int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
 
 
+def _task_threads(lanes: int) -> int:
+    """Threads each fold task uses: with fewer lanes than threads, a lane's
+    tasks use the spare ones (two layers transformed at once, the frequencies
+    merged in parallel); on a ``distributed`` cluster at most one worker's
+    threads, where the task runs. (One lane on a worker of two threads ran a
+    pass on one of them: 256 images of 256 + 256 channels at 56 x 56 took
+    73 s there against 39 s on the threaded scheduler.)"""
+    client = _current_client()
+    if client is None:
+        return max(1, _scheduler_threads() // lanes)
+    per_worker = client.nthreads().values()
+    return max(1, min(max(per_worker, default=1), sum(per_worker) // lanes))
+
+
 def _default_lanes(data_bytes: int, stats_bytes: int) -> int:
     """On threads, one lane: its tasks use every thread (two layers read and
     transformed at once, frequencies merged in parallel), so the statistics
@@ -1050,9 +1065,7 @@ def _lane_graph(
     fold = delayed(_dft_fold, pure=False)
     accs = []
     n_lanes = max(1, min(lanes, len(tasks)))
-    # fewer lanes than threads on the threaded scheduler: each lane's tasks
-    # use the spare threads (reads run inside the folds, see above)
-    threads = 1 if not on_threads else max(1, _scheduler_threads() // n_lanes)
+    threads = _task_threads(n_lanes)
     for lane in np.array_split(np.arange(len(tasks)), n_lanes):
         acc = None
         for t in lane:

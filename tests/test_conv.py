@@ -522,6 +522,38 @@ def test_dft_and_randomized_svd_on_a_distributed_cluster(tmp_path):
             )
 
 
+_SEEN_THREADS: list[int] = []
+_FOLD = _conv._dft_fold
+
+
+def _spy_fold(*args, **kwargs):
+    """``_dft_fold``, noting its ``threads`` (module level: tasks pickle it by
+    reference, and the in-process workers append to this module's list)."""
+    _SEEN_THREADS.append(kwargs["threads"])
+    return _FOLD(*args, **kwargs)
+
+
+def test_fold_tasks_use_a_workers_spare_threads_on_a_cluster(monkeypatch):
+    """Fewer lanes than threads: each fold task uses up to one worker's threads,
+    with the same results as the threaded scheduler."""
+    from distributed import Client, LocalCluster
+
+    x, y = translation_invariant(cx=3, cy=2, h=4, w=4, shift=10.0)
+    want = sd.cca(x, y, conv=sd.DFT(lanes=1), layout="NCHW")
+    seen = _SEEN_THREADS
+    monkeypatch.setattr(_conv, "_dft_fold", _spy_fold)
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=2, processes=False,
+                     dashboard_address=None) as cluster,
+        Client(cluster),
+    ):  # fmt: skip
+        assert [_conv._task_threads(n) for n in (1, 2, 3, 4, 8)] == [2, 2, 1, 1, 1]
+        seen.clear()
+        got = sd.cca(x, y, conv=sd.DFT(lanes=1), layout="NCHW")
+    assert seen and set(seen) == {2}
+    np.testing.assert_allclose(got.coefficients, want.coefficients, rtol=1e-12, atol=1e-12)
+
+
 def test_task_groups_merge_stored_chunks_never_split():
     assert _conv._task_groups((8, 8, 8, 8, 8), 16) == [[0, 1], [2, 3], [4]]
     assert _conv._task_groups((8, 8, 8), 5) == [[0], [1], [2]]  # a chunk is never split
