@@ -390,8 +390,12 @@ class DFT:
         most the number of row chunks, and at most twice the size of the
         data over the size of one accumulator (each lane writes its whole
         accumulator once, which costs about as much as processing half as
-        many bytes of images). With fewer lanes than threads, each task uses
-        the spare ones (on a cluster at most one worker's threads).
+        many bytes of images), and no more than keep the number of passes of
+        one lane under ``memory_limit`` (the lanes share it: past that, each
+        lane more splits the frequencies into more bands, and every band
+        reads all the data again for the same total work). With fewer lanes
+        than threads, each task uses the spare ones (on a cluster at most
+        one worker's threads).
     rows : int, optional
         Images per task. Default: stored chunks merged (never split) until a
         task's coefficients take an eighth of a lane's accumulator (at most
@@ -952,17 +956,27 @@ def _task_threads(lanes: int) -> int:
     return max(1, min(max(per_worker, default=1), sum(per_worker) // lanes))
 
 
-def _default_lanes(data_bytes: int, stats_bytes: int) -> int:
+def _default_lanes(
+    data_bytes: int, stats_bytes: int, *, plan: _Plan | None = None, budget: int | None = None
+) -> int:
     """On threads, one lane: its tasks use every thread (two layers read and
     transformed at once, frequencies merged in parallel), so the statistics
     are held once. On a ``distributed`` cluster, one lane per thread, but
     about one lane per half accumulator of data at most: each lane's
     accumulator is written (page-faulted) in full once, which costs about as
     much as streaming half as many bytes of images through the FFT and the
-    Gram."""
+    Gram. With a ``budget`` (and its ``plan``), no more lanes than keep the
+    number of frequency bands that of one lane: the lanes share the budget,
+    so beyond that each lane more splits the frequencies further, and every
+    band reads all of the data again for the same total work."""
     if _current_client() is None:
         return 1
-    return max(1, min(_scheduler_threads(), round(2 * data_bytes / max(1, stats_bytes))))
+    lanes = max(1, min(_scheduler_threads(), round(2 * data_bytes / max(1, stats_bytes))))
+    if plan is not None and budget is not None:
+        passes = len(_bands(plan, 1, budget))
+        while lanes > 1 and len(_bands(plan, lanes, budget)) > passes:
+            lanes -= 1
+    return lanes
 
 
 def _as_options(conv: Any) -> DFT:
@@ -1194,14 +1208,17 @@ class _DFTRun:
         self.xd, self.yd, xl, yl = _open_pair(x, y, layout, names)
         self.plan = _dft_plan(_shape_of(self.xd, xl), _shape_of(self.yd, yl), xl, yl)
         data_bytes = int(self.xd.nbytes + self.yd.nbytes)
-        self.lanes = self.opt.lanes or _default_lanes(data_bytes, _stats_bytes(self.plan))
+        budget = None if single_band else _memory_limit(self.opt)
+        self.lanes = self.opt.lanes or _default_lanes(
+            data_bytes, _stats_bytes(self.plan), plan=self.plan, budget=budget
+        )
         if self.lanes < 1:
             raise ValueError(f"lanes must be at least 1, got {self.lanes}")
         f_total = self.plan.frequencies.shape[0]
-        if single_band:
+        if budget is None:
             self.bands = [np.arange(f_total)]
         else:
-            self.bands = _bands(self.plan, self.lanes, _memory_limit(self.opt))
+            self.bands = _bands(self.plan, self.lanes, budget)
         self.scale: tuple[float, float] | None = None
         self.arrays = _Recycler()
 
