@@ -949,11 +949,11 @@ def _task_threads(lanes: int) -> int:
     threads, where the task runs. (One lane on a worker of two threads ran a
     pass on one of them: 256 images of 256 + 256 channels at 56 x 56 took
     73 s there against 39 s on the threaded scheduler.)"""
+    threads = max(1, _scheduler_threads() // lanes)
     client = _current_client()
-    if client is None:
-        return max(1, _scheduler_threads() // lanes)
-    per_worker = client.nthreads().values()
-    return max(1, min(max(per_worker, default=1), sum(per_worker) // lanes))
+    if client is not None:
+        threads = min(threads, max(client.nthreads().values(), default=1))
+    return threads
 
 
 def _default_lanes(
@@ -1379,10 +1379,15 @@ def _decouple(s: np.ndarray, live: np.ndarray) -> np.ndarray:
         return s.copy()
     out = np.where(live[:, :, None] & live[:, None, :], s, 0)
     diag = np.einsum("fii->fi", out)  # a writable view
-    # the largest entry of a positive semi-definite block is on its diagonal
-    top = np.max(diag.real, axis=1)
-    diag += (~live) * np.where(top > 0, top, 1.0)[:, None]
+    diag += (~live) * _top_diagonal(diag)[:, None]
     return out
+
+
+def _top_diagonal(diag: np.ndarray) -> np.ndarray:
+    """The largest diagonal entry of each positive semi-definite block (its
+    largest entry, ``|s_ij| <= sqrt(s_ii s_jj)``), or 1 where it is zero."""
+    top = np.max(diag.real, axis=-1, initial=0.0)
+    return np.where(top > 0, top, 1.0)
 
 
 def _cross(s: np.ndarray, lx: np.ndarray, ly: np.ndarray) -> np.ndarray:
@@ -1437,8 +1442,7 @@ def _chol_cca(
 def _ridge_cholesky(s: np.ndarray, epsilon: float) -> np.ndarray:
     """``cholesky(s + epsilon * max|s| * I)`` of a batch; ``s`` is overwritten."""
     diag = np.einsum("fii->fi", s)  # a writable view
-    top = np.max(diag.real, axis=-1, initial=0.0)
-    diag += (epsilon * np.where(top > 0, top, 1.0))[:, None]
+    diag += (epsilon * _top_diagonal(diag))[:, None]
     return np.linalg.cholesky(s)
 
 
