@@ -45,6 +45,12 @@ def open_zarr_array(path: str | os.PathLike[str], *, name: str = "array") -> Any
     return node
 
 
+def open_source(x: ArrayLike, name: str) -> ArrayLike:
+    """A path opened as its :class:`zarr.Array` (see :func:`open_zarr_array`);
+    anything else as it is."""
+    return open_zarr_array(x, name=name) if isinstance(x, (str, os.PathLike)) else x
+
+
 def _rows_per_chunk(n_features: int) -> int:
     return max(1, DEFAULT_CHUNK_BYTES // (8 * max(1, n_features)))
 

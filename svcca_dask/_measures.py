@@ -19,7 +19,7 @@ from ._conv import (
     repeat_rows,
     spatial_shape,
 )
-from ._input import ArrayLike, check_pair
+from ._input import ArrayLike, _is_zarr_array, check_pair, open_source
 from ._linalg import cca_from_cov, top_eigh
 from ._stats import Moments, accumulate
 from ._svd import SVD_METHODS, RandomizedSVD, _live_from_var, check_keep, reduce_pair
@@ -412,13 +412,17 @@ def _prepare(x: ArrayLike, y: ArrayLike, *, conv: Any, layout: Any) -> _Pair:
     """Open both inputs; reduce 4-D ones per ``conv`` (2-D inputs ignore it)."""
     mode = _check_conv(conv)
     lx, ly = layout if isinstance(layout, tuple) else (layout, layout)
+    x, y = open_source(x, "x"), open_source(y, "y")
     xd, x_layout = open_conv(x, lx, name="x")
     yd, y_layout = open_conv(y, ly, name="y")
     check_pair(xd, yd)
     if x_layout is None and y_layout is None:
         return _Pair(xd, yd, False, (None, None))
-    if mode == "dft":
-        return _Pair(xd, yd, True, (x_layout, y_layout))
+    if mode == "dft":  # Zarr arrays as they are: the DFT path reads their stored chunks itself
+        return _Pair(
+            x if _is_zarr_array(x) else xd, y if _is_zarr_array(y) else yd, True,
+            (x_layout, y_layout),
+        )  # fmt: skip
     if mode == "samples":
         sx = spatial_shape(xd, x_layout)[1:] if x_layout else None
         sy = spatial_shape(yd, y_layout)[1:] if y_layout else None

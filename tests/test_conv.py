@@ -636,3 +636,87 @@ def test_dft_bands_on_the_local_processes_scheduler():
     with dask.config.set(scheduler="processes", num_workers=2):
         r = sd.cca(x, y, conv=opt, layout="NCHW")
     np.testing.assert_allclose(r.coefficients, ref.coefficients, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- #
+# stored chunks read directly (file + Blosc) on the threaded DFT path
+
+
+def _blosc_array(group: zarr.Group, name: str, a: np.ndarray, **kwargs) -> zarr.Array:
+    from zarr.codecs import BloscCodec
+
+    opts = {"chunks": (8, *a.shape[1:]), "compressors": BloscCodec(cname="lz4", shuffle="shuffle")}
+    opts.update(kwargs)
+    return group.create_array(
+        name, shape=a.shape, dtype=a.dtype, dimension_names=("sample", "channel", "height", "width"),
+        **opts,
+    )  # fmt: skip
+
+
+def test_stored_chunks_read_what_zarr_reads(tmp_path):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((21, 3, 4, 5)).astype("f4")
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    arr = _blosc_array(group, "x", x, fill_value=7.0)
+    arr[:16] = x[:16]  # rows 16-20: a chunk never written, read as the fill value
+    for source in (arr, zarr.open_array(str(tmp_path / "s.zarr" / "x"), mode="r")):
+        readers = _conv._stored_chunks(source, da.from_zarr(source))
+        assert readers is not None
+        assert [r.rows for r in readers] == [8, 8, 5]
+        got = np.concatenate([r() for r in readers])
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, source[:])
+        np.testing.assert_array_equal(got[:16], x[:16])
+        assert np.all(got[16:] == 7.0)
+
+
+@pytest.mark.parametrize(
+    "kind", ["zstd", "no compressor", "sharded", "big-endian", "split features", "rechunked",
+             "numpy"],
+)  # fmt: skip
+def test_stored_chunks_only_where_the_direct_read_is_zarrs(tmp_path, kind):
+    from zarr.codecs import BytesCodec, ZstdCodec
+
+    x = np.arange(16 * 3 * 4 * 5, dtype="f4").reshape(16, 3, 4, 5)
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    opts: dict = {
+        "zstd": {"compressors": ZstdCodec()},
+        "no compressor": {"compressors": None},
+        "sharded": {"shards": (16, 3, 4, 5)},
+        "big-endian": {"serializer": BytesCodec(endian="big")},
+        "split features": {"chunks": (8, 3, 2, 5)},
+    }.get(kind, {})
+    arr = _blosc_array(group, "x", x, **opts)
+    arr[:] = x
+    xd = da.from_zarr(arr)
+    assert _conv._stored_chunks(arr, xd) is None or kind in ("rechunked", "numpy")
+    if kind == "rechunked":
+        assert _conv._stored_chunks(arr, xd.rechunk({0: 4})) is None
+    if kind == "numpy":
+        assert _conv._stored_chunks(x, da.from_array(x, chunks=(8, 3, 4, 5))) is None
+    run = _conv._DFTRun(arr, arr, conv=sd.DFT(), layout=None, names=("x", "y"))
+    assert (run.stored[0] is not None) == (kind in ("rechunked", "numpy"))  # those arrays fit
+
+
+def test_dft_from_blosc_zarr_reads_stored_chunks_directly(tmp_path, monkeypatch):
+    x, y = translation_invariant(cx=3, cy=2, h=4, w=4, shift=10.0)
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    for name, a in (("x", x), ("y", y)):
+        _blosc_array(group, name, a)[:] = a
+    calls: list[str] = []
+    read = _conv._StoredChunk.__call__
+
+    def spy(self):
+        calls.append(self.path)
+        return read(self)
+
+    monkeypatch.setattr(_conv._StoredChunk, "__call__", spy)
+    px, py = str(tmp_path / "s.zarr" / "x"), str(tmp_path / "s.zarr" / "y")
+    opt = sd.DFT(memory_limit=1_000)  # a few frequencies per band
+    passes = len(_conv._DFTRun(px, py, conv=opt, layout=None, names=("x", "y")).bands)
+    assert passes > 1
+    direct = sd.cca(px, py, conv=opt)
+    assert len(calls) == passes * 2 * -(-x.shape[0] // 8)  # every chunk of both, every pass
+    ref = sd.cca(x, y, conv=opt, layout="NCHW")
+    np.testing.assert_allclose(direct.coefficients, ref.coefficients, rtol=1e-12, atol=1e-12)
+    assert direct.score == pytest.approx(ref.score, rel=1e-12)
