@@ -594,7 +594,7 @@ def _coefficients_into(
 
 
 def _rows_of(piece: Any) -> int:
-    return int(piece.rows if isinstance(piece, (_ChunkGetter, _StoredChunk)) else piece.shape[0])
+    return int(piece.rows if isinstance(piece, _READERS) else piece.shape[0])
 
 
 def _dft_fold(
@@ -676,8 +676,8 @@ def _dft_fold(
 
     def all_pieces(pieces: list[Any], spec: tuple) -> None:
         # with threads to spare, the next piece is read while this one is
-        # transformed (a piece is read in Zarr's own threads, mostly waiting)
-        ahead = parallel and any(isinstance(p, (_ChunkGetter, _StoredChunk)) for p in pieces)
+        # transformed (a read mostly waits on the file or on Zarr's threads)
+        ahead = parallel and any(isinstance(p, _READERS) for p in pieces)
         nxt = _read_pool().submit(_load, pieces[0]) if ahead else None
         offset = 0
         for i, rows in enumerate(sizes):
@@ -784,7 +784,7 @@ class _Recycler:
 
 
 def _load(piece: Any) -> Any:
-    return piece() if isinstance(piece, (_ChunkGetter, _StoredChunk)) else piece
+    return piece() if isinstance(piece, _READERS) else piece
 
 
 @functools.lru_cache(maxsize=1)
@@ -1147,6 +1147,10 @@ class _StoredChunk:
         return out[: self.rows]
 
 
+#: Pieces of a fold task that read their chunk when called.
+_READERS = (_ChunkGetter, _StoredChunk)
+
+
 def _stored_chunks(source: ArrayLike, arr: da.Array) -> list[_StoredChunk] | None:
     """Direct readers of the stored chunks of ``arr`` (opened from the Zarr
     array ``source``), one per Dask chunk, or None where Zarr must read.
@@ -1253,8 +1257,8 @@ def _open_pair(
     x: ArrayLike, y: ArrayLike, layout: Any, names: tuple[str, str]
 ) -> tuple[da.Array, da.Array, str | None, str | None]:
     lx, ly = layout if isinstance(layout, tuple) else (layout, layout)
-    xd, x_layout = open_conv(open_source(x, names[0]), lx, name=names[0])
-    yd, y_layout = open_conv(open_source(y, names[1]), ly, name=names[1])
+    xd, x_layout = open_conv(x, lx, name=names[0])
+    yd, y_layout = open_conv(y, ly, name=names[1])
     if xd.shape[0] != yd.shape[0]:
         raise ValueError(
             f"{names[0]} and {names[1]} must have the same number of samples (first axis, "
