@@ -1065,8 +1065,8 @@ def _lane_graph(
     """The lanes of one pass: each a chain of fold tasks over consecutive row chunks.
 
     ``stored`` holds, per side, the direct readers of its stored chunks
-    (:func:`_stored_chunks`), or None; they replace the Dask chunks on threads
-    when the two sides' chunks are aligned.
+    (:func:`_stored_chunks`), or None; on threads they replace the Dask
+    chunks, ``y``'s only when ``y`` needs no rechunking to ``x``'s chunks.
     """
     if xd.chunks[0] != yd.chunks[0]:
         yd = yd.rechunk({0: xd.chunks[0]})
