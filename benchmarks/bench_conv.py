@@ -123,7 +123,7 @@ def _peak_mb() -> float:
 
 def run_measure(store: str, conv: str, memory_limit: str | None, lanes: int | None) -> dict:
     import svcca_dask as sd
-    from svcca_dask import _conv
+    from svcca_dask.conv import accumulate
 
     x, y = f"{store}/x", f"{store}/y"
     opt = sd.DFT(memory_limit=memory_limit, lanes=lanes) if conv == "dft" else conv
@@ -131,7 +131,7 @@ def run_measure(store: str, conv: str, memory_limit: str | None, lanes: int | No
 
     info: dict = {}
     if conv == "dft":
-        run = _conv._DFTRun(x, y, conv=opt, layout=None, names=("x", "y"))
+        run = accumulate._DFTRun(x, y, conv=opt, layout=None, names=("x", "y"))
         info = {"passes": len(run.bands), "lanes": run.lanes}
     t = time.perf_counter()
     with Profiler() as prof:
@@ -172,21 +172,22 @@ def run_finalize_only(c: int, f: int) -> dict:
     import dask
     from dask.delayed import delayed
 
-    from svcca_dask import _conv
+    from svcca_dask.conv import accumulate, plan
+    from svcca_dask.conv import measures as dft_measures
 
     rng = np.random.default_rng(0)
-    block = _conv._freq_blocks(f, 2 * c)[0]
+    block = plan._freq_blocks(f, 2 * c)[0]
     nb = block.stop - block.start
     z = rng.standard_normal((nb, 4 * c, 2 * c)) + 1j * rng.standard_normal((nb, 4 * c, 2 * c))
     cov = np.swapaxes(z.conj(), 1, 2) @ z
-    st = _conv.DFTStats(
+    st = accumulate.DFTStats(
         n=4 * c, frequencies=np.zeros((nb, 2), int), multiplicity=np.ones(nb, int), band=(1, 1),
         sizes=(c, c), mean=np.zeros((nb, 2 * c), complex), cov=cov, x_shape=(c, 1, 1),
         y_shape=(c, 1, 1), x_scale=1.0, y_scale=1.0,
     )  # fmt: skip
     n_blocks = -(-f // nb)
     t = time.perf_counter()
-    tasks = [delayed(_conv._cca_part)(st, epsilon=1e-10) for _ in range(n_blocks)]
+    tasks = [delayed(dft_measures._cca_part)(st, epsilon=1e-10) for _ in range(n_blocks)]
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):

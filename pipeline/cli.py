@@ -1,13 +1,11 @@
 """The ``svcca-dask`` command line.
 
-Subcommands come from modules listed in :data:`COMMAND_MODULES`. Each module
-defines ``add_parser(subparsers)``, which adds its subparser(s) with
-``subparsers.add_parser(name, help=..., description=...)`` and sets the
-handler with ``parser.set_defaults(handler=fn)``. The handler takes the parsed
-``argparse.Namespace`` and returns an exit code (``None`` means 0). Adding a
-subcommand from another module is one line: append the module's name to
-:data:`COMMAND_MODULES`. Keep such modules light to import (import torch and
-other heavy packages inside the handler): ``svcca-dask --help`` imports all of them.
+The subcommands: ``compare``, ``extract``, ``run`` and ``layers`` (here) and
+``demo`` (:mod:`pipeline.demo`). Each module's ``add_parser(subparsers)``
+adds its subparsers and sets each one's handler with
+``parser.set_defaults(handler=fn)``; a handler takes the parsed
+``argparse.Namespace`` and returns an exit code (``None`` means 0). Heavy
+packages (torch) are imported inside the handlers, so ``--help`` is quick.
 
 Handlers raise exceptions to fail: :func:`main` prints ``svcca-dask <command>:
 error: <message>`` on one line and exits with status 1 (argparse usage errors
@@ -15,13 +13,16 @@ exit with 2); ``--verbose`` adds the traceback and debug logs. Every
 subcommand gets ``--verbose`` automatically. Without it, the libraries in
 :data:`QUIET_LOGGERS` (Dask's ``distributed`` and the web servers under its
 dashboard) log warnings and errors only, whichever subcommand starts a cluster.
+
+Progress bars (tqdm for the steps the pipeline runs, Dask's own for a pass on
+the threaded scheduler) go to stderr when it is a terminal; ``--progress``
+forces them on (logs, CI), ``--no-progress`` off.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import logging
 import sys
@@ -29,14 +30,9 @@ import traceback
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-__all__ = ["COMMAND_MODULES", "build_parser", "main"]
+from . import demo
 
-#: Modules that contribute subcommands, in the order ``--help`` lists them.
-#: A listed module that does not exist (yet) is skipped.
-COMMAND_MODULES: list[str] = [
-    "pipeline.cli",
-    "pipeline.demo",
-]
+__all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 PROG = "svcca-dask"
 log = logging.getLogger("pipeline")
@@ -100,7 +96,7 @@ def _add_compare(subparsers: Any) -> None:
         action="store_true",
         help="print one JSON object with score, coefficients and the inputs",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_progress(p)
     p.set_defaults(handler=_compare)
 
 
@@ -145,7 +141,7 @@ def _add_extract(subparsers: Any) -> None:
         help="a module called more than once per forward: refuse (default), keep the "
         "first or last call, or store each call as LAYER.callK",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_progress(p)
     p.set_defaults(handler=_extract)
 
 
@@ -162,7 +158,7 @@ def _add_run(subparsers: Any) -> None:
     p.add_argument("job", help="the job file, e.g. job.toml")
     p.add_argument("--force", action="store_true", help="recompute every result")
     p.add_argument("--cluster", default=None, help="override the job's cluster")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_progress(p)
     p.set_defaults(handler=_run)
 
 
@@ -175,6 +171,15 @@ def _add_layers(subparsers: Any) -> None:
     p.add_argument("store", help="the activation store, e.g. acts.zarr")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=_layers)
+
+
+def _add_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars on stderr (default: when stderr is a terminal)",
+    )
 
 
 def _keep(text: str) -> float | int:
@@ -210,7 +215,7 @@ def _compare(args: argparse.Namespace) -> int:
         measure=args.measure,
         options=options,
         cluster=args.cluster,
-        progress=not (args.no_progress or args.json),
+        progress=False if args.json else args.progress,
     )
     if args.json:
         print(json.dumps(out))
@@ -234,7 +239,7 @@ def _extract(args: argparse.Namespace) -> int:
         device=args.device,
         overwrite=args.overwrite,
         reuse=args.reuse,
-        progress=not args.no_progress,
+        progress=args.progress,
     )
     for info in store.layers():
         print(info.summary())
@@ -246,7 +251,7 @@ def _run(args: argparse.Namespace) -> int:
     from .runner import run_job
 
     job = load_job(args.job)
-    report = run_job(job, force=args.force, cluster=args.cluster, progress=not args.no_progress)
+    report = run_job(job, force=args.force, cluster=args.cluster, progress=args.progress)
     print(report.summary())
     return 0
 
@@ -271,7 +276,7 @@ def _layers(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with the subcommands of every module in :data:`COMMAND_MODULES`."""
+    """The top-level parser with the subcommands of :data:`SUBCOMMANDS`."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=(
@@ -283,14 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="debug logs, and tracebacks on errors"
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for modname in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(modname)
-        except ModuleNotFoundError as err:
-            if err.name == modname:
-                continue  # listed but not written yet
-            raise
-        module.add_parser(subparsers)
+    for add in SUBCOMMANDS:
+        add(subparsers)
     for sub in subparsers.choices.values():
         if not any("--verbose" in a.option_strings for a in sub._actions):
             sub.add_argument(
@@ -365,6 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
         return 1
     return 0 if code is None else int(code)
+
+
+#: What adds the subcommands, in the order ``--help`` lists them.
+SUBCOMMANDS = (add_parser, demo.add_parser)
 
 
 if __name__ == "__main__":  # pragma: no cover

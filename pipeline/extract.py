@@ -26,7 +26,7 @@ from svcca_dask.store import (
     select_layers,
 )
 
-from .progress import Progress
+from .progress import progress_bar
 
 __all__ = [
     "extract_activations",
@@ -257,7 +257,7 @@ def extract_activations(
     chunk_samples: int | None = None,
     dims: dict[str, Sequence[str]] | None = None,
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
     provenance: dict[str, Any] | None = None,
 ) -> ActivationStore:
     """Run ``model`` over ``batches`` and append the named layers' outputs to a store.
@@ -306,8 +306,9 @@ def extract_activations(
         (e.g. ``{"blocks.3": ("sample", "token", "neuron")}``).
     overwrite : bool, default False
         Start over instead of resuming.
-    progress : bool, default True
-        A progress bar on stderr, one step per batch.
+    progress : bool or None, default None
+        A progress bar on stderr, one step per batch; None: when stderr is a
+        terminal.
     provenance : dict, optional
         Extra JSON-serializable provenance to record.
 
@@ -375,8 +376,8 @@ def extract_activations(
         total_batches = len(batches)  # type: ignore[arg-type]
     except TypeError:
         pass
-    bar = Progress(
-        total=total_batches, desc=f"extract {os.path.basename(path.rstrip('/'))}", enabled=progress
+    bar = progress_bar(
+        total_batches, f"extract {os.path.basename(path.rstrip('/'))}", enabled=progress
     )
     seen = 0
     created: set[str] = set(tracked)
@@ -414,7 +415,7 @@ def extract_activations(
                             sample_shape=arr.shape[1:],
                             dtype=np_dtype,
                             dims=dims.get(name.split(".call")[0], default_dims(arr.ndim)),
-                            chunk_samples=chunk_samples or _chunk_rows(arr.shape[1:]),
+                            chunk_samples=chunk_samples,
                             expected_samples=dataset_size,
                         )
                         s.set_writing([name], True)
@@ -484,13 +485,6 @@ def _check_same_data(s: ActivationStore, inputs: Any, *, resuming: bool) -> None
         )
     if before != digest:
         s.update_provenance(first_sample_sha256=digest)
-
-
-def _chunk_rows(sample_shape: tuple[int, ...]) -> int:
-    """Samples per chunk: about 16 MiB as float64 (the size the statistics run fastest on)."""
-    from svcca_dask._input import _rows_per_chunk
-
-    return _rows_per_chunk(int(np.prod(sample_shape, dtype=np.int64)))
 
 
 class _Pending:

@@ -375,10 +375,9 @@ def _check_option(key: str, value: Any, where: str) -> None:
     elif key == "epsilon":
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
     elif key == "conv":
-        import svcca_dask
+        from svcca_dask.conv import CONV_MODES
 
-        modes = getattr(svcca_dask, "CONV_MODES", ("dft", "samples", "mean", "flatten"))
-        ok = isinstance(value, str) and value in modes
+        ok = isinstance(value, str) and value in CONV_MODES
     elif key == "layout":
         ok = isinstance(value, str) and value.upper() in ("NCHW", "NHWC")
     elif key == "side":

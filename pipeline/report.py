@@ -4,13 +4,15 @@ The figure functions take plain arrays (results already computed by
 :mod:`svcca_dask` through the runner) and write one PNG each, with labeled
 axes and, for heatmaps, a colorbar. They use :class:`matplotlib.figure.Figure`
 directly, so no pyplot state leaks between calls and no display is needed.
-:func:`write_report` assembles an ``index.html`` from :class:`Section`\\ s
+:func:`write_report` renders an ``index.html`` from :class:`Section`\\ s
 (a heading, a short text of what the figure means, a figure or an HTML table)
-and links the tidy results table.
+with the Jinja2 template ``pipeline/templates/report.html.j2``, and links the
+tidy results table.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import os
 from collections.abc import Mapping, Sequence
@@ -387,16 +389,6 @@ def html_table(
     return "\n".join(out)
 
 
-_CSS = """
-body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; line-height: 1.45; }
-img { max-width: 100%; border: 1px solid #ddd; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
-td, th { border: 1px solid #ccc; padding: 2px 8px; text-align: right; }
-th { background: #f3f3f3; }
-section { margin-bottom: 2.5em; }
-"""
-
-
 def write_report(
     out: PathLike,
     sections: Sequence[Section],
@@ -437,43 +429,29 @@ def write_report(
     for label, name in (results or {}).items():
         if not (out / name).exists():
             raise FileNotFoundError(f"results {label!r}: {name!r} is not in {out}")
-
-    def paragraphs(text: str) -> str:
-        return "\n".join(
-            f"<p>{html.escape(' '.join(p.split()))}</p>" for p in text.split("\n\n") if p.strip()
-        )
-
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        paragraphs(intro),
-    ]
-    if results:
-        links = ", ".join(
-            f'<a href="{html.escape(name)}">{html.escape(label)}</a>'
-            for label, name in results.items()
-        )
-        parts.append(f"<p>Results: {links}.</p>")
-    if len(sections) > 1:
-        parts.append("<ol>")
-        parts += [
-            f'<li><a href="#s{i}">{html.escape(s.title)}</a></li>' for i, s in enumerate(sections)
-        ]
-        parts.append("</ol>")
-    for i, s in enumerate(sections):
-        parts.append(f'<section id="s{i}"><h2>{html.escape(s.title)}</h2>')
-        parts.append(paragraphs(s.text))
-        if s.image is not None:
-            alt = html.escape(s.title)
-            parts.append(
-                f'<a href="{html.escape(s.image)}"><img src="{html.escape(s.image)}" alt="{alt}"></a>'
-            )
-        if s.table_html is not None:
-            parts.append(s.table_html)
-        parts.append("</section>")
-    parts.append("</body></html>")
+    page = _templates().get_template("report.html.j2").render(
+        title=title, intro=intro, results=results or {}, sections=list(sections)
+    )
     path = out / "index.html"
-    path.write_text("\n".join(parts), encoding="utf-8")
+    path.write_text(page, encoding="utf-8")
     return path
+
+
+def _paragraphs(text: str) -> list[str]:
+    """Paragraphs (separated by blank lines) with their white space folded."""
+    return [" ".join(p.split()) for p in text.split("\n\n") if p.strip()]
+
+
+@functools.cache
+def _templates() -> Any:
+    """The report's Jinja2 templates (``pipeline/templates``), HTML-escaping every value."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("pipeline", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    env.filters["paragraphs"] = _paragraphs
+    return env

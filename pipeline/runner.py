@@ -1,24 +1,14 @@
 """Run jobs: compute what a job asks, write results as they complete, skip what exists.
 
-A run writes into the job's output folder:
-
-- ``results.csv`` and ``results.parquet`` (when pyarrow is installed): the tidy
-  table, one row per (pair, measure), columns :data:`COLUMNS`;
-- ``coefficients.zarr``: a Zarr group with one subgroup per result (named by
-  its ``result_id``) holding ``coefficients`` (and ``weights`` for PWCCA),
-  its pair, measure and options in the attributes;
-- ``job.json``: the job's parameters, the versions, and the run's state.
-
-Every file is written to a temporary name and renamed into place, and a row
-reaches the table only after its arrays are in place: a killed run leaves no
-half-written result. Each result's ``result_id`` hashes its inputs'
-fingerprints (store id, layer, shape, write id) and the measure's options: a
-rerun reuses rows whose id is unchanged and recomputes the others; ``force``
-recomputes everything.
+What a run writes, and how it is kept whole when killed, is in
+:mod:`pipeline.output`: a row reaches the table only after its arrays are in
+place. Each result's ``result_id`` hashes its inputs' fingerprints (store id,
+layer, shape, write id) and the measure's options: a rerun reuses rows whose
+id is unchanged and recomputes the others; ``force`` recomputes everything.
 
 All math is in :mod:`svcca_dask`: pairs of the same store pair and measure
 that form a full layer x layer product share one pass
-(:func:`svcca_dask.similarity_matrix`); other pairs, and conv layers compared
+(:func:`svcca_dask.similarity_matrices`); other pairs, and conv layers compared
 with the per-frequency DFT (the measures' default for conv layers, whose
 statistics depend on the pair), use the pair measures.
 """
@@ -26,17 +16,13 @@ statistics depend on the pair), use the pair measures.
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime as _dt
 import hashlib
 import inspect
-import io
 import json
 import logging
 import os
-import shutil
 import sys
-import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,32 +30,22 @@ from typing import Any
 import numpy as np
 
 from .jobs import MEASURES, Job, Pair
-from .progress import Progress
+from .output import (
+    COLUMNS,
+    RESULTS_FORMAT,
+    atomic_json,
+    has_arrays,
+    prune,
+    read_table,
+    write_arrays,
+    write_table,
+)
+from .progress import dask_progress, progress_bar
 
 __all__ = ["COLUMNS", "RunReport", "compare_pair", "open_cluster", "run_job"]
 
 log = logging.getLogger(__name__)
 
-#: Columns of the results table, in order.
-COLUMNS = (
-    "x_store",
-    "x_layer",
-    "y_store",
-    "y_layer",
-    "measure",
-    "score",
-    "n_samples",
-    "n_coefficients",
-    "x_kept",
-    "y_kept",
-    "options",
-    "result_id",
-    "x_path",
-    "y_path",
-    "computed_at",
-)
-_INT_COLUMNS = ("n_samples", "n_coefficients", "x_kept", "y_kept")
-RESULTS_FORMAT = 1
 
 
 @dataclass
@@ -103,107 +79,6 @@ class RunReport:
             f"table: {os.path.join(self.output, 'results.csv')}"
         )
 
-
-# --------------------------------------------------------------------------- #
-# atomic files
-
-
-def _replace(src: str, dst: str) -> None:
-    """Rename ``src`` over ``dst`` (atomic on POSIX file systems)."""
-    os.replace(src, dst)
-
-
-def _atomic_bytes(path: str, data: bytes) -> None:
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        _replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_json(path: str, obj: Any) -> None:
-    _atomic_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def _write_table(output: str, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS})
-    _atomic_bytes(os.path.join(output, "results.csv"), buf.getvalue().encode())
-    parquet = os.path.join(output, "results.parquet")
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(parquet)  # never leave a table that disagrees with the CSV
-        return
-    types = {
-        "score": pa.float64(),
-        **{c: pa.int64() for c in _INT_COLUMNS},
-    }
-    schema = pa.schema([(c, types.get(c, pa.string())) for c in COLUMNS])
-    table = pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS} for r in rows], schema=schema)
-    tmp = f"{parquet}.{uuid.uuid4().hex}.tmp"
-    try:
-        pq.write_table(table, tmp)
-        _replace(tmp, parquet)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _read_table(output: str) -> list[dict[str, Any]]:
-    path = os.path.join(output, "results.csv")
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    out = []
-    for r in rows:
-        try:
-            row: dict[str, Any] = {k: (r.get(k) or None) for k in COLUMNS}
-            row["score"] = float(r["score"])
-            for c in _INT_COLUMNS:
-                row[c] = int(r[c]) if r.get(c) else None
-        except (KeyError, TypeError, ValueError):
-            log.warning("ignoring an unreadable row of %s: %r", path, r)
-            continue
-        out.append(row)
-    return out
-
-
-def _write_arrays(
-    group_path: str, result_id: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any]
-) -> None:
-    """Write one result's arrays as ``group_path/result_id``, atomically (rename into place)."""
-    import zarr
-
-    tmp = os.path.join(os.path.dirname(group_path), f".tmp-{result_id}-{uuid.uuid4().hex[:8]}")
-    try:
-        g = zarr.open_group(tmp, mode="w", zarr_format=3, attributes=attrs)
-        for name, value in arrays.items():
-            g.create_array(name, data=np.ascontiguousarray(value, dtype=np.float64))
-        final = os.path.join(group_path, result_id)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        _replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _has_arrays(group_path: str, row: dict[str, Any]) -> bool:
-    return os.path.isfile(os.path.join(group_path, str(row["result_id"]), "zarr.json"))
 
 
 # --------------------------------------------------------------------------- #
@@ -289,7 +164,7 @@ def compare_pair(
     measure: str = "svcca",
     options: Mapping[str, Any] | None = None,
     cluster: str | Mapping[str, Any] | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> dict[str, Any]:
     """Compare two layers and return a JSON-ready dict (what ``svcca-dask compare`` prints).
 
@@ -303,8 +178,9 @@ def compare_pair(
         option the measure does not take is an error.
     cluster : str or mapping, optional
         Run on a Dask cluster (see :func:`open_cluster`); default threads.
-    progress : bool, default False
-        Dask's progress bar on stderr (threaded scheduler).
+    progress : bool or None, default False
+        Dask's progress bar on stderr (threaded scheduler); None: when stderr
+        is a terminal.
 
     Returns
     -------
@@ -323,14 +199,11 @@ def compare_pair(
         raise ValueError(
             f"measure {measure!r} takes no option {', '.join(unknown)} in this version of svcca_dask"
         )
-    with open_cluster(cluster) as client:
-        bar: Any = contextlib.nullcontext()
-        if progress and client is None:
-            from dask.diagnostics import ProgressBar
-
-            bar = ProgressBar(out=sys.stderr)
-        with bar:
-            result = fn(x, y, **options)
+    with (
+        open_cluster(cluster) as client,
+        dask_progress(progress if client is None else False, minimum=0.0),
+    ):
+        result = fn(x, y, **options)
     out: dict[str, Any] = {
         "x": os.fspath(x) if isinstance(x, (str, os.PathLike)) else type(x).__name__,
         "y": os.fspath(y) if isinstance(y, (str, os.PathLike)) else type(y).__name__,
@@ -491,18 +364,6 @@ def _compute(job: Job, group: _Group) -> Iterator[tuple[_Task, Any]]:
         yield t, _function(t.measure)(x, y, **t.options)
 
 
-def _dask_progress(enabled: bool) -> Any:
-    """Dask's progress bar for passes longer than a second, on the local schedulers.
-
-    On a cluster the dashboard (its address is printed at start) shows the tasks.
-    """
-    if not enabled:
-        return contextlib.nullcontext()
-    from dask.diagnostics import ProgressBar
-
-    return ProgressBar(minimum=1.0, out=sys.stderr)
-
-
 def _versions() -> dict[str, str]:
     import dask
     import distributed
@@ -533,7 +394,7 @@ def run_job(
     *,
     force: bool = False,
     cluster: str | Mapping[str, Any] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> RunReport:
     """Run a validated job (see :func:`pipeline.jobs.load_job`).
 
@@ -545,9 +406,10 @@ def run_job(
         inputs and parameters.
     cluster : str or mapping, optional
         Overrides ``job.cluster`` (see :func:`open_cluster`).
-    progress : bool, default True
+    progress : bool or None, default None
         A progress bar on stderr, one step per result, and Dask's progress bar
-        for each pass longer than a second on the threaded scheduler.
+        for each pass longer than a second on the threaded scheduler. None:
+        when stderr is a terminal.
 
     Returns
     -------
@@ -563,11 +425,11 @@ def run_job(
         )
 
     tasks = _plan(job)
-    previous = {} if force else {r["result_id"]: r for r in _read_table(job.output)}
+    previous = {} if force else {r["result_id"]: r for r in read_table(job.output)}
     rows: dict[str, dict[str, Any]] = {}
     for t in tasks:
         row = previous.get(t.result_id)
-        if row is not None and _has_arrays(group_path, row):
+        if row is not None and has_arrays(group_path, row):
             rows[t.result_id] = row
     report = RunReport(output=job.output, reused=len(rows))
     todo = [t for t in tasks if t.result_id not in rows]
@@ -581,18 +443,18 @@ def run_job(
         "state": "running",
         "force": force,
     }
-    _atomic_json(meta_path, meta)
+    atomic_json(meta_path, meta)
 
     def ordered() -> list[dict[str, Any]]:
         return [rows[t.result_id] for t in tasks if t.result_id in rows]
 
-    bar = Progress(total=len(tasks), desc="run", enabled=progress)
+    bar = progress_bar(len(tasks), "run", enabled=progress)
     bar.update(len(rows))
     try:
         spec = job.cluster if cluster is None else cluster
         with (
             open_cluster(spec if todo else None) as client,
-            _dask_progress(progress and client is None),
+            dask_progress(progress if client is None else False),
         ):  # no cluster when everything is reused
             for group in _groups(job, todo):
                 report.passes += 1 if group.matrix else len(group.tasks)
@@ -604,7 +466,7 @@ def run_job(
                         "options": t.options,
                         "score": float(result.score),
                     }
-                    _write_arrays(group_path, t.result_id, _result_arrays(result), attrs)
+                    write_arrays(group_path, t.result_id, _result_arrays(result), attrs)
                     rows[t.result_id] = {
                         "x_store": p.x_store,
                         "x_layer": p.x_layer,
@@ -621,31 +483,15 @@ def run_job(
                     report.computed += 1
                     bar.update(1)
                     if not group.matrix:  # pair by pair: each result as it completes
-                        _write_table(job.output, ordered())
-                _write_table(job.output, ordered())  # a matrix pass: its results together
+                        write_table(job.output, ordered())
+                write_table(job.output, ordered())  # a matrix pass: its results together
     finally:
         bar.close()
     report.rows = ordered()
-    _write_table(job.output, report.rows)
-    _prune(job.output, group_path, {r["result_id"] for r in report.rows})
+    write_table(job.output, report.rows)
+    prune(job.output, group_path, {r["result_id"] for r in report.rows})
     meta.update(state="finished", finished=_now(), computed=report.computed, reused=report.reused)
-    _atomic_json(meta_path, meta)
+    atomic_json(meta_path, meta)
     return report
 
 
-def _prune(output: str, group_path: str, keep: set[str]) -> None:
-    """Remove result groups no row refers to (stale parameters or inputs), and leftovers of kills."""
-    for name in os.listdir(output):
-        full = os.path.join(output, name)
-        if name.startswith(".tmp-") and os.path.isdir(full):
-            shutil.rmtree(full, ignore_errors=True)
-        elif name.endswith(".tmp") and os.path.isfile(full):
-            os.unlink(full)
-    for name in os.listdir(group_path):
-        full = os.path.join(group_path, name)
-        if name in keep or not os.path.isdir(full):
-            continue
-        if name.startswith(".tmp-") or (
-            len(name) == 24 and all(c in "0123456789abcdef" for c in name)
-        ):
-            shutil.rmtree(full, ignore_errors=True)

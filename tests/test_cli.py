@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import svcca_dask as sd
-from pipeline.cli import COMMAND_MODULES, build_parser, main
+from pipeline.cli import SUBCOMMANDS, build_parser, main
 from svcca_dask.store import create_store, open_store
 
 
@@ -35,7 +35,7 @@ def test_every_command_has_help(capsys):
             main([name, "--help"])
         assert exc.value.code == 0
         assert f"usage: svcca-dask {name}" in capsys.readouterr().out
-    assert "pipeline.cli" in COMMAND_MODULES
+    assert "demo" in names  # pipeline.demo adds its subcommand
 
 
 def test_compare_prints_score_and_json(stores, capsys):
@@ -53,10 +53,12 @@ def test_compare_prints_score_and_json(stores, capsys):
 
 def test_compare_progress_bar(stores, capsys):
     x, y = str(stores / "a.zarr" / "fc"), str(stores / "b.zarr" / "fc")
-    assert main(["compare", x, y, "--measure", "cka"]) == 0
+    assert main(["compare", x, y, "--measure", "cka", "--progress"]) == 0
     captured = capsys.readouterr()
     assert "100%" in captured.err  # Dask's progress bar, on stderr
     float(captured.out)  # stdout holds the score only
+    assert main(["compare", x, y, "--measure", "cka"]) == 0
+    assert capsys.readouterr().err == ""  # stderr is no terminal here: no bar unless asked
 
 
 def test_failure_is_one_line_exit_1(stores, capsys):
@@ -99,9 +101,10 @@ def test_run_and_rerun(stores, capsys):
     assert "2 result(s) computed, 0 reused" in capsys.readouterr().out
     assert main(["run", str(job), "--no-progress"]) == 0
     assert "0 result(s) computed, 2 reused" in capsys.readouterr().out
-    assert main(["run", str(job), "--force"]) == 0
+    assert main(["run", str(job), "--force", "--progress"]) == 0
     captured = capsys.readouterr()
     assert "2 result(s) computed" in captured.out and "2/2" in captured.err  # progress bar
+    assert "it/s" in captured.err or "s/it" in captured.err  # with its rate
     job.write_text(job.read_text().replace("measures", "mesures"))
     assert main(["run", str(job)]) == 1
     assert "did you mean 'measures'" in capsys.readouterr().err
@@ -129,7 +132,7 @@ def test_extract(tmp_path, capsys):
     f.write_text(MODEL_FILE)
     out = tmp_path / "acts.zarr"
     args = ["extract", "--model", f"{f}:model", "--data", f"{f}:data", "--out", str(out)]
-    assert main([*args, "--layers", "0", "2", "--batch-size", "8"]) == 0
+    assert main([*args, "--layers", "0", "2", "--batch-size", "8", "--progress"]) == 0
     captured = capsys.readouterr()
     assert "4/4" in captured.err  # one progress step per batch
     s = open_store(out)
@@ -175,7 +178,9 @@ def test_library_info_logs_are_quiet_unless_verbose(tmp_path, monkeypatch, caplo
 
     (tmp_path / "noisy_cmd.py").write_text(NOISY_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr("pipeline.cli.COMMAND_MODULES", [*COMMAND_MODULES, "noisy_cmd"])
+    import noisy_cmd
+
+    monkeypatch.setattr("pipeline.cli.SUBCOMMANDS", (*SUBCOMMANDS, noisy_cmd.add_parser))
     level = logging.getLogger("distributed").level
     try:
         assert main(["noisy"]) == 0

@@ -22,7 +22,7 @@ from distributed import Client, get_task_stream
 from distributed.security import Security
 
 import svcca_dask as sd
-import svcca_dask._input
+import svcca_dask._config
 from svcca_dask.cluster import Connection, connect
 
 
@@ -50,7 +50,7 @@ def _all_measures(xs: dict, ys: dict) -> dict[str, object]:
 
 def test_processes_equal_threaded(dask_processes, tmp_path, monkeypatch):
     # small row chunks, so that the tree reduction merges partials from both workers
-    monkeypatch.setattr(svcca_dask._input, "DEFAULT_CHUNK_BYTES", 2**14)
+    monkeypatch.setattr(svcca_dask._config, "DEFAULT_CHUNK_BYTES", 2**14)
     raw = _layers()
     root = zarr.open_group(str(tmp_path / "acts.zarr"), mode="w")
     for k, v in raw.items():

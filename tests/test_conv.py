@@ -17,9 +17,13 @@ from reference import cca as ref_cca
 from reference import linear_cka as ref_cka
 
 import svcca_dask as sd
-from svcca_dask import _conv
-from svcca_dask._rfp import unpack
-from svcca_dask._stats import moments_combine
+from svcca_dask import conv as sdconv
+from svcca_dask._lapack import unpack
+from svcca_dask.conv import accumulate, buffers, layout, transform
+from svcca_dask.conv import measures as dft_measures
+from svcca_dask.conv import plan as cplan
+from svcca_dask.io import chunks as io_chunks
+from svcca_dask.stats import moments_combine
 
 
 def translation_invariant(n0=24, cx=3, cy=2, h=4, w=4, noise=0.8, shift=0.0, seed=0):
@@ -260,7 +264,7 @@ def test_dft_independent_of_chunking_lanes_and_bands():
 
 def test_bands_split_the_frequencies():
     x, y = translation_invariant(cx=3, cy=2, h=6, w=6, n0=12)
-    run = _conv._DFTRun(
+    run = accumulate._DFTRun(
         x, y, conv=sd.DFT(memory_limit=4_000, lanes=1), layout="NCHW", names=("x", "y")
     )
     assert len(run.bands) > 1  # 25 per-frequency covariances of 5 x 5 complex need several bands
@@ -277,11 +281,11 @@ def test_narrow_bands_use_a_direct_dft_of_their_columns(layout):
     if layout == "NHWC":
         x, y = nhwc(x), nhwc(y)
     one = sd.cca(x, y, conv=sd.DFT(memory_limit=2**30), layout=layout)
-    run = _conv._DFTRun(
+    run = accumulate._DFTRun(
         x, y, conv=sd.DFT(memory_limit=2_000, lanes=1), layout=layout, names=("x", "y")
     )
     cols = [np.unique(np.abs(run.plan.frequencies[b, 1])).size for b in run.bands]
-    assert min(cols) * _conv._DIRECT_DFT_RATIO < 11  # some passes take the direct path
+    assert min(cols) * transform._DIRECT_DFT_RATIO < 11  # some passes take the direct path
     many = sd.cca(x, y, conv=sd.DFT(memory_limit=2_000, lanes=1), layout=layout)
     np.testing.assert_allclose(many.coefficients, one.coefficients, rtol=1e-12, atol=1e-12)
 
@@ -299,15 +303,15 @@ def test_coefficients_are_each_images_fft2_at_the_planned_frequencies(
     rng = np.random.default_rng(12)
     m, c, h, w = 11, 3, 6, 20
     x = rng.standard_normal((m, c, h, w)) + 3
-    plan = _conv._dft_plan((c, h, w), (c, h, w), layout, layout)
+    plan = cplan._dft_plan((c, h, w), (c, h, w), layout, layout)
     freqs = plan.frequencies
     idx = np.flatnonzero(np.abs(freqs[:, 1]) <= 1) if narrow else np.arange(freqs.shape[0])
     g = plan.gather((c, h, w), idx)
-    assert (g.columns.size * _conv._DIRECT_DFT_RATIO < w // 2 + 1) == narrow
+    assert (g.columns.size * transform._DIRECT_DFT_RATIO < w // 2 + 1) == narrow
     size = 2 * c * h * w * 8 if batch == "steps" else 4 * c * idx.size * 16
-    monkeypatch.setattr(_conv, "_FFT_BATCH_BYTES", size)
+    monkeypatch.setattr(transform, "_FFT_BATCH_BYTES", size)
     buf = np.full((idx.size, c + 2, m + 1), np.nan, dtype=complex)
-    _conv._coefficients_into(buf, 1, x if layout == "NCHW" else nhwc(x), layout, (c, h, w), g)
+    transform._coefficients_into(buf, 1, x if layout == "NCHW" else nhwc(x), layout, (c, h, w), g)
     spectrum = np.fft.fft2(x, axes=(2, 3))[:, :, freqs[idx, 0] % h, freqs[idx, 1] % w]
     np.testing.assert_allclose(buf[:, 1 : c + 1, :m], spectrum.transpose(2, 1, 0), atol=1e-10)
     assert np.isnan(buf[:, 0]).all() and np.isnan(buf[:, c + 1]).all() and np.isnan(buf[..., m]).all()
@@ -318,15 +322,15 @@ def test_fold_is_the_chan_merge():
     rng = np.random.default_rng(6)
     x = rng.standard_normal((30, 2, 4, 4)) + 7
     y = rng.standard_normal((30, 3, 4, 4))
-    plan = _conv._dft_plan((2, 4, 4), (3, 4, 4), "NCHW", "NCHW")
+    plan = cplan._dft_plan((2, 4, 4), (3, 4, 4), "NCHW", "NCHW")
     idx = np.arange(plan.frequencies.shape[0])
     acc = None
     parts = []
     for sl in (slice(0, 11), slice(11, 12), slice(12, 30)):
-        acc = _conv._dft_fold(acc, x[sl], y[sl], plan=plan, idx=idx, names=("x", "y"), row_start=0)
+        acc = transform._dft_fold(acc, x[sl], y[sl], plan=plan, idx=idx, names=("x", "y"), row_start=0)
         z = np.empty((idx.size, 5, sl.stop - sl.start + 1), dtype=complex)
-        _conv._coefficients_into(z, 0, x[sl], "NCHW", (2, 4, 4), plan.gather((2, 4, 4), idx))
-        _conv._coefficients_into(z, 2, y[sl], "NCHW", (3, 4, 4), plan.gather((3, 4, 4), idx))
+        transform._coefficients_into(z, 0, x[sl], "NCHW", (2, 4, 4), plan.gather((2, 4, 4), idx))
+        transform._coefficients_into(z, 2, y[sl], "NCHW", (3, 4, 4), plan.gather((3, 4, 4), idx))
         z = z[..., :-1]
         mean = z.mean(-1)
         zc = z - mean[..., None]
@@ -344,17 +348,17 @@ def test_fold_pieces_and_threads_change_nothing(threads):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((25, 3, 6, 5)) + 3
     y = rng.standard_normal((25, 4, 6, 5))
-    plan = _conv._dft_plan((3, 6, 5), (4, 6, 5), "NCHW", "NCHW")
+    plan = cplan._dft_plan((3, 6, 5), (4, 6, 5), "NCHW", "NCHW")
     idx = np.arange(plan.frequencies.shape[0])
     kw = {"plan": plan, "idx": idx, "names": ("x", "y"), "row_start": 0, "with_scale": True}
-    one = _conv._dft_fold(None, x[:9], y[:9], **kw)
-    one = _conv._dft_fold(one, x[9:], y[9:], **kw)
+    one = transform._dft_fold(None, x[:9], y[:9], **kw)
+    one = transform._dft_fold(one, x[9:], y[9:], **kw)
     cuts = [(0, 4), (4, 9)], [(9, 10), (10, 18), (18, 25)]
     many = None
     for group in cuts:
         xs = [x[a:b] for a, b in group]
         ys = [y[a:b] for a, b in group]
-        many = _conv._dft_fold(many, xs, ys, **kw, threads=threads)
+        many = transform._dft_fold(many, xs, ys, **kw, threads=threads)
     assert many["n"] == one["n"] == 25
     np.testing.assert_allclose(many["mean"], one["mean"], rtol=1e-13, atol=1e-12)
     np.testing.assert_allclose(many["m2"], one["m2"], rtol=1e-12, atol=1e-10)
@@ -364,14 +368,14 @@ def test_fold_pieces_and_threads_change_nothing(threads):
 
 def test_dft_stats_public():
     x, y = translation_invariant(cx=3, cy=2)
-    st = sd.dft_stats(x, y, layout="NCHW")
+    st = sdconv.dft_stats(x, y, layout="NCHW")
     assert st.cov.shape == (st.frequencies.shape[0], 5, 5)
     np.testing.assert_allclose(st.cov, np.swapaxes(st.cov.conj(), 1, 2))  # Hermitian
-    r = sd.cca_from_dft_stats(st)
+    r = sdconv.cca_from_dft_stats(st)
     np.testing.assert_allclose(r.coefficients, sd.cca(flat(x), flat(y)).coefficients, atol=1e-8)
-    assert sd.cka_from_dft_stats(st).score == pytest.approx(ref_cka(flat(x), flat(y)), abs=1e-10)
-    assert sd.svcca_from_dft_stats(st, keep=0.99).score > 0
-    assert sd.pwcca_from_dft_stats(st).score > 0
+    assert sdconv.cka_from_dft_stats(st).score == pytest.approx(ref_cka(flat(x), flat(y)), abs=1e-10)
+    assert sdconv.svcca_from_dft_stats(st, keep=0.99).score > 0
+    assert sdconv.pwcca_from_dft_stats(st).score > 0
 
 
 def test_nan_in_a_conv_layer_names_the_array_and_rows():
@@ -432,7 +436,7 @@ def test_layout_errors():
     with pytest.raises(ValueError, match="not a feature map"):
         sd.conv_features(x, conv="dft", layout="NCHW")
     with pytest.raises(ValueError, match="sample axis must come first"):
-        _conv._layout_from_names(("channel", "sample", "height", "width"), name="x")
+        layout._layout_from_names(("channel", "sample", "height", "width"), name="x")
 
 
 def test_conv_is_ignored_for_2d_inputs():
@@ -523,7 +527,7 @@ def test_dft_and_randomized_svd_on_a_distributed_cluster(tmp_path):
 
 
 _SEEN_THREADS: list[int] = []
-_FOLD = _conv._dft_fold
+_FOLD = transform._dft_fold
 
 
 def _spy_fold(*args, **kwargs):
@@ -541,13 +545,13 @@ def test_fold_tasks_use_a_workers_spare_threads_on_a_cluster(monkeypatch):
     x, y = translation_invariant(cx=3, cy=2, h=4, w=4, shift=10.0)
     want = sd.cca(x, y, conv=sd.DFT(lanes=1), layout="NCHW")
     seen = _SEEN_THREADS
-    monkeypatch.setattr(_conv, "_dft_fold", _spy_fold)
+    monkeypatch.setattr(accumulate, "_dft_fold", _spy_fold)
     with (
         LocalCluster(n_workers=2, threads_per_worker=2, processes=False,
                      dashboard_address=None) as cluster,
         Client(cluster),
     ):  # fmt: skip
-        assert [_conv._task_threads(n) for n in (1, 2, 3, 4, 8)] == [2, 2, 1, 1, 1]
+        assert [cplan._task_threads(n) for n in (1, 2, 3, 4, 8)] == [2, 2, 1, 1, 1]
         seen.clear()
         got = sd.cca(x, y, conv=sd.DFT(lanes=1), layout="NCHW")
     assert seen and set(seen) == {2}
@@ -562,7 +566,7 @@ def test_default_lanes_on_a_cluster_never_add_passes():
     x, y = translation_invariant(cx=3, cy=2, h=4, w=4, shift=10.0)  # 10 frequencies, D = 5
 
     def run(limit):
-        return _conv._DFTRun(x, y, conv=sd.DFT(memory_limit=limit), layout="NCHW",
+        return accumulate._DFTRun(x, y, conv=sd.DFT(memory_limit=limit), layout="NCHW",
                              names=("x", "y"))  # fmt: skip
 
     want = sd.cca(x, y, conv=sd.DFT(memory_limit=6_000), layout="NCHW")
@@ -573,7 +577,7 @@ def test_default_lanes_on_a_cluster_never_add_passes():
     ):  # fmt: skip
         assert (run(10**6).lanes, len(run(10**6).bands)) == (4, 1)  # all fit
         # 6,000 bytes: one band for one or two lanes, two bands for three or four
-        assert len(_conv._bands(run(6_000).plan, 3, 6_000)) == 2
+        assert len(cplan._bands(run(6_000).plan, 3, 6_000)) == 2
         assert (run(6_000).lanes, len(run(6_000).bands)) == (2, 1)
         # 2,000 bytes: two bands for one lane, more for two
         assert (run(2_000).lanes, len(run(2_000).bands)) == (1, 2)
@@ -582,22 +586,22 @@ def test_default_lanes_on_a_cluster_never_add_passes():
 
 
 def test_task_groups_merge_stored_chunks_never_split():
-    assert _conv._task_groups((8, 8, 8, 8, 8), 16) == [[0, 1], [2, 3], [4]]
-    assert _conv._task_groups((8, 8, 8), 5) == [[0], [1], [2]]  # a chunk is never split
-    assert _conv._task_groups((10, 3, 3, 3), 6) == [[0], [1, 2], [3]]
+    assert cplan._task_groups((8, 8, 8, 8, 8), 16) == [[0, 1], [2, 3], [4]]
+    assert cplan._task_groups((8, 8, 8), 5) == [[0], [1], [2]]  # a chunk is never split
+    assert cplan._task_groups((10, 3, 3, 3), 6) == [[0], [1, 2], [3]]
 
 
 def test_one_lane_on_threads_holds_the_statistics_once():
     """On the threaded scheduler the default is one lane whose tasks use every thread."""
     x, y = translation_invariant(cx=3, cy=2)
-    run = _conv._DFTRun(x, y, conv="dft", layout="NCHW", names=("x", "y"))
+    run = accumulate._DFTRun(x, y, conv="dft", layout="NCHW", names=("x", "y"))
     assert run.lanes == 1
     accs, _ = run._graph(run.bands[0])
     assert len(accs) == 1
 
 
 def test_recycler_hands_arrays_to_the_next_band_zeroed():
-    arrays = _conv._Recycler()
+    arrays = buffers._Recycler()
     a = arrays.take((3, 4), zero=True)
     a[:] = 7
     b = arrays.take((2, 5))  # within a band: never the same memory twice
@@ -613,11 +617,11 @@ def test_recycler_hands_arrays_to_the_next_band_zeroed():
 
 def test_a_run_drops_its_arrays_after_the_last_band():
     x, y = translation_invariant(cx=3, cy=2, h=6, w=6, n0=12)
-    run = _conv._DFTRun(
+    run = accumulate._DFTRun(
         x, y, conv=sd.DFT(memory_limit=4_000, lanes=1), layout="NCHW", names=("x", "y")
     )
     first = run.arrays
-    run.map(_conv._cca_part_fn, 1e-10, None)
+    run.map(dft_measures._cca_part_fn, 1e-10, None)
     assert len(run.bands) > 1
     # every band used the first band's accumulator and coefficient buffer ...
     assert len(first._used) + len(first._free) == 2
@@ -627,7 +631,7 @@ def test_a_run_drops_its_arrays_after_the_last_band():
 def test_dft_bands_on_the_local_processes_scheduler():
     """Tasks pickled to other processes (the recycler travels empty) give the same result."""
     x, y = translation_invariant(cx=3, cy=2, h=6, w=6, n0=12)
-    arrays = _conv._Recycler()
+    arrays = buffers._Recycler()
     arrays.take((2, 2))
     arrays.release()
     assert not pickle.loads(pickle.dumps(arrays))._free
@@ -660,7 +664,7 @@ def test_stored_chunks_read_what_zarr_reads(tmp_path):
     arr = _blosc_array(group, "x", x, fill_value=7.0)
     arr[:16] = x[:16]  # rows 16-20: a chunk never written, read as the fill value
     for source in (arr, zarr.open_array(str(tmp_path / "s.zarr" / "x"), mode="r")):
-        readers = _conv._stored_chunks(source, da.from_zarr(source))
+        readers = io_chunks._stored_chunks(source, da.from_zarr(source))
         assert readers is not None
         assert [r.rows for r in readers] == [8, 8, 5]
         got = np.concatenate([r() for r in readers])
@@ -689,12 +693,12 @@ def test_stored_chunks_only_where_the_direct_read_is_zarrs(tmp_path, kind):
     arr = _blosc_array(group, "x", x, **opts)
     arr[:] = x
     xd = da.from_zarr(arr)
-    assert _conv._stored_chunks(arr, xd) is None or kind in ("rechunked", "numpy")
+    assert io_chunks._stored_chunks(arr, xd) is None or kind in ("rechunked", "numpy")
     if kind == "rechunked":
-        assert _conv._stored_chunks(arr, xd.rechunk({0: 4})) is None
+        assert io_chunks._stored_chunks(arr, xd.rechunk({0: 4})) is None
     if kind == "numpy":
-        assert _conv._stored_chunks(x, da.from_array(x, chunks=(8, 3, 4, 5))) is None
-    run = _conv._DFTRun(arr, arr, conv=sd.DFT(), layout=None, names=("x", "y"))
+        assert io_chunks._stored_chunks(x, da.from_array(x, chunks=(8, 3, 4, 5))) is None
+    run = accumulate._DFTRun(arr, arr, conv=sd.DFT(), layout=None, names=("x", "y"))
     assert (run.stored[0] is not None) == (kind in ("rechunked", "numpy"))  # those arrays fit
 
 
@@ -704,16 +708,16 @@ def test_dft_from_blosc_zarr_reads_stored_chunks_directly(tmp_path, monkeypatch)
     for name, a in (("x", x), ("y", y)):
         _blosc_array(group, name, a)[:] = a
     calls: list[str] = []
-    read = _conv._StoredChunk.__call__
+    read = io_chunks._StoredChunk.__call__
 
     def spy(self):
         calls.append(self.path)
         return read(self)
 
-    monkeypatch.setattr(_conv._StoredChunk, "__call__", spy)
+    monkeypatch.setattr(io_chunks._StoredChunk, "__call__", spy)
     px, py = str(tmp_path / "s.zarr" / "x"), str(tmp_path / "s.zarr" / "y")
     opt = sd.DFT(memory_limit=1_000)  # a few frequencies per band
-    passes = len(_conv._DFTRun(px, py, conv=opt, layout=None, names=("x", "y")).bands)
+    passes = len(accumulate._DFTRun(px, py, conv=opt, layout=None, names=("x", "y")).bands)
     assert passes > 1
     direct = sd.cca(px, py, conv=opt)
     assert len(calls) == passes * 2 * -(-x.shape[0] // 8)  # every chunk of both, every pass

@@ -124,7 +124,7 @@ def test_accuracy_with_projection_identity_and_zero(digits) -> None:
 def test_class_logits_wrapper_exposes_one_module_per_class(digits) -> None:
     import torch
 
-    from pipeline.demo import _class_logits
+    from pipeline.demo.run import _class_logits
     from pipeline.models import build_model
 
     net = build_model("convnet", seed=0).eval()
@@ -148,7 +148,7 @@ def test_class_logits_wrapper_exposes_one_module_per_class(digits) -> None:
 def test_toml_writer_round_trips() -> None:
     import tomllib
 
-    from pipeline.demo import _toml
+    from pipeline.demo.run import _toml
 
     spec = {
         "output": "jobs/x",
@@ -163,7 +163,7 @@ def test_toml_writer_round_trips() -> None:
 def test_job_specs_pair_checkpoints_with_the_final_state() -> None:
     import tomllib
 
-    from pipeline.demo import _job_specs, _toml
+    from pipeline.demo.run import _job_specs, _toml
 
     specs = _job_specs({"net1": ["c1", "fc"], "resnet": ["s", "b1", "logits"]})
     dyn = specs["learning_dynamics"]
@@ -180,7 +180,7 @@ def test_job_specs_pair_checkpoints_with_the_final_state() -> None:
 
 
 def test_matrix_from_rows_places_scores_and_leaves_gaps() -> None:
-    from pipeline.demo import _matrix
+    from pipeline.demo.run import _matrix
 
     rows = [
         {"x_store": "a", "x_layer": "l1", "y_store": "b", "y_layer": "l2", "score": 0.5},
@@ -192,7 +192,7 @@ def test_matrix_from_rows_places_scores_and_leaves_gaps() -> None:
 
 
 def test_neuron_check_compares_directions_with_neurons() -> None:
-    from pipeline.demo import _neuron_check
+    from pipeline.demo.checks import _neuron_check
 
     rng = np.random.default_rng(0)
     latent = rng.standard_normal((800, 6))
@@ -218,7 +218,7 @@ def _dyn(diagonals: dict[str, list[float]]) -> dict[str, np.ndarray]:
 
 
 def test_convergence_check_needs_a_margin_and_a_first_layer_that_learned() -> None:
-    from pipeline.demo import _convergence_check
+    from pipeline.demo.checks import _convergence_check
 
     layers = ["conv1", "conv2", "fc1", "logits"]
     diag = {

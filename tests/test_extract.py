@@ -327,8 +327,12 @@ def test_short_dataset_is_an_error(tmp_path):
 
 
 def test_progress_per_batch(tmp_path, capsys):
-    extract_activations(make_model(), make_loader(), tmp_path / "a.zarr", layers=["fc"])
+    extract_activations(
+        make_model(), make_loader(), tmp_path / "a.zarr", layers=["fc"], progress=True
+    )
     assert "5/5" in capsys.readouterr().err  # one step per batch
+    extract_activations(make_model(), make_loader(), tmp_path / "b.zarr", layers=["fc"])
+    assert capsys.readouterr().err == ""  # stderr is no terminal here: quiet unless asked
 
 
 def test_load_callable(tmp_path):

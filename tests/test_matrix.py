@@ -14,7 +14,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import svcca_dask as sd
-from svcca_dask._matrix import _plan_tiles
+from svcca_dask import linalg
+from svcca_dask.matrix import _plan_tiles
 
 PAIR = {"svcca": sd.svcca, "cca": sd.cca, "pwcca": sd.pwcca, "cka": sd.linear_cka}
 
@@ -255,8 +256,8 @@ def test_conv_layers_need_conv():
 
 
 def test_cross_blocks_equal_the_joint_comoment_blocks():
-    from svcca_dask._matrix import _cross_regions, _CrossBlocks
-    from svcca_dask._stats import moments_chunk, moments_combine
+    from svcca_dask.matrix import _cross_regions, _CrossBlocks
+    from svcca_dask.stats import moments_chunk, moments_combine
 
     rng = np.random.default_rng(11)
     sizes = (3, 5, 4, 2)  # layers 0, 1 on the x side; 2, 3 on the y side
@@ -309,7 +310,7 @@ def test_plan_properties(widths, max_width, data):
 
 @pytest.mark.parametrize("measure", ["svcca", "pwcca"])
 def test_pairs_share_each_layers_eigh_and_whitening(measure, monkeypatch):
-    import svcca_dask._matrix as matrix
+    import svcca_dask.matrix as matrix
 
     calls = collections.Counter()
 
@@ -320,8 +321,8 @@ def test_pairs_share_each_layers_eigh_and_whitening(measure, monkeypatch):
 
         return wrapped
 
-    monkeypatch.setattr(matrix, "top_eigh", counting("eigh", sd._linalg.top_eigh))
-    monkeypatch.setattr(matrix, "inv_sqrt_psd", counting("whiten", sd._linalg.inv_sqrt_psd))
+    monkeypatch.setattr(matrix, "top_eigh", counting("eigh", linalg.top_eigh))
+    monkeypatch.setattr(matrix, "inv_sqrt_psd", counting("whiten", linalg.inv_sqrt_psd))
     xs = _layers("a", [5, 8, 3])
     ys = _layers("b", [6, 4], seed=1)
     m = sd.similarity_matrix(xs, ys, measure=measure)

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
+import pipeline.output as output
 import pipeline.runner as runner
 import svcca_dask as sd
 from pipeline.jobs import parse_job
@@ -207,7 +208,7 @@ def test_table_write_is_atomic(root, monkeypatch):
             raise KeyboardInterrupt("killed while writing")
         return os.replace(src, dst)
 
-    monkeypatch.setattr(runner, "_replace", crash)
+    monkeypatch.setattr(output, "_replace", crash)
     with pytest.raises(KeyboardInterrupt):
         run_job(job, force=True, progress=False)
     monkeypatch.undo()
@@ -222,7 +223,7 @@ def test_interrupted_array_write_leaves_no_result(root, monkeypatch):
     def crash(src, dst):
         raise KeyboardInterrupt("killed before the rename")
 
-    monkeypatch.setattr(runner, "_replace", crash)
+    monkeypatch.setattr(output, "_replace", crash)
     with pytest.raises(KeyboardInterrupt):
         run_job(job, progress=False)
     monkeypatch.undo()
@@ -247,15 +248,16 @@ def test_compare_pair(root):
 
 KILL_SCRIPT = """
 import os, signal, sys
+import pipeline.output as output
 import pipeline.runner as runner
 from pipeline.jobs import parse_job
 
-real = runner._replace
+real = output._replace
 def replace(src, dst):
     if dst.endswith("results.csv"):
         os.kill(os.getpid(), signal.SIGKILL)  # a real kill, with the new table half done
     real(src, dst)
-runner._replace = replace
+output._replace = replace
 job = parse_job({"output": "out", "stores": {"a": "a.zarr", "b": "b.zarr"},
                  "measures": ["cka"], "cluster": "threads"}, base_dir=sys.argv[1])
 runner.run_job(job, progress=False)

@@ -6,7 +6,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from svcca_dask._stats import accumulate, moments_chunk, moments_combine
+from svcca_dask.stats import accumulate, moments_chunk, moments_combine
 
 
 def _data(n=1000, dx=7, dy=5, shift=0.0, seed=0):
@@ -71,7 +71,7 @@ def test_accumulate_independent_of_chunking(chunks, split_every):
 
 
 def test_small_chunks_are_merged_never_split():
-    from svcca_dask._stats import _unify_rows
+    from svcca_dask.stats import _unify_rows
 
     x = da.zeros((100_000, 16), chunks=(1000, 16))
     y = da.zeros((100_000, 16), chunks=(2000, 16))
@@ -105,7 +105,7 @@ def test_non_finite_names_array_and_rows():
 
 
 def test_large_chunk_is_processed_in_pieces(monkeypatch):
-    import svcca_dask._input as inp
+    import svcca_dask._config as inp
 
     monkeypatch.setattr(inp, "DEFAULT_CHUNK_BYTES", 8 * 12 * 100)  # pieces of 100 rows at 12 features
     x, y = _data(n=1000, shift=1e4)
@@ -135,7 +135,7 @@ def test_compute_runs_blosc_single_threaded_and_restores_it():
     import dask
     from numcodecs import blosc
 
-    from svcca_dask._stats import compute
+    from svcca_dask.stats import compute
 
     before = blosc.set_nthreads(3)
     try:

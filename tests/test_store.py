@@ -11,15 +11,14 @@ import zarr
 
 import svcca_dask as sd
 from svcca_dask.store import (
-    ATTR,
     FORMAT,
     IncompleteLayerError,
-    append_batch,
     create_store,
     list_layers,
     open_store,
     read_layer,
 )
+from svcca_dask.store.format import ATTR
 
 
 @pytest.fixture
@@ -79,7 +78,7 @@ def test_measures_read_complete_store_layers(tmp_path, rng):
     x = rng.standard_normal((60, 4))
     s = create_store(tmp_path / "a.zarr")
     for i in range(0, 60, 16):
-        append_batch(s, "x", x[i : i + 16], chunk_samples=16)
+        s.append("x", x[i : i + 16], chunk_samples=16)
     got = sd.cca(str(tmp_path / "a.zarr" / "x"), x.astype("float32")).coefficients
     np.testing.assert_allclose(got, 1.0, atol=1e-6)  # the stored layer is x itself
 

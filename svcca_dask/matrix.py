@@ -13,7 +13,7 @@ Which blocks: joint SYRK or the needed blocks only
 --------------------------------------------------
 When ``xs`` and ``ys`` share their layers (a network against itself) every
 block of the stacked co-moment is needed: the task runs the core's single SYRK
-(:func:`~svcca_dask._stats.accumulate_graph`). When the two sides are disjoint
+(:func:`~svcca_dask.stats.accumulate_graph`). When the two sides are disjoint
 (two networks, two checkpoints) the joint SYRK would also compute the x-x and
 y-y cross blocks that no pair needs: with ``L`` layers of width ``w`` per side
 it does ``(2 L w)**2 / 2`` multiply-adds per row, against ``L w**2 + (L w)**2``
@@ -23,7 +23,7 @@ the time of the needed blocks on one 4096-row chunk (one BLAS thread; the GEMM
 runs at the SYRK's rate per flop here, so "a GEMM of two buffers is slower"
 holds per pair, where the flops are equal, not for a matrix). So disjoint sides
 restrict the core's chunk to those blocks (``regions=`` of
-:func:`~svcca_dask._stats.moments_chunk`): the same buffer, one SYRK per
+:func:`~svcca_dask.stats.moments_chunk`): the same buffer, one SYRK per
 layer and one GEMM, and accumulators of ``d_x d_y + sum d_i**2`` instead of
 ``(d_x + d_y)**2``. Sides that only partly overlap use the joint SYRK.
 
@@ -46,28 +46,25 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
 import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from ._input import ArrayLike, as_dask
-from ._linalg import inv_sqrt_psd, top_eigh
-from ._measures import (
-    DEFAULT_MAX_FEATURES,
-    PairStats,
-    cca_from_stats,
-    cka_from_stats,
-    pair_stats,
-    pwcca_from_stats,
-    svcca_from_stats,
-)
-from ._stats import Region, accumulate_graph, compute, to_moments
+from ._config import DEFAULT_MAX_FEATURES, cpu_count
+from .conv.features import conv_features
+from .conv.plan import DFT
+from .input import ArrayLike, as_dask
+from .linalg import inv_sqrt_psd, top_eigh
+from .measures import cca_from_stats, cka_from_stats, pwcca_from_stats, svcca_from_stats
+from .results import SimilarityMatrix
+from .stats import PairStats, Region, accumulate_graph, compute, pair_stats, to_moments
 
-__all__ = ["MATRIX_MEASURES", "SimilarityMatrix", "similarity_matrices", "similarity_matrix"]
+__all__ = ["MATRIX_MEASURES", "similarity_matrices", "similarity_matrix"]
 
 #: Measures :func:`similarity_matrix` computes, with the options each accepts.
 MATRIX_MEASURES: dict[str, tuple[str, ...]] = {
@@ -85,55 +82,6 @@ _FROM_STATS: dict[str, Callable[..., Any]] = {
     "cka": cka_from_stats,
     "linear_cka": cka_from_stats,
 }
-
-@dataclass(frozen=True)
-class SimilarityMatrix:
-    """A layer x layer similarity matrix.
-
-    Attributes
-    ----------
-    scores : ndarray, shape (len(rows), len(columns))
-        ``scores[i, j]`` is the measure's score of layer ``rows[i]`` (as x)
-        against layer ``columns[j]`` (as y).
-    rows : tuple
-        Layer names of ``xs``, in order.
-    columns : tuple
-        Layer names of ``ys``, in order.
-    measure : str
-        The measure computed.
-    results : dict
-        ``results[(row, column)]`` is the full per-pair result (an
-        :class:`SVCCAResult`, :class:`CCAResult`, :class:`PWCCAResult` or
-        :class:`CKAResult`); empty when ``return_results=False``.
-    n_samples : int
-        Number of samples (rows) of every layer.
-    tile_rows : int
-        Number of tile rows, i.e. of passes over the data (1: each layer read once).
-    tiles : int
-        Number of stacked statistics accumulated.
-    """
-
-    scores: np.ndarray
-    rows: tuple[Hashable, ...]
-    columns: tuple[Hashable, ...]
-    measure: str
-    results: dict[tuple[Hashable, Hashable], Any] = field(repr=False)
-    n_samples: int
-    tile_rows: int = 1
-    tiles: int = 1
-
-    def __getitem__(self, pair: tuple[Hashable, Hashable]) -> Any:
-        """The per-pair result of ``(row, column)``."""
-        if not self.results:
-            raise KeyError(
-                f"{pair!r}: this matrix was computed with return_results=False; "
-                "use .scores, or recompute with return_results=True"
-            )
-        return self.results[pair]
-
-    def score(self, row: Hashable, column: Hashable) -> float:
-        """The score of one pair, by layer names."""
-        return float(self.scores[self.rows.index(row), self.columns.index(column)])
 
 
 def similarity_matrix(
@@ -412,10 +360,7 @@ def _layer(x: ArrayLike, *, name: str, conv: str | None, layout: str | None) -> 
     """One layer as a 2-D Dask array, conv layers reduced per ``conv``."""
     if conv is None:
         return as_dask(x, name=name)
-    from . import _conv
-
-    dft_options = getattr(_conv, "DFT", None)  # the measures' conv=DFT(...) options
-    if conv == "dft" or (dft_options is not None and isinstance(conv, dft_options)):
+    if conv == "dft" or isinstance(conv, DFT):
         raise NotImplementedError(
             "similarity_matrix does not support conv='dft': the per-frequency statistics "
             "depend on the pair (crop to the common frequency band), so one stacked pass "
@@ -425,7 +370,7 @@ def _layer(x: ArrayLike, *, name: str, conv: str | None, layout: str | None) -> 
         )
     # conv_features checks the mode, reads the layout from Zarr dimension_names
     # when it is not given, and returns 2-D layers unchanged
-    return as_dask(_conv.conv_features(x, conv=conv, layout=layout, name=name), name=name)
+    return as_dask(conv_features(x, conv=conv, layout=layout, name=name), name=name)
 
 
 def _map_pairs(f: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
@@ -434,18 +379,13 @@ def _map_pairs(f: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
     The per-pair linear algebra (eigh, whitening, SVD of ``d x d`` blocks) is
     small and many: one BLAS thread per pair and pairs in parallel beat
     multi-threaded BLAS on one pair at a time, which on a busy machine spins
-    (measured here: 8 pairs x 8 of widths up to 256 took 4.7 s of post-processing
-    with one BLAS thread, 8 to 30 s with the default two).
+    (benchmarks/RESULTS.md, matrix).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from threadpoolctl import threadpool_limits
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cpu_count()
     with threadpool_limits(limits=1, user_api="blas"):
-        if len(jobs) < 2 or (cores or 1) < 2:
+        if len(jobs) < 2 or cores < 2:
             return [f(job) for job in jobs]
-        with ThreadPoolExecutor(max_workers=min(cores or 1, len(jobs))) as pool:
+        with ThreadPoolExecutor(max_workers=min(cores, len(jobs))) as pool:
             return list(pool.map(f, jobs))
 
 

@@ -2,215 +2,41 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from ._conv import (
-    CONV_MODES,
-    DFT,
+from ._config import DEFAULT_MAX_FEATURES
+from .conv.features import CONV_MODES, features_4d, repeat_rows
+from .conv.layout import open_conv, spatial_shape
+from .conv.measures import dft_measure
+from .conv.plan import DFT
+from .input import ArrayLike, check_pair, is_zarr_array, open_source
+from .linalg import cca_from_cov, top_eigh
+from .results import (
+    CCAResult,
+    CKAResult,
     DFTCCAResult,
     DFTPWCCAResult,
     DFTSVCCAResult,
-    dft_measure,
-    features_4d,
-    open_conv,
-    repeat_rows,
-    spatial_shape,
+    PWCCAResult,
+    SVCCAResult,
 )
-from ._input import ArrayLike, _is_zarr_array, check_pair, open_source
-from ._linalg import cca_from_cov, top_eigh
-from ._stats import Moments, accumulate
-from ._svd import SVD_METHODS, RandomizedSVD, _live_from_var, check_keep, reduce_pair
-from ._svd import projected_stats as _projected_stats
+from .rules import check_keep, keep_count, live_features
+from .stats import PairStats, accumulate, pair_stats
+from .svd import SVD_METHODS, RandomizedSVD, projected_stats, reduce_pair
 
 __all__ = [
-    "DEFAULT_MAX_FEATURES",
-    "CCAResult",
-    "CKAResult",
-    "PWCCAResult",
-    "PairStats",
-    "SVCCAResult",
     "cca",
     "cca_from_stats",
     "cka_from_stats",
     "linear_cka",
-    "pair_stats",
     "pwcca",
     "pwcca_from_stats",
     "svcca",
     "svcca_from_stats",
 ]
-
-#: Largest total feature count (x and y together) whose ``(d, d)`` float64
-#: co-moment the covariance path accumulates: 8192 features is 512 MiB per
-#: partial statistic, and a tree reduction holds ``split_every + 1`` of them.
-DEFAULT_MAX_FEATURES = 8192
-
-
-@dataclass(frozen=True)
-class PairStats:
-    """Covariance statistics of one pair of layers.
-
-    Attributes
-    ----------
-    n : int
-        Number of samples.
-    x_mean, y_mean : ndarray, shape (dx,), (dy,)
-    sxx, sxy, syy : ndarray
-        Sample covariance blocks (ddof=1), float64.
-    """
-
-    n: int
-    x_mean: np.ndarray
-    y_mean: np.ndarray
-    sxx: np.ndarray
-    sxy: np.ndarray
-    syy: np.ndarray
-
-
-def pair_stats(m: Moments, i: int = 0, j: int = 1) -> PairStats:
-    """The :class:`PairStats` of stacked arrays ``i`` and ``j`` of ``m``."""
-    return PairStats(
-        n=m.n,
-        x_mean=m.block_mean(i),
-        y_mean=m.block_mean(j),
-        sxx=m.cov(i, i),
-        sxy=m.cov(i, j),
-        syy=m.cov(j, j),
-    )
-
-
-@dataclass(frozen=True)
-class CCAResult:
-    """Canonical correlation analysis of two layers.
-
-    Attributes
-    ----------
-    score : float
-        Mean of ``coefficients``.
-    coefficients : ndarray, shape (k,)
-        Canonical correlations, descending, in [0, 1]; ``k`` is the smaller
-        number of live (reduced, for SVCCA) features of the two sides.
-    x_weights : ndarray, shape (n_features_x, k)
-        Canonical weights of x over its input features (rows of dropped
-        features are zero): the canonical variates are
-        ``(x - x_mean) @ x_weights``, with unit variance (ddof=1).
-    y_weights : ndarray, shape (n_features_y, k)
-        Canonical weights of y.
-    x_mean, y_mean : ndarray, shape (n_features_x,), (n_features_y,)
-        Feature means.
-    n_samples : int
-        Number of samples that went in.
-    x_features, y_features : ndarray of int
-        Indices of the features that went in (live features).
-    x_dropped, y_dropped : ndarray of int
-        Indices of dead (zero-variance) features that were dropped.
-    """
-
-    score: float
-    coefficients: np.ndarray
-    x_weights: np.ndarray
-    y_weights: np.ndarray
-    x_mean: np.ndarray
-    y_mean: np.ndarray
-    n_samples: int
-    x_features: np.ndarray
-    y_features: np.ndarray
-    x_dropped: np.ndarray
-    y_dropped: np.ndarray
-
-    def transform(self, x: np.ndarray, *, side: Literal["x", "y"] = "x") -> np.ndarray:
-        """Canonical variates of in-memory data ``(n, n_features)`` of one side."""
-        w, m = (self.x_weights, self.x_mean) if side == "x" else (self.y_weights, self.y_mean)
-        return (np.asarray(x, dtype=np.float64) - m) @ w
-
-    def projection(self, k: int, *, side: Literal["x", "y"] = "x") -> np.ndarray:
-        """Projection of one side's features on its top ``k`` canonical directions.
-
-        ``x_hat = x_mean + (x - x_mean) @ P`` keeps the top ``k`` canonical
-        variates of ``x`` unchanged (``P @ x_weights[:, :k] == x_weights[:, :k]``)
-        and removes the others: the compression of Raghu et al. (2017). With
-        ``W`` the side's weights, ``P = W[:, :k] @ pinv(W)[:k]``; it is
-        idempotent. When the weights span the side's kept space (SVCCA with
-        this side keeping no more directions than the other, or CCA with the
-        smaller side), this is the least-squares reconstruction of the data
-        from its top ``k`` variates.
-
-        Parameters
-        ----------
-        k : int
-            Number of canonical directions kept, ``1 <= k <= len(coefficients)``.
-        side : {"x", "y"}, default "x"
-
-        Returns
-        -------
-        ndarray, shape (n_features, n_features)
-        """
-        if side not in ("x", "y"):
-            raise ValueError(f"side must be 'x' or 'y', got {side!r}")
-        w = self.x_weights if side == "x" else self.y_weights
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= w.shape[1]:
-            raise ValueError(
-                f"k must be an int in [1, {w.shape[1]}] (the number of canonical directions), got {k!r}"
-            )
-        return w[:, :k] @ np.linalg.pinv(w)[:k]
-
-
-@dataclass(frozen=True)
-class SVCCAResult(CCAResult):
-    """SVCCA: CCA of each layer's top singular directions.
-
-    Attributes
-    ----------
-    x_directions, y_directions : ndarray, shape (n_features, kept)
-        Orthonormal top singular directions (right singular vectors of the
-        centred data) of each side; ``x_weights == x_directions @ (CCA weights
-        of the reduced data)``.
-    x_kept, y_kept : int
-        Number of directions kept on each side.
-    x_explained, y_explained : float
-        Fraction of variance the kept directions explain.
-    """
-
-    x_directions: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
-    y_directions: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
-    x_kept: int = 0
-    y_kept: int = 0
-    x_explained: float = 1.0
-    y_explained: float = 1.0
-
-
-@dataclass(frozen=True)
-class PWCCAResult(CCAResult):
-    """Projection-weighted CCA (Morcos et al. 2018).
-
-    Attributes
-    ----------
-    weights : ndarray, shape (k,)
-        Normalized projection weights ``alpha`` (sum 1), aligned with ``coefficients``.
-    side : {"x", "y"}
-        The side whose neurons the weights project on.
-    """
-
-    weights: np.ndarray = field(default_factory=lambda: np.empty(0))
-    side: str = "x"
-
-
-@dataclass(frozen=True)
-class CKAResult:
-    """Linear centred kernel alignment (Kornblith et al. 2019).
-
-    Attributes
-    ----------
-    score : float
-        ``||Sxy||_F^2 / (||Sxx||_F ||Syy||_F)``, in [0, 1].
-    n_samples : int
-    """
-
-    score: float
-    n_samples: int
 
 
 # --------------------------------------------------------------------------- #
@@ -218,9 +44,8 @@ class CKAResult:
 
 
 def _live(s: np.ndarray, epsilon: float, name: str) -> np.ndarray:
-    """Indices of features whose variance, scaled as the CCA scales it, is at least epsilon."""
-    # a covariance's largest |entry| is on its diagonal: the scale is the largest variance
-    return _live_from_var(np.real(np.diagonal(s)), epsilon, name)
+    """Live features of a covariance block by the dead-feature rule (:mod:`svcca_dask.rules`)."""
+    return live_features(np.diagonal(s), epsilon, name)
 
 
 def _expand(w: np.ndarray, idx: np.ndarray, d: int) -> np.ndarray:
@@ -274,15 +99,12 @@ def cca_from_stats(
 
 
 def _n_keep(w: np.ndarray, keep: float | int, name: str) -> int:
+    """Directions kept of covariance eigenvalues ``w`` (descending), by the keep rule."""
     check_keep(keep)
-    if isinstance(keep, (int, np.integer)):
-        return int(min(keep, np.count_nonzero(w > 0) or 1))
-    total = w.sum()
-    if total <= 0:
+    total = float(w.sum())
+    if not isinstance(keep, (int, np.integer)) and total <= 0:
         raise ValueError(f"{name} has zero total variance")
-    cum = np.cumsum(w) / total
-    # smallest k with cum[k-1] >= keep, forgiving the last ulp of the sum
-    k = int(np.searchsorted(cum, keep * (1.0 - 1e-12), side="left")) + 1
+    k = keep_count(w, keep, total=total)
     return min(k, int(np.count_nonzero(w > 0)) or 1)
 
 
@@ -420,7 +242,7 @@ def _prepare(x: ArrayLike, y: ArrayLike, *, conv: Any, layout: Any) -> _Pair:
         return _Pair(xd, yd, False, (None, None))
     if mode == "dft":  # Zarr arrays as they are: the DFT path reads their stored chunks itself
         return _Pair(
-            x if _is_zarr_array(x) else xd, y if _is_zarr_array(y) else yd, True,
+            x if is_zarr_array(x) else xd, y if is_zarr_array(y) else yd, True,
             (x_layout, y_layout),
         )  # fmt: skip
     if mode == "samples":
@@ -460,22 +282,6 @@ def _pair_stats(pair: _Pair, *, split_every: int, max_features: int) -> PairStat
     return pair_stats(m)
 
 
-def _stats(
-    x: ArrayLike,
-    y: ArrayLike,
-    *,
-    split_every: int,
-    max_features: int,
-    conv: Any = "dft",
-    layout: Any = None,
-) -> PairStats:
-    """The covariance statistics of a pair (2-D, or conv layers reduced by a feature map)."""
-    pair = _prepare(x, y, conv=conv, layout=layout)
-    if pair.dft:
-        raise ValueError("conv='dft' has per-frequency statistics: use dft_stats")
-    return _pair_stats(pair, split_every=split_every, max_features=max_features)
-
-
 def cca(
     x: ArrayLike,
     y: ArrayLike,
@@ -508,7 +314,7 @@ def cca(
         with per-frequency coefficients); ``DFT(memory_limit=..., lanes=...)``
         tunes it. ``"samples"``: every position a sample (same ``H, W`` on both
         sides). ``"mean"``: spatial average. ``"flatten"``: every (channel,
-        position) a feature. See :mod:`svcca_dask._conv` and the README.
+        position) a feature. See :mod:`svcca_dask.conv` and the README.
     layout : {"NCHW", "NHWC"} or a pair of them, optional
         Axis order of 4-D inputs (one for both, or ``(x_layout, y_layout)``);
         not needed for Zarr arrays whose ``dimension_names`` say it.
@@ -569,7 +375,7 @@ def svcca(
         layer's variance in the band, as SVCCA of the flattened layer would
         for translation-invariant data; conjugate pairs are kept whole.
     svd : {"auto", "covariance", "randomized", "tsqr"} or RandomizedSVD, default "auto"
-        How the top singular directions are found (see :mod:`svcca_dask._svd`).
+        How the top singular directions are found (see :mod:`svcca_dask.svd`).
         ``"covariance"``: eigh of the covariance of the single pass (exact,
         ``(dx + dy)**2`` memory). ``"tsqr"``: Dask's exact tall-skinny SVD of
         the centred data (3 passes). ``"randomized"``: Dask's
@@ -660,7 +466,7 @@ def _svcca_two_stage(
         epsilon=epsilon, names=names, split_every=split_every,
     )  # fmt: skip
     _check_width(sx.directions, sy.directions, max_features)  # (d, k): k columns each
-    m = _projected_stats((pair.x, pair.y), (sx, sy), names=names, split_every=split_every)
+    m = projected_stats((pair.x, pair.y), (sx, sy), names=names, split_every=split_every)
     f = _cca_fields(pair_stats(m), epsilon, names)
     dx, dy = int(pair.x.shape[1]), int(pair.y.shape[1])
     f.update(

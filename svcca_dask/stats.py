@@ -40,7 +40,20 @@ import dask
 import numpy as np
 from dask.delayed import Delayed, delayed
 
-__all__ = ["Moments", "Region", "accumulate", "accumulate_graph", "moments_chunk", "moments_combine"]
+from . import _config
+
+__all__ = [
+    "Moments",
+    "PairStats",
+    "Region",
+    "accumulate",
+    "accumulate_graph",
+    "compute",
+    "current_client",
+    "moments_chunk",
+    "moments_combine",
+    "pair_stats",
+]
 
 
 @dataclass(frozen=True)
@@ -54,7 +67,7 @@ class Moments:
     mean : ndarray, shape (..., d)
         Column means, float64 (complex128 for complex input). Leading
         dimensions, if any, index independent problems (one per frequency on
-        the DFT path, see :mod:`svcca_dask._conv`).
+        the DFT path, see :mod:`svcca_dask.conv`).
     comoment : ndarray, shape (..., d, d)
         Centred cross products ``(Z - mean).T @ (Z - mean)`` (conjugate
         transpose for complex input), float64.
@@ -83,6 +96,39 @@ class Moments:
     def block_mean(self, i: int) -> np.ndarray:
         """Column means of stacked array ``i``."""
         return self.mean[..., self._slice(i)]
+
+
+@dataclass(frozen=True)
+class PairStats:
+    """Covariance statistics of one pair of layers.
+
+    Attributes
+    ----------
+    n : int
+        Number of samples.
+    x_mean, y_mean : ndarray, shape (dx,), (dy,)
+    sxx, sxy, syy : ndarray
+        Sample covariance blocks (ddof=1), float64.
+    """
+
+    n: int
+    x_mean: np.ndarray
+    y_mean: np.ndarray
+    sxx: np.ndarray
+    sxy: np.ndarray
+    syy: np.ndarray
+
+
+def pair_stats(m: Moments, i: int = 0, j: int = 1) -> PairStats:
+    """The :class:`PairStats` of stacked arrays ``i`` and ``j`` of ``m``."""
+    return PairStats(
+        n=m.n,
+        x_mean=m.block_mean(i),
+        y_mean=m.block_mean(j),
+        sxx=m.cov(i, i),
+        sxy=m.cov(i, j),
+        syy=m.cov(j, j),
+    )
 
 
 Region = tuple[int, int, int, int]
@@ -129,11 +175,9 @@ def moments_chunk(
     is processed in row pieces merged with :func:`moments_combine`: buffers
     of 32 MiB and more are mapped fresh by malloc and page-fault on every use.
     """
-    from ._input import DEFAULT_CHUNK_BYTES
-
     m = blocks[0].shape[0]
     width = sum(b.shape[1] for b in blocks)
-    step = max(1, DEFAULT_CHUNK_BYTES // (8 * max(width, 1)))
+    step = max(1, _config.DEFAULT_CHUNK_BYTES // (8 * max(width, 1)))
     if m > 1.5 * step:
         pieces = [
             _piece_moments([b[a : a + step] for b in blocks], names, row_start + a, regions)
@@ -325,8 +369,6 @@ def _unify_rows(arrays: Sequence[Any]) -> list[Any]:
     chunk, so that each task does a real SYRK rather than Python overhead;
     chunks are never split (a split Zarr chunk would be decoded twice).
     """
-    from ._input import DEFAULT_CHUNK_BYTES
-
     out = []
     for a in arrays:
         if a.ndim != 2:
@@ -336,7 +378,7 @@ def _unify_rows(arrays: Sequence[Any]) -> list[Any]:
         out.append(a)
     width = sum(int(a.shape[1]) for a in out)
     base = max(max(a.chunks[0]) for a in out)
-    target = max(base, (DEFAULT_CHUNK_BYTES // (8 * max(width, 1))) // base * base)
+    target = max(base, (_config.DEFAULT_CHUNK_BYTES // (8 * max(width, 1))) // base * base)
     rows = out[0].chunks[0]
     if target > base or any(a.chunks[0] != rows for a in out[1:]):
         out = [a.rechunk({0: target}) for a in out]
@@ -352,7 +394,7 @@ def compute(*graphs: Any) -> tuple[Any, ...]:
     two threads of its own by default, and two tasks reading at once then
     took 4.6 ms per 256 x 56 x 56 image pair against 3.4 ms with one.
     """
-    if _current_client() is not None:
+    if current_client() is not None:
         return dask.compute(*graphs)
     from threadpoolctl import threadpool_limits
 
@@ -375,7 +417,7 @@ def _blosc_threads(n: int) -> Any:
         blosc.set_nthreads(before)
 
 
-def _current_client() -> Any:
+def current_client() -> Any:
     try:
         from distributed import default_client
     except ImportError:  # pragma: no cover - distributed is a dependency

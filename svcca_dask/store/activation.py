@@ -6,22 +6,14 @@ first, chunked along samples only and whole along every other axis, with
 ``sample, neuron`` for dense ones) so that xarray opens it as is. An optional
 ``labels`` array holds one label per sample. The group's attributes hold the
 format marker and the provenance (model, layers, dataset size, versions).
-Nothing is pickled.
-
-Each array records in its attributes how many of its samples are complete.
-Appending writes the data first and bumps that count afterwards (each
-metadata write is atomic), so an interrupted append is never counted: the
-array is then longer than its complete count, the measures refuse it, and the
-next append (or a resumed extraction) overwrites the unfinished rows. Missing
-chunks are refused too (Zarr would read them as the fill value, which is NaN
-here).
+Nothing is pickled. The completeness rule (what an interrupted write leaves,
+and what the measures refuse) is in :mod:`svcca_dask.store.format`.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import os
-import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -30,56 +22,31 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from .._config import rows_per_chunk
+from .format import (
+    ATTR,
+    FORMAT,
+    FORMAT_VERSION,
+    LABELS,
+    check_complete,
+    default_dims,
+    dims_of,
+    is_activation_store,
+    meta_of,
+)
+
 __all__ = [
-    "FORMAT",
-    "LABELS",
     "ActivationStore",
-    "IncompleteLayerError",
     "LayerData",
     "LayerInfo",
-    "append_batch",
-    "check_complete",
     "create_store",
-    "default_dims",
-    "is_activation_store",
     "list_layers",
     "open_store",
     "read_layer",
-    "select_layers",
 ]
-
-#: Format marker in the group's attributes (``attrs["svcca_dask"]["format"]``).
-FORMAT = "svcca-dask-activation-store"
-FORMAT_VERSION = 1
-#: Attribute key of the store's (group) and layers' (array) own metadata.
-ATTR = "svcca_dask"
-#: Name of the optional labels array.
-LABELS = "labels"
 
 _WRITE_CONFIG = {"write_empty_chunks": True}
 
-
-class IncompleteLayerError(ValueError):
-    """A layer has unfinished writes or missing chunks, so reading it would give wrong data."""
-
-
-def default_dims(ndim: int) -> tuple[str, ...]:
-    """Dimension names of a layer with ``ndim`` axes, samples first.
-
-    ``(sample, neuron)`` for dense layers, ``(sample, channel, length)`` for 1-D
-    conv layers, ``(sample, channel, height, width)`` for 2-D conv layers (the
-    PyTorch layout), ``(sample, channel, depth, height, width)`` for 3-D ones.
-    """
-    table = {
-        1: ("sample",),
-        2: ("sample", "neuron"),
-        3: ("sample", "channel", "length"),
-        4: ("sample", "channel", "height", "width"),
-        5: ("sample", "channel", "depth", "height", "width"),
-    }
-    if ndim in table:
-        return table[ndim]
-    return ("sample", *(f"dim_{i}" for i in range(1, ndim)))
 
 
 @dataclass(frozen=True)
@@ -181,129 +148,6 @@ def _human(n: int) -> str:
     raise AssertionError  # pragma: no cover
 
 
-def _meta(arr: Any) -> dict[str, Any]:
-    meta = arr.attrs.get(ATTR)
-    return dict(meta) if isinstance(meta, Mapping) else {}
-
-
-def _dims_of(arr: Any) -> tuple[str, ...]:
-    names = getattr(arr.metadata, "dimension_names", None)
-    if names is None or any(n is None for n in names):
-        return default_dims(arr.ndim)
-    return tuple(str(n) for n in names)
-
-
-def _pattern(pattern: str) -> re.Pattern[str]:
-    out = []
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        if c == "*":
-            out.append(r"[^.]*")
-        elif c == "?":
-            out.append(r"[^.]")
-        elif c == "[":
-            j = pattern.find("]", i + 1)
-            if j < 0:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1 : j]
-                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-                i = j
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
-def select_layers(
-    available: Sequence[str], patterns: str | Sequence[str], *, where: str = "the store"
-) -> list[str]:
-    """Names in ``available`` that ``patterns`` (names or globs) select, in ``available``'s order.
-
-    Glob patterns work on dotted module names: ``*`` and ``?`` stay within one
-    dotted part (``layer*`` is ``layer1``, ``layer2``... but not ``layer1.0``),
-    ``**`` crosses dots (``layer1.**`` is everything inside ``layer1``), and
-    ``[...]`` is a character class.
-
-    Raises
-    ------
-    ValueError
-        If a name or pattern selects nothing; the message lists ``available``.
-    """
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    chosen: set[str] = set()
-    for want in patterns:
-        if any(c in want for c in "*?["):
-            rx = _pattern(want)
-            hits = [n for n in available if rx.match(n)]
-        else:
-            hits = [want] if want in available else []
-        if not hits:
-            kind = "matches no layer" if any(c in want for c in "*?[") else "is not a layer"
-            raise ValueError(
-                f"{want!r} {kind} of {where}; available: {', '.join(available) or '(none)'}"
-            )
-        chosen.update(hits)
-    if not chosen:
-        raise ValueError(f"no layers given for {where}; name at least one")
-    return [n for n in available if n in chosen]
-
-
-def is_activation_store(group: Any) -> bool:
-    """Whether a :class:`zarr.Group` carries the activation-store marker."""
-    meta = group.attrs.get(ATTR)
-    return isinstance(meta, Mapping) and meta.get("format") == FORMAT
-
-
-def check_complete(arr: Any, *, name: str = "array") -> None:
-    """Refuse a store layer that an interrupted write or missing chunks left incomplete.
-
-    Arrays without the activation-store layer attributes pass unchecked.
-
-    Parameters
-    ----------
-    arr : zarr.Array
-    name : str
-        The argument's or layer's name, for the message.
-
-    Raises
-    ------
-    IncompleteLayerError
-        If the layer has fewer complete samples than rows, an extraction is
-        still writing it (or was interrupted), or chunks are missing.
-    """
-    meta = _meta(arr)
-    if meta.get("kind") not in ("layer", "labels"):
-        return
-    where = f"{name} ({arr.store}{'/' + arr.path if arr.path else ''})"
-    rows = int(arr.shape[0])
-    done = int(meta.get("complete_samples", 0))
-    expected = meta.get("expected_samples")
-    if done != rows:
-        raise IncompleteLayerError(
-            f"{where} is incomplete: {done} of its {rows} samples are complete (a write was "
-            "interrupted). Rerun the extraction to resume it, or append again: the unfinished "
-            "rows are overwritten."
-        )
-    if meta.get("writing") or (expected is not None and done < int(expected)):
-        of = f" of {expected}" if expected is not None else ""
-        raise IncompleteLayerError(
-            f"{where} is incomplete: an extraction wrote {done}{of} samples and has not "
-            "finished (it is running, or was interrupted). Rerun it to resume."
-        )
-    if rows and arr.nchunks_initialized < arr.nchunks:
-        raise IncompleteLayerError(
-            f"{where} is missing {arr.nchunks - arr.nchunks_initialized} of its "
-            f"{arr.nchunks} chunks; Zarr would read them as fill values. Rewrite the layer "
-            "(extract again with overwrite) or copy the missing chunks back."
-        )
-
 
 class ActivationStore:
     """An activation store: a Zarr v3 group with one array per layer.
@@ -347,7 +191,7 @@ class ActivationStore:
     def layer_names(self) -> list[str]:
         """Names of the layer arrays (``labels`` excluded), sorted."""
         return sorted(
-            k for k, a in self.group.arrays() if k != LABELS and _meta(a).get("kind") != "labels"
+            k for k, a in self.group.arrays() if k != LABELS and meta_of(a).get("kind") != "labels"
         )
 
     def __contains__(self, name: object) -> bool:
@@ -372,12 +216,12 @@ class ActivationStore:
     def info(self, name: str) -> LayerInfo:
         """The :class:`LayerInfo` of one layer (or of ``labels``)."""
         arr = self._array(name)
-        meta = _meta(arr)
+        meta = meta_of(arr)
         expected = meta.get("expected_samples")
         return LayerInfo(
             name=name,
             shape=tuple(int(s) for s in arr.shape),
-            dims=_dims_of(arr),
+            dims=dims_of(arr),
             chunks=tuple(int(c) for c in arr.chunks),
             dtype=str(arr.dtype),
             nbytes=int(arr.nbytes),
@@ -396,7 +240,7 @@ class ActivationStore:
         if name not in self.group:
             return 0
         arr = self._array(name)
-        return int(_meta(arr).get("complete_samples", arr.shape[0]))
+        return int(meta_of(arr).get("complete_samples", arr.shape[0]))
 
     def fingerprint(self, name: str) -> str:
         """A token that changes whenever the layer's content may have changed.
@@ -405,7 +249,7 @@ class ActivationStore:
         name, shape, dtype and write id (new at every append or truncation).
         """
         arr = self._array(name)
-        meta = _meta(arr)
+        meta = meta_of(arr)
         parts = [
             self.store_id,
             name,
@@ -440,7 +284,7 @@ class ActivationStore:
         data = da.from_zarr(arr)
         if not check:
             data = data[: self.complete_samples(name)]
-        return LayerData(data=data, dims=_dims_of(arr), name=name)
+        return LayerData(data=data, dims=dims_of(arr), name=name)
 
     def labels(self) -> da.Array | None:
         """The labels as a Dask array, or None when the store has none."""
@@ -487,8 +331,6 @@ class ActivationStore:
         """
         from zarr.codecs import BloscCodec
 
-        from ._input import _rows_per_chunk
-
         if "/" in name or not name or name.startswith("__"):
             raise ValueError(
                 f"layer name {name!r} is not a valid array name (no '/', no '__' prefix)"
@@ -510,7 +352,7 @@ class ActivationStore:
                 f"layer {name!r}: activations are stored as float32 or float16, got {dtype}"
             )
         if chunk_samples is None:
-            chunk_samples = _rows_per_chunk(int(np.prod(sample_shape, dtype=np.int64)))
+            chunk_samples = rows_per_chunk(int(np.prod(sample_shape, dtype=np.int64)))
         if compressors == "auto":
             compressors = [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
         meta: dict[str, Any] = {
@@ -533,7 +375,7 @@ class ActivationStore:
         )
 
     def _set_meta(self, arr: Any, **items: Any) -> None:
-        meta = _meta(arr)
+        meta = meta_of(arr)
         meta.update(items, write_id=uuid.uuid4().hex)
         arr.attrs.update({ATTR: meta})  # one atomic write of the array's zarr.json
 
@@ -586,9 +428,9 @@ class ActivationStore:
                 f"layer {name!r}: batch samples have shape {tuple(batch.shape[1:])}, the layer's "
                 f"have {tuple(arr.shape[1:])}"
             )
-        if dims is not None and tuple(dims) != _dims_of(arr):
+        if dims is not None and tuple(dims) != dims_of(arr):
             raise ValueError(
-                f"layer {name!r}: dims {tuple(dims)} differ from the stored {_dims_of(arr)}"
+                f"layer {name!r}: dims {tuple(dims)} differ from the stored {dims_of(arr)}"
             )
         with np.errstate(over="ignore"):
             data = batch.astype(arr.dtype, copy=False)
@@ -598,7 +440,7 @@ class ActivationStore:
                     f"layer {name!r}: activations overflow {arr.dtype} (largest |value| "
                     f"{np.abs(batch).max():.3g}); store this layer as float32"
                 )
-        done = int(_meta(arr).get("complete_samples", arr.shape[0]))
+        done = int(meta_of(arr).get("complete_samples", arr.shape[0]))
         end = done + data.shape[0]
         if arr.shape[0] != end:
             arr.resize((end, *arr.shape[1:]))
@@ -610,7 +452,7 @@ class ActivationStore:
     def truncate(self, name: str, n_samples: int) -> None:
         """Cut a layer back to its first ``n_samples`` complete samples."""
         arr = self._array(name, write=True)
-        done = int(_meta(arr).get("complete_samples", arr.shape[0]))
+        done = int(meta_of(arr).get("complete_samples", arr.shape[0]))
         if n_samples > done:
             raise ValueError(
                 f"layer {name!r} has {done} complete samples; cannot truncate to {n_samples}"
@@ -737,14 +579,6 @@ def open_store(
             f"(attributes[{ATTR!r}]['format'] == {FORMAT!r}); create stores with create_store()"
         )
     return ActivationStore(node, path)
-
-
-def append_batch(
-    store: str | os.PathLike[str] | ActivationStore, layer: str, batch: Any, **options: Any
-) -> int:
-    """Append ``batch`` to ``layer`` of ``store`` (see :meth:`ActivationStore.append`)."""
-    s = store if isinstance(store, ActivationStore) else open_store(store, mode="r+")
-    return s.append(layer, batch, **options)
 
 
 def list_layers(store: str | os.PathLike[str] | ActivationStore) -> list[LayerInfo]:

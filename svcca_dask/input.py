@@ -1,4 +1,4 @@
-"""Input checks and conversion: NumPy, Dask, Zarr or a store path to a 2-D Dask array."""
+"""Input checks and conversion: NumPy, Dask, Zarr or a store path to a Dask array."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "as_dask", "check_pair"]
+from ._config import rows_per_chunk
+from .store.format import check_complete
 
-#: Target size of one row chunk as a float64 buffer, for inputs that have no
-#: chunking of their own (NumPy arrays). 16 MiB measured fastest on this kind
-#: of machine (see DESIGN.md): larger buffers page-fault on every use.
-DEFAULT_CHUNK_BYTES = 16 * 2**20
+__all__ = ["ArrayLike", "as_dask", "check_pair", "is_zarr_array", "open_source", "open_zarr_array"]
 
 ArrayLike = Any  # numpy.ndarray | dask.array.Array | zarr.Array | str | os.PathLike
 
@@ -51,10 +49,6 @@ def open_source(x: ArrayLike, name: str) -> ArrayLike:
     return open_zarr_array(x, name=name) if isinstance(x, (str, os.PathLike)) else x
 
 
-def _rows_per_chunk(n_features: int) -> int:
-    return max(1, DEFAULT_CHUNK_BYTES // (8 * max(1, n_features)))
-
-
 def as_dask(x: ArrayLike, *, name: str, ndim: int | tuple[int, ...] = 2) -> da.Array:
     """Convert one input to a Dask array, samples first, whole along features.
 
@@ -83,9 +77,7 @@ def as_dask(x: ArrayLike, *, name: str, ndim: int | tuple[int, ...] = 2) -> da.A
     allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
     if isinstance(x, da.Array):
         arr = x
-    elif _is_zarr_array(x):
-        from .store import check_complete  # activation-store layers: refuse unfinished writes
-
+    elif is_zarr_array(x):
         check_complete(x, name=name)
         arr = da.from_zarr(x)
     else:
@@ -93,14 +85,14 @@ def as_dask(x: ArrayLike, *, name: str, ndim: int | tuple[int, ...] = 2) -> da.A
             x = np.asarray(x)
         _check_shape_dtype(x.shape, x.dtype, name=name, allowed=allowed)
         n_feat = int(np.prod(x.shape[1:])) if len(x.shape) > 1 else 1
-        arr = da.from_array(x, chunks=(_rows_per_chunk(n_feat), *x.shape[1:]))
+        arr = da.from_array(x, chunks=(rows_per_chunk(n_feat), *x.shape[1:]))
     _check_shape_dtype(arr.shape, arr.dtype, name=name, allowed=allowed)
     if any(len(c) != 1 for c in arr.chunks[1:]):
         arr = arr.rechunk({i: -1 for i in range(1, arr.ndim)})
     return arr
 
 
-def _is_zarr_array(x: Any) -> bool:
+def is_zarr_array(x: Any) -> bool:
     try:
         import zarr
     except ImportError:  # pragma: no cover

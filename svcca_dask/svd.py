@@ -6,7 +6,7 @@ ways to get them, chosen by ``svd=`` in :func:`svcca_dask.svcca`:
 ``"covariance"``
     ``eigh`` of the ``d x d`` covariance accumulated in the one pass that also
     gives the cross-covariance: exact, one pass, ``(dx + dy)**2`` memory. The
-    fastest whenever it fits (DESIGN.md: 1M x 256, Gram + eigh 2 s, TSQR 22-30 s).
+    fastest whenever it fits (one SYRK pass against three or more passes).
 ``"tsqr"``
     Dask's exact tall-skinny QR then SVD of ``R`` (``dask.array.linalg.tsqr``) on
     the lazily centred data: ``d x d`` per block and per merge, better
@@ -25,7 +25,7 @@ ways to get them, chosen by ``svd=`` in :func:`svcca_dask.svcca`:
 
 After the SVD step of the "tsqr" and "randomized" paths, each side is projected
 lazily on its kept directions and the projected statistics (``k x k``) are
-accumulated with :func:`svcca_dask.accumulate` in one more pass; the CCA runs
+accumulated with :func:`svcca_dask.stats.accumulate` in one more pass; the CCA runs
 on those.
 
 Passes over the data: "covariance" 1; "tsqr" 3 (mean and total variance, TSQR,
@@ -56,9 +56,11 @@ import dask
 import dask.array as da
 import numpy as np
 
-from ._stats import _current_client, accumulate, accumulate_graph, compute, to_moments
+from .linalg import top_eigh
+from .rules import check_keep, keep_count, live_features
+from .stats import accumulate, accumulate_graph, compute, current_client, to_moments
 
-__all__ = ["SVD_METHODS", "RandomizedSVD", "SideSVD", "reduce_pair"]
+__all__ = ["SVD_METHODS", "RandomizedSVD", "SideSVD", "projected_stats", "reduce_pair"]
 
 #: The ``svd=`` strings :func:`svcca_dask.svcca` accepts.
 SVD_METHODS = ("auto", "covariance", "randomized", "tsqr")
@@ -120,26 +122,12 @@ class SideSVD:
 
 
 def _n_keep(w: np.ndarray, total: float, keep: float | int) -> int | None:
-    """Directions needed for ``keep`` from the leading variances ``w``, or None
-    when a float ``keep`` is not reached within ``w``."""
+    """Directions needed for ``keep`` from the leading variances ``w`` (the keep
+    rule), or None when a float ``keep`` is not reached within ``w``."""
+    k = keep_count(w, keep, total=total)
     if isinstance(keep, (int, np.integer)):
-        return int(min(keep, np.count_nonzero(w > 0) or 1))
-    cum = np.cumsum(w) / total
-    k = int(np.searchsorted(cum, keep * (1.0 - 1e-12), side="left")) + 1
+        return int(min(k, np.count_nonzero(w > 0) or 1))
     return k if k <= w.size else None
-
-
-def check_keep(keep: Any) -> None:
-    """``keep`` must be a float in (0, 1] (fraction of variance) or an int >= 1 (directions)."""
-    if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)):
-        raise TypeError(f"keep must be a float in (0, 1] or a positive int, got {keep!r}")
-    if isinstance(keep, (int, np.integer)) and keep < 1:
-        raise ValueError(f"keep as an int is a number of directions, at least 1; got {keep}")
-    if isinstance(keep, (float, np.floating)) and not 0.0 < keep <= 1.0:
-        raise ValueError(
-            f"keep as a float is a fraction of variance in (0, 1], got {keep}; "
-            "pass an int for a number of directions"
-        )
 
 
 def _svd_compute(*arrays: Any) -> tuple[Any, ...]:
@@ -173,7 +161,7 @@ def _randomized(xc: da.Array, k: int, opts: RandomizedSVD, n: int) -> tuple[np.n
         compute=True,  # persist the small n x (k + p) iterates; re-read the data each pass
         coerce_signs=True,
     )
-    if _current_client() is None:
+    if current_client() is None:
         with threadpool_limits(limits=1, user_api="blas"):
             _, s, v = da.linalg.svd_compressed(xc, k, **kwargs)
             s, v = dask.compute(s, v)
@@ -181,17 +169,6 @@ def _randomized(xc: da.Array, k: int, opts: RandomizedSVD, n: int) -> tuple[np.n
         _, s, v = da.linalg.svd_compressed(xc, k, **kwargs)
         s, v = dask.compute(s, v)
     return _top_from(np.asarray(s), np.asarray(v), n)
-
-
-def _live_from_var(var: np.ndarray, epsilon: float, name: str) -> np.ndarray:
-    top = float(np.max(var)) if var.size else 0.0
-    live = np.flatnonzero(var / top >= epsilon) if top > 0 else np.empty(0, dtype=np.intp)
-    if live.size == 0:
-        raise ValueError(
-            f"{name} has no live feature: every feature has zero variance over the "
-            "samples (a dead layer, or constant input)"
-        )
-    return live
 
 
 def _raise_if_not_finite(x: da.Array, value: float, name: str) -> None:
@@ -242,11 +219,10 @@ def reduce_pair(
             mean, var = np.asarray(res[0]), np.asarray(res[1])
         total = float(np.sum(var))
         _raise_if_not_finite(a, total, name)
-        live = _live_from_var(var, epsilon, name)
+        live = live_features(var, epsilon, name)
         if method == "covariance":
             sub = cov[np.ix_(live, live)]
-            w, v = np.linalg.eigh(sub)
-            w, v = np.clip(w[::-1], 0.0, None), v[:, ::-1]
+            w, v = top_eigh(sub)
             full = np.zeros((a.shape[1], v.shape[1]))
             full[live] = v
             w_all, v_all = w, full

@@ -1,0 +1,1 @@
+"""Reading activations: row chunks read inside the tasks that use them."""
