@@ -170,8 +170,8 @@ def _strict_lower_mask(n: int) -> np.ndarray:
 def _fill_lower(out: np.ndarray) -> None:
     """Set the strict lower triangle of each ``out[f]`` to the conjugate
     transpose of its upper one, in place, a block of rows at a time (a masked
-    ``np.conjugate(out.T, where=...)`` over the whole matrix was 3x slower:
-    it copies the overlapping input and tests every entry)."""
+    ``np.conjugate(out.T, where=...)`` over the whole matrix copies its
+    overlapping input and tests every entry)."""
     n = out.shape[-1]
     for i0 in range(0, n, _FILL_BLOCK):
         i1 = min(i0 + _FILL_BLOCK, n)

@@ -18,10 +18,9 @@ block of the stacked co-moment is needed: the task runs the core's single SYRK
 y-y cross blocks that no pair needs: with ``L`` layers of width ``w`` per side
 it does ``(2 L w)**2 / 2`` multiply-adds per row, against ``L w**2 + (L w)**2``
 for each layer's own SYRK plus one x-by-y GEMM. For the 8 + 8 layers of
-``benchmarks/bench_matrix.py`` (widths 32 ... 256) the joint SYRK measured 1.6x
-the time of the needed blocks on one 4096-row chunk (one BLAS thread; the GEMM
-runs at the SYRK's rate per flop here, so "a GEMM of two buffers is slower"
-holds per pair, where the flops are equal, not for a matrix). So disjoint sides
+``benchmarks/bench_matrix.py`` (widths 32 ... 256) the joint SYRK takes
+several times the flops of the needed blocks ("a GEMM of two buffers is
+slower" holds per pair, where the flops are equal, not for a matrix). So disjoint sides
 restrict the core's chunk to those blocks (``regions=`` of
 :func:`~svcca_dask.stats.moments_chunk`): the same buffer, one SYRK per
 layer and one GEMM, and accumulators of ``d_x d_y + sum d_i**2`` instead of
@@ -157,8 +156,7 @@ def similarity_matrix(
     current ``distributed`` client when there is one.
 
     Cost: with disjoint sides only the needed blocks are accumulated (each
-    layer's own SYRK and one x-by-y GEMM: 1.6x faster than the joint SYRK for
-    8 + 8 layers); with shared layers, one joint SYRK. Memory: a ResNet-50's 16
+    layer's own SYRK and one x-by-y GEMM); with shared layers, one joint SYRK. Memory: a ResNet-50's 16
     bottleneck outputs (15,104 channels) against another checkpoint need
     2.0 GiB per partial: the default ``max_width`` (8192) splits that into
     tiles, and each layer is then read once per tile row.

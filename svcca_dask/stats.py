@@ -391,8 +391,8 @@ def compute(*graphs: Any) -> tuple[Any, ...]:
 
     Dask's threads times a library's own threads oversubscribe the cores:
     for BLAS see DESIGN.md; Blosc (the stores' default codec) decodes with
-    two threads of its own by default, and two tasks reading at once then
-    took 4.6 ms per 256 x 56 x 56 image pair against 3.4 ms with one.
+    two threads of its own by default, which then compete with the other
+    tasks' reads (benchmarks/RESULTS.md).
     """
     if current_client() is not None:
         return dask.compute(*graphs)

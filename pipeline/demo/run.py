@@ -321,7 +321,7 @@ def run_demo(
     stage = _Stages(progress)
     summary = DemoSummary(out=str(out))
     # one PyTorch thread: these nets are too small to gain from two, and on a busy
-    # 2-core machine two threads made training 13x slower (OpenMP waits; measured)
+    # machine OpenMP's waiting threads make training many times slower
     set_determinism(threads=1)
 
     with stage("train"):

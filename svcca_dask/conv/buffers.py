@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+
+from .._config import cpu_count
 
 
 def _new(shape: tuple[int, ...], arrays: _Recycler | None, *, zero: bool = False) -> np.ndarray:
@@ -29,11 +30,10 @@ def _new(shape: tuple[int, ...], arrays: _Recycler | None, *, zero: bool = False
 class _Recycler:
     """The large arrays of one run's passes, handed on from band to band.
 
-    A pass's accumulator (~1 GB here) would otherwise be freed after its
-    band and mapped fresh for the next one, and the kernel zeroes every page
-    of fresh memory on first touch: measured here, ~1.1 s more for a pass's
-    first fold (0.24 s for the steady merge), against ~0.15 s to zero a
-    reused array. Arrays taken during a band are kept (they are alive until
+    A pass's accumulator (often a GB or more) would otherwise be freed after
+    its band and mapped fresh for the next one, and the kernel zeroes every
+    page of fresh memory on first touch, which costs several times more than
+    zeroing a reused array. Arrays taken during a band are kept (they are alive until
     the band's results are computed anyway) and become free for the next
     band's tasks after it (:meth:`release`). Only on the threaded scheduler:
     workers of a cluster would each get a copy. Pickled (Dask's local
@@ -80,7 +80,7 @@ def _read_pool() -> ThreadPoolExecutor:
 def _fold_pool() -> ThreadPoolExecutor:
     """Threads of the fold tasks that use more than one (see :func:`_dft_fold`)."""
     return ThreadPoolExecutor(
-        max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="svcca-dft"
+        max_workers=max(2, cpu_count()), thread_name_prefix="svcca-dft"
     )
 
 
@@ -101,10 +101,9 @@ def release_free_memory() -> None:
     (arrays under its dynamic mmap threshold, up to 32 MiB, are not
     unmapped when freed). Called after a lane's last task and after each
     block of the per-frequency work, not after every task: the next task
-    reuses that memory, and once given back it is page-faulted in again
-    (measured here, with 256 + 256 channels and four bands: 9-17% of the
-    pass's time, for 0.05-0.1 GiB less at the peak). A no-op where the C
-    library is not glibc.
+    reuses that memory, and once given back it is page-faulted in again, a
+    large share of a pass for little memory (benchmarks/RESULTS.md, conv).
+    A no-op where the C library is not glibc.
     """
     trim = _malloc_trim()
     if trim is not None:

@@ -9,14 +9,13 @@ blocks of frequencies of the finalization.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import dask
 import numpy as np
 
-from .._config import physical_memory
+from .._config import cpu_count, physical_memory
 from .._lapack import packed_size
 from ..stats import current_client
 
@@ -31,7 +30,7 @@ class DFT:
         Bytes (or a string such as ``"2GiB"``) the per-frequency statistics
         and the tasks' buffers may take, all lanes together (the process
         itself, its libraries, the chunks being read and the memory glibc
-        keeps for the next task come on top: 0.35-0.45 GiB here). When the
+        keeps for the next task come on top; see benchmarks/RESULTS.md). When the
         statistics of all frequencies do not fit, the frequencies are split
         into bands and each band takes one pass over the data (the data is
         read once per band). Default: the
@@ -193,16 +192,15 @@ def _scheduler_threads() -> int:
     client = current_client()
     if client is not None:
         return max(1, sum(client.nthreads().values()))
-    return max(1, int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
+    return max(1, int(dask.config.get("num_workers", None) or cpu_count()))
 
 
 def _task_threads(lanes: int) -> int:
     """Threads each fold task uses: with fewer lanes than threads, a lane's
     tasks use the spare ones (two layers transformed at once, the frequencies
     merged in parallel); on a ``distributed`` cluster at most one worker's
-    threads, where the task runs. (One lane on a worker of two threads ran a
-    pass on one of them: 256 images of 256 + 256 channels at 56 x 56 took
-    73 s there against 39 s on the threaded scheduler.)"""
+    threads, where the task runs (one thread per task would leave a lone
+    lane's worker half idle)."""
     threads = max(1, _scheduler_threads() // lanes)
     client = current_client()
     if client is not None:
@@ -271,8 +269,7 @@ def _rows_target(
     Each fold streams its lane's whole accumulator through one ``zhfrk``
     per frequency (read and write), for about ``4 m D^2`` flops per ``16
     D^2`` bytes: with few images per task it is bound by memory bandwidth and
-    by the small products (measured here, 8 images per update ran at 58 ms
-    per image, 32 at 40 ms). So a task takes as many images as fit in an
+    by the small products (benchmarks/RESULTS.md, conv). So a task takes as many images as fit in an
     eighth of the accumulator (their coefficients, and their stored values
     when a task holds all of its input at once: on ``distributed``), at most
     512 MiB, between 8 and 64 images.

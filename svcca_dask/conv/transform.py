@@ -69,8 +69,7 @@ def _coefficients_into(
     # The gathered coefficients come out image-major, (m, C, F) or (m, F, C);
     # they are staged for several steps and written frequency-major once per
     # group: a transposing write whose innermost run is one step's 2 images
-    # cost about as much as the FFT and the GEMM together (1.3-1.9 ms per
-    # 256-channel image and 393 frequencies, against 0.5-0.9 with 8 at a time).
+    # costs about as much as the FFT and the GEMM together.
     group = min(m, max(step, _FFT_BATCH_BYTES // max(1, c * f_count * 16)))
     stage = np.empty((group, c, f_count) if cax == 1 else (group, f_count, c), np.complex128)
     for g0 in range(0, m, group):

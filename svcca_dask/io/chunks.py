@@ -40,10 +40,9 @@ class _StoredChunk:
     """One stored chunk of a Zarr array in a local folder, its file read and
     Blosc-decoded directly (for the arrays :func:`_stored_chunks` accepts).
 
-    Zarr's own read of a stored chunk (8 images of 256 x 56 x 56 float32)
-    took 2.1-2.6 ms per image here, the file read and the decode alone
-    1.3-1.5: Zarr adds its event loop, and buffers copied and freshly
-    allocated in its threads. Every pass of the DFT path reads every chunk.
+    Zarr's own read of a stored chunk adds its event loop, and buffers copied
+    and freshly allocated in its threads, to the file read and the decode
+    (benchmarks/RESULTS.md, conv). Every pass of the DFT path reads every chunk.
     """
 
     def __init__(
