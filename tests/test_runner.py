@@ -145,6 +145,19 @@ def test_rerun_is_idempotent_and_force_recomputes(root):
     assert [float(r["score"]) for r in rows] == pytest.approx([float(r["score"]) for r in first])
 
 
+def test_rerun_recomputes_a_row_whose_arrays_were_deleted(root):
+    import shutil
+
+    job = job_for(root, measures=["svcca"], pairs=[["a/l1", "b/l1"], ["a/l2", "b/l2"]])
+    first = run_job(job, progress=False)
+    gone = first.rows[0]["result_id"]
+    shutil.rmtree(root / "out" / "coefficients.zarr" / gone)
+    again = run_job(job, progress=False)
+    assert (again.computed, again.reused) == (1, 1)  # the row without arrays is not reused
+    assert (root / "out" / "coefficients.zarr" / gone / "zarr.json").is_file()
+    assert [r["score"] for r in again.rows] == pytest.approx([r["score"] for r in first.rows])
+
+
 def test_changed_parameter_or_input_is_detected(root):
     run_job(job_for(root), progress=False)
     first = {(r["x_layer"], r["y_layer"], r["measure"]): r for r in read_csv(root)}

@@ -119,6 +119,21 @@ def test_large_chunk_is_processed_in_pieces(monkeypatch):
         moments_chunk(x, y, names=["x", "y"])  # the piece is named
 
 
+def test_different_chunkings_at_the_target_size_are_unified(monkeypatch):
+    import svcca_dask._config as config
+
+    # a target below the stored chunks: nothing is merged, yet x's 250-row and
+    # y's 300-row chunks must still be brought onto one grid
+    monkeypatch.setattr(config, "DEFAULT_CHUNK_BYTES", 8 * 12 * 100)
+    x, y = _data(n=1000, shift=1e4)
+    xd = da.from_array(x, chunks=(250, -1))
+    yd = da.from_array(y, chunks=((300, 300, 300, 100), -1))
+    m = accumulate([xd, yd])
+    z = np.hstack([x, y]).astype(np.float64)
+    assert m.n == 1000
+    np.testing.assert_allclose(m.comoment / 999, np.cov(z, rowvar=False), rtol=1e-9, atol=1e-9)
+
+
 def test_regions_equal_blocks_of_the_full_comoment():
     x, y = _data(shift=1e3)
     full = moments_chunk(x, y)["m2"]

@@ -84,6 +84,28 @@ def test_auto_picks_by_width_and_is_configurable():
         sd.svcca(x, y, keep=0.99, svd="covariance", max_features=100)
 
 
+def test_auto_uses_the_covariance_of_each_side_that_fits(monkeypatch):
+    import svcca_dask.measures as measures
+
+    seen = []
+    real = measures.reduce_pair
+
+    def spy(arrays, *, methods, **kw):
+        seen.append(methods)
+        return real(arrays, methods=methods, **kw)
+
+    monkeypatch.setattr(measures, "reduce_pair", spy)
+    x, y = gapped(dx=120, dy=40)
+    sd.svcca(x, y, keep=0.99, max_features=150)  # 160 > 150, both sides fit alone
+    sd.svcca(x, y, keep=0.99, max_features=100)  # x (120) does not fit, y (40) does
+    sd.svcca(y, x, keep=0.99, max_features=100)
+    assert seen == [
+        ("covariance", "covariance"),
+        ("randomized", "covariance"),
+        ("covariance", "randomized"),
+    ]
+
+
 def test_randomized_from_chunked_dask_and_dead_features():
     x, y = gapped(dx=80, dy=50)
     x[:, 7] = 3.0  # dead feature
