@@ -13,7 +13,6 @@ tidy results table.
 from __future__ import annotations
 
 import functools
-import html
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -351,7 +350,8 @@ def html_table(
     max_rows: int | None = None,
     floatfmt: str = "{:.4f}",
 ) -> str:
-    """An HTML ``<table>`` of records (dicts), values escaped, floats formatted.
+    """An HTML ``<table>`` of records (dicts), values escaped, floats formatted
+    (the template ``pipeline/templates/table.html.j2``).
 
     Parameters
     ----------
@@ -372,21 +372,15 @@ def html_table(
 
     def cell(v: Any) -> str:
         if isinstance(v, float | np.floating):
-            return html.escape(floatfmt.format(float(v)))
-        return html.escape("" if v is None else str(v))
+            return floatfmt.format(float(v))
+        return "" if v is None else str(v)
 
     shown = rows if max_rows is None else rows[:max_rows]
-    out = [
-        "<table>",
-        "<tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in columns) + "</tr>",
-    ]
-    out += [
-        "<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in shown
-    ]
-    out.append("</table>")
-    if len(shown) < len(rows):
-        out.append(f"<p>({len(rows) - len(shown)} more rows in the results table)</p>")
-    return "\n".join(out)
+    return (
+        _templates()
+        .get_template("table.html.j2")
+        .render(columns=list(columns), rows=shown, cell=cell, left_out=len(rows) - len(shown))
+    )
 
 
 def write_report(

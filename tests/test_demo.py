@@ -55,7 +55,7 @@ def digits():
     torch = pytest.importorskip("torch")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    from pipeline.models import load_digits
+    from pipeline.demo.models import load_digits
 
     yield load_digits()
     torch.set_num_threads(threads)
@@ -74,7 +74,7 @@ def test_digits_split_is_stratified_and_sorted(digits) -> None:
 def test_models_name_their_layers_and_build_reproducibly(arch: str, digits) -> None:
     import torch
 
-    from pipeline.models import build_model, layer_names
+    from pipeline.demo.models import build_model, layer_names
 
     a, b = build_model(arch, seed=7), build_model(arch, seed=7)
     c = build_model(arch, seed=8)
@@ -99,7 +99,7 @@ def test_models_name_their_layers_and_build_reproducibly(arch: str, digits) -> N
 
 
 def test_accuracy_with_projection_identity_and_zero(digits) -> None:
-    from pipeline.models import accuracy, accuracy_with_projection, build_model
+    from pipeline.demo.models import accuracy, accuracy_with_projection, build_model
 
     net = build_model("convnet", seed=0).eval()
     x, y = digits.x_test, digits.y_test
@@ -124,8 +124,8 @@ def test_accuracy_with_projection_identity_and_zero(digits) -> None:
 def test_class_logits_wrapper_exposes_one_module_per_class(digits) -> None:
     import torch
 
+    from pipeline.demo.models import build_model
     from pipeline.demo.run import _class_logits
-    from pipeline.models import build_model
 
     net = build_model("convnet", seed=0).eval()
     wrapped = _class_logits(net, 10).eval()
@@ -261,8 +261,8 @@ def test_demo_end_to_end(tmp_path) -> None:
     import torch
 
     from pipeline.demo import run_demo
+    from pipeline.demo.models import ConvNet, ResNet
     from pipeline.jobs import load_job
-    from pipeline.models import ConvNet, ResNet
     from pipeline.runner import COLUMNS, run_job
 
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()

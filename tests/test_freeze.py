@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.models import build_model, freeze_schedule, load_digits, set_determinism, train
+from pipeline.demo.models import build_model, freeze_schedule, load_digits, set_determinism, train
 
 LAYERS = ("a", "b", "c", "d")
 
@@ -100,7 +100,7 @@ def test_training_is_reproducible_and_keeps_checkpoints(digits) -> None:
 
 
 def test_flops_count_each_block_once_and_scale_with_spatial_size(digits) -> None:
-    from pipeline.models import _layer_flops
+    from pipeline.demo.models import _layer_flops
 
     net = build_model("convnet", seed=0)
     flops = _layer_flops(net, digits.x_train)

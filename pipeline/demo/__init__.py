@@ -4,7 +4,7 @@ On scikit-learn's 8 x 8 digits, on CPU, in about half a minute:
 
 1. trains two small conv nets (``net1``, ``net2``: same architecture, other
    seeds) and a small residual net (``resnet``), keeping checkpoints at 0, 35,
-   75 and 100% of training (:mod:`pipeline.models`);
+   75 and 100% of training (:mod:`pipeline.demo.models`);
 2. extracts every layer of every checkpoint into local activation stores with
    :func:`pipeline.extract.extract_activations`;
 3. runs SVCCA jobs over the stores with :mod:`pipeline.runner` on a local

@@ -43,8 +43,8 @@ def _diagonal(curves: dict[str, dict[str, float]], at: str) -> str:
 
 def _write_report(out: Path, summary: DemoSummary, **k: Any) -> None:
     """Figures and ``index.html`` of the demo (see :func:`run_demo`)."""
-    from ..models import CHECKPOINTS, ConvNet, ResNet
     from ..runner import COLUMNS
+    from .models import CHECKPOINTS, ConvNet, ResNet
 
     rp = k["rp"]
     res, neuron = k["res"], k["neuron"]

@@ -61,7 +61,7 @@ def _store_name(net: str, fraction: float) -> str:
 
 def _train_all(data: Any, *, epochs: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train every net of :data:`NETS`; returns the models and their TrainResults."""
-    from ..models import build_model, train
+    from .models import build_model, train
 
     models, results = {}, {}
     for name, (arch, seed) in NETS.items():
@@ -110,7 +110,7 @@ def _extract_all(
     show classes as contiguous runs); the labels go in each store.
     """
     from ..extract import extract_activations
-    from ..models import layer_names
+    from .models import layer_names
 
     x, y = data.x_train, data.y_train
     batch = 512
@@ -184,7 +184,7 @@ def _job_specs(layers: dict[str, Sequence[str]]) -> dict[str, dict[str, Any]]:
     ``net1_vs_net2`` and ``class_sensitivity`` pair every layer of the final
     net1 with every layer of the final net2 and every class logit.
     """
-    from ..models import CHECKPOINTS
+    from .models import CHECKPOINTS
 
     def stem(net: str, fraction: float) -> str:
         return _store_name(net, fraction).removesuffix(".zarr")
@@ -300,7 +300,7 @@ def run_demo(
     from svcca_dask.store import open_store
 
     from .. import report as rp
-    from ..models import (
+    from .models import (
         CHECKPOINTS,
         ConvNet,
         ResNet,

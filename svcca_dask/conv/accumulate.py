@@ -39,6 +39,8 @@ from .plan import (
 )
 from .transform import _dft_fold
 
+__all__ = ["DFTStats", "dft_stats"]
+
 
 @dataclass(frozen=True)
 class DFTStats:

@@ -19,6 +19,8 @@ import numpy as np
 
 from .._config import cpu_count
 
+__all__ = ["release_free_memory"]
+
 
 def _new(shape: tuple[int, ...], arrays: _Recycler | None, *, zero: bool = False) -> np.ndarray:
     """A complex128 array of ``shape``, from ``arrays`` when given."""

@@ -13,6 +13,8 @@ import numpy as np
 from .._lapack import trsm_lower
 from ..linalg import cca_from_cov
 
+__all__: list[str] = []
+
 
 def _decouple(s: np.ndarray, live: np.ndarray) -> np.ndarray:
     """Covariances with the dead channels of each frequency made independent

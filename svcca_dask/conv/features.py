@@ -16,6 +16,8 @@ import numpy as np
 from ..input import ArrayLike
 from .layout import _perm_to_nhwc, open_conv, spatial_shape
 
+__all__ = ["CONV_MODES", "FEATURE_MAP_MODES", "conv_features", "features_4d", "repeat_rows"]
+
 #: The ``conv=`` values every measure accepts.
 CONV_MODES = ("dft", "samples", "mean", "flatten")
 

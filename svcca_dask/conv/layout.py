@@ -17,6 +17,8 @@ import numpy as np
 
 from ..input import ArrayLike, as_dask, open_zarr_array
 
+__all__ = ["LAYOUTS", "open_conv", "resolve_layout", "spatial_shape"]
+
 #: The ``layout=`` values accepted as arguments.
 LAYOUTS = ("NCHW", "NHWC")
 

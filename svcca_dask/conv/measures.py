@@ -20,6 +20,14 @@ from .accumulate import DFTStats, _DFTRun, _light, _Parts
 from .cca import _batched_cca, _projection_weights
 from .plan import _freq_blocks
 
+__all__ = [
+    "cca_from_dft_stats",
+    "cka_from_dft_stats",
+    "dft_measure",
+    "pwcca_from_dft_stats",
+    "svcca_from_dft_stats",
+]
+
 
 def _pool(
     values: np.ndarray, counts: np.ndarray, mult: np.ndarray

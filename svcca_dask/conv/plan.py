@@ -19,6 +19,8 @@ from .._config import cpu_count, physical_memory
 from .._lapack import packed_size
 from ..stats import current_client
 
+__all__ = ["DFT"]
+
 
 @dataclass(frozen=True)
 class DFT:

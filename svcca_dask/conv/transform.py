@@ -21,6 +21,8 @@ from ..stats import _raise_non_finite, moments_combine
 from .buffers import _fold_pool, _new, _read_pool, _Recycler, release_free_memory
 from .plan import _Gather, _Plan
 
+__all__: list[str] = []
+
 #: Bytes of float64 image data transformed at once inside a task (and of the
 #: gathered coefficients staged before their frequency-major write).
 _FFT_BATCH_BYTES = 16 * 2**20

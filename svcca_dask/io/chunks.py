@@ -19,6 +19,8 @@ import numpy as np
 
 from ..input import ArrayLike
 
+__all__: list[str] = []
+
 
 class _ChunkGetter:
     """One row chunk's (culled) graph, computed synchronously inside the task that needs it."""
