@@ -220,6 +220,13 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
         except (FileNotFoundError, ValueError) as err:
             raise JobError(f"{where}: stores.{name}: {err}") from None
 
+    for name, path in stores.items():
+        if os.path.commonpath([output, path]) == path:
+            raise JobError(
+                f"{where}: output {spec['output']!r} is inside store {name!r} ({path}); a "
+                "store holds activations only: write the results to a folder of their own"
+            )
+
     # layers
     raw_layers = spec.get("layers", "**")
     layers: dict[str, list[str]] = {}

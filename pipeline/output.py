@@ -10,18 +10,27 @@ A run writes into its output folder:
 - ``job.json``: the job's parameters, the versions, and the run's state.
 
 Every file and result group is written under a temporary name and renamed
-into place (:func:`_atomic`), so a killed run leaves no half-written file.
+into place (:func:`_atomic`), so a killed run leaves no half-written file. The
+temporary names start with :data:`TMP_PREFIX`, and a run removes nothing else:
+the folder may hold the user's own files. A run holds :func:`output_lock` on
+the folder, so two runs never write into it at once; the lock is the kernel's
+(``flock``), so a run that dies releases it and the next one takes it over.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import ctypes
+import datetime as _dt
+import errno
+import fcntl
 import io
 import json
 import logging
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -30,9 +39,13 @@ import numpy as np
 
 __all__ = [
     "COLUMNS",
+    "LOCK_NAME",
     "RESULTS_FORMAT",
+    "TMP_PREFIX",
+    "OutputLockedError",
     "atomic_json",
     "has_arrays",
+    "output_lock",
     "prune",
     "read_table",
     "write_arrays",
@@ -63,6 +76,55 @@ _INT_COLUMNS = ("n_samples", "n_coefficients", "x_kept", "y_kept")
 RESULTS_FORMAT = 1
 
 
+#: Start of every temporary name a run writes in its output folder: the only
+#: names it ever removes there (besides the result groups in ``coefficients.zarr``).
+TMP_PREFIX = ".svcca-dask-tmp-"
+#: The lock file of an output folder (see :func:`output_lock`).
+LOCK_NAME = ".svcca-dask.lock"
+
+
+class OutputLockedError(RuntimeError):
+    """Another run holds the output folder."""
+
+
+@contextlib.contextmanager
+def output_lock(output: str) -> Iterator[None]:
+    """Hold the output folder for one run (an exclusive ``flock`` on its lock file).
+
+    The lock file records the holder (pid, host, start time) for the message
+    a second run gets. A lock whose process died is released by the kernel,
+    so a stale lock file is simply taken over.
+
+    Raises
+    ------
+    OutputLockedError
+        If another run holds the folder; the message names it.
+    """
+    path = os.path.join(output, LOCK_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+            raise OutputLockedError(
+                f"{output} is in use by another run ({holder}); wait for it to finish, "
+                "or give this job another output folder"
+            ) from None
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the file releases the lock
+
+
 def _replace(src: str, dst: str) -> None:
     """Rename ``src`` over ``dst`` (atomic on POSIX file systems)."""
     os.replace(src, dst)
@@ -73,7 +135,7 @@ def _atomic(path: str, *, tmp: str | None = None) -> Iterator[str]:
     """Yield a temporary name beside ``path``; rename it over ``path`` if the
     block succeeds, remove it (file or folder) if not. The one atomic write
     of this module: every file and result group goes through it."""
-    tmp = tmp or f"{path}.{uuid.uuid4().hex}.tmp"
+    tmp = tmp or _tmp_name(os.path.dirname(path), os.path.basename(path))
     try:
         yield tmp
         _replace(tmp, path)
@@ -84,6 +146,27 @@ def _atomic(path: str, *, tmp: str | None = None) -> Iterator[str]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         raise
+
+
+def _tmp_name(folder: str, what: str) -> str:
+    return os.path.join(folder, f"{TMP_PREFIX}{what}-{uuid.uuid4().hex[:12]}")
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False
+    where the system or file system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # pragma: no cover - not glibc >= 2.28
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # pragma: no cover
+        return False
+    raise OSError(code, os.strerror(code), b)
 
 
 def _atomic_bytes(path: str, data: bytes) -> None:
@@ -148,17 +231,29 @@ def read_table(output: str) -> list[dict[str, Any]]:
 def write_arrays(
     group_path: str, result_id: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any]
 ) -> None:
-    """Write one result's arrays as ``group_path/result_id``, atomically (rename into place)."""
+    """Write one result's arrays as ``group_path/result_id``, atomically.
+
+    A new group is renamed into place; a group that exists (a forced rerun) is
+    swapped with the new one in one step, so a row in the table never points
+    to a missing group, even for a moment.
+    """
     import zarr
 
     final = os.path.join(group_path, result_id)
-    tmp = os.path.join(os.path.dirname(group_path), f".tmp-{result_id}-{uuid.uuid4().hex[:8]}")
-    with _atomic(final, tmp=tmp):
+    tmp = _tmp_name(os.path.dirname(group_path), result_id)
+    try:
         g = zarr.open_group(tmp, mode="w", zarr_format=3, attributes=attrs)
         for name, value in arrays.items():
             g.create_array(name, data=np.ascontiguousarray(value, dtype=np.float64))
-        if os.path.exists(final):
-            shutil.rmtree(final)
+        if not os.path.exists(final):
+            _replace(tmp, final)
+        elif not _exchange(tmp, final):  # pragma: no cover - no RENAME_EXCHANGE here
+            aside = _tmp_name(os.path.dirname(group_path), f"old-{result_id}")
+            _replace(final, aside)
+            _replace(tmp, final)
+            shutil.rmtree(aside, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the old group after a swap, or a failed write
 
 
 def has_arrays(group_path: str, row: dict[str, Any]) -> bool:
@@ -167,18 +262,21 @@ def has_arrays(group_path: str, row: dict[str, Any]) -> bool:
 
 
 def prune(output: str, group_path: str, keep: set[str]) -> None:
-    """Remove result groups no row refers to (stale parameters or inputs), and leftovers of kills."""
+    """Remove result groups no row refers to (stale parameters or inputs), and the
+    temporaries of runs that were killed (names starting with :data:`TMP_PREFIX`;
+    the caller holds :func:`output_lock`, so no other run is writing them)."""
     for name in os.listdir(output):
         full = os.path.join(output, name)
-        if name.startswith(".tmp-") and os.path.isdir(full):
+        if not name.startswith(TMP_PREFIX):
+            continue
+        if os.path.isdir(full):
             shutil.rmtree(full, ignore_errors=True)
-        elif name.endswith(".tmp") and os.path.isfile(full):
-            os.unlink(full)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(full)
     for name in os.listdir(group_path):
         full = os.path.join(group_path, name)
         if name in keep or not os.path.isdir(full):
             continue
-        if name.startswith(".tmp-") or (
-            len(name) == 24 and all(c in "0123456789abcdef" for c in name)
-        ):
+        if len(name) == 24 and all(c in "0123456789abcdef" for c in name):
             shutil.rmtree(full, ignore_errors=True)

@@ -35,6 +35,7 @@ from .output import (
     RESULTS_FORMAT,
     atomic_json,
     has_arrays,
+    output_lock,
     prune,
     read_table,
     write_arrays,
@@ -414,10 +415,23 @@ def run_job(
     Returns
     -------
     RunReport
+
+    Raises
+    ------
+    pipeline.output.OutputLockedError
+        If another run is writing into the same output folder.
     """
+    os.makedirs(job.output, exist_ok=True)
+    with output_lock(job.output):
+        return _run(job, force=force, cluster=cluster, progress=progress)
+
+
+def _run(
+    job: Job, *, force: bool, cluster: str | Mapping[str, Any] | None, progress: bool | None
+) -> RunReport:
+    """:func:`run_job`, with the output folder held."""
     import zarr
 
-    os.makedirs(job.output, exist_ok=True)
     group_path = os.path.join(job.output, "coefficients.zarr")
     if not os.path.isfile(os.path.join(group_path, "zarr.json")):
         zarr.open_group(

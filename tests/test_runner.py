@@ -226,7 +226,7 @@ def test_table_write_is_atomic(root, monkeypatch):
         run_job(job, force=True, progress=False)
     monkeypatch.undo()
     assert (root / "out" / "results.csv").read_bytes() == before  # the old table, whole
-    leftovers = [n for n in os.listdir(root / "out") if n.endswith(".tmp")]
+    leftovers = [n for n in os.listdir(root / "out") if n.startswith(output.TMP_PREFIX)]
     assert leftovers == []
 
 
@@ -288,9 +288,90 @@ def test_sigkill_leaves_no_half_results(root):
     assert proc.returncode == -signal.SIGKILL
     out = root / "out"
     assert not (out / "results.csv").exists()  # never a partial table
-    assert any(n.endswith(".tmp") for n in os.listdir(out))  # the unfinished file, aside
+    assert any(n.startswith(output.TMP_PREFIX) for n in os.listdir(out))  # the unfinished file
     job = job_for(root, measures=["cka"], options={}, pairs="same-name")
     report = run_job(job, progress=False)
     assert report.computed + report.reused == 3
-    assert not any(n.endswith(".tmp") or n.startswith(".tmp-") for n in os.listdir(out))
+    assert not any(n.startswith(output.TMP_PREFIX) for n in os.listdir(out))
     assert len(read_csv(root)) == 3
+
+
+def test_run_leaves_the_users_files_alone(root):
+    out = root / "out"
+    (out / ".tmp-mine").mkdir(parents=True)
+    (out / ".tmp-mine" / "keep.txt").write_text("mine")
+    (out / "notes.tmp").write_text("my notes")
+    (out / f"{output.TMP_PREFIX}stale-1234").write_text("a killed run's")  # ours: removed
+    run_job(job_for(root, measures=["cka"], options={}), progress=False)
+    assert (out / "notes.tmp").read_text() == "my notes"
+    assert (out / ".tmp-mine" / "keep.txt").read_text() == "mine"
+    assert not (out / f"{output.TMP_PREFIX}stale-1234").exists()
+
+
+HOLD_LOCK = """
+import sys, time
+from pipeline.output import output_lock
+with output_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_run_into_the_same_output_is_refused(root, capsys):
+    import subprocess
+    import sys
+
+    from pipeline.cli import main
+
+    job = job_for(root, measures=["cka"], options={})
+    os.makedirs(job.output, exist_ok=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, job.output], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(output.OutputLockedError, match=rf"in use by another run .*{holder.pid}"):
+            run_job(job, progress=False)
+        toml = root / "job.toml"
+        toml.write_text(
+            'output = "out"\nmeasures = ["cka"]\ncluster = "threads"\n'
+            '[stores]\na = "a.zarr"\nb = "b.zarr"\n'
+        )
+        assert main(["run", str(toml)]) == 1
+        assert f'"pid": {holder.pid}' in capsys.readouterr().err  # the holder is named
+        assert not (root / "out" / "results.csv").exists()  # nothing was computed
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    # the holder died: its lock is taken over, stale lock file and all
+    assert (root / "out" / output.LOCK_NAME).read_text()
+    assert run_job(job, progress=False).computed == len(job.pairs)
+
+
+def test_forced_rerun_swaps_result_groups_in_one_step(root, monkeypatch):
+    job = job_for(root, measures=["svcca"], options={})
+    first = run_job(job, progress=False)
+    groups = {str(root / "out" / "coefficients.zarr" / r["result_id"]) for r in first.rows}
+    removed = []
+    real_rmtree = output.shutil.rmtree
+
+    def rmtree(path, *a, **k):
+        removed.append(str(path))
+        return real_rmtree(path, *a, **k)
+
+    monkeypatch.setattr(output.shutil, "rmtree", rmtree)
+    again = run_job(job, force=True, progress=False)
+    assert again.computed == len(first.rows)
+    assert not groups & set(removed)  # a listed group is never deleted, only swapped
+    for g in groups:
+        assert os.path.isfile(os.path.join(g, "zarr.json"))
+    leftovers = [n for n in os.listdir(root / "out") if n.startswith(output.TMP_PREFIX)]
+    assert leftovers == []
+
+
+def test_output_inside_a_store_is_refused(root):
+    from pipeline.jobs import JobError
+
+    with pytest.raises(JobError, match="inside store 'a'"):
+        job_for(root, output="a.zarr/results")
