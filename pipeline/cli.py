@@ -37,6 +37,12 @@ __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 PROG = "svcca-dask"
 log = logging.getLogger("pipeline")
 
+#: ``--conv`` and ``--svd`` choices: the library's ``svcca_dask.conv.CONV_MODES`` and
+#: ``svcca_dask.svd.SVD_METHODS``, written out so that ``--help`` does not import
+#: the library (a test keeps them equal).
+CONV_MODES = ("dft", "samples", "mean", "flatten")
+SVD_METHODS = ("auto", "covariance", "randomized", "tsqr")
+
 #: Libraries whose INFO logs stay out of the CLI's output unless ``--verbose``.
 #: ``distributed`` sets its loggers to INFO when it is imported (inside a
 #: handler, after :func:`main` configured logging), so a logger level set
@@ -80,12 +86,41 @@ def _add_compare(subparsers: Any) -> None:
         default=None,
         help="SVCCA: fraction of variance in (0, 1] or number of directions (default 0.99)",
     )
-    p.add_argument("--epsilon", type=float, default=None, help="dead-feature threshold and ridge")
+    p.add_argument(
+        "--epsilon",
+        type=float,
+        default=None,
+        help="dead-feature threshold and ridge, finite and >= 0 (default 1e-10)",
+    )
     p.add_argument(
         "--conv",
+        choices=CONV_MODES,
         default=None,
-        help="reduction for conv layers (N, C, H, W), e.g. 'mean', 'flatten', 'dft'",
+        help="reduction of conv layers (n, C, H, W): dft (the default: per-frequency CCA, "
+        "the SVCCA paper's method), samples (every position a sample), mean (spatial "
+        "average, the cheapest), flatten (every channel and position a feature)",
     )
+    p.add_argument(
+        "--dft-memory-limit",
+        default=None,
+        metavar="SIZE",
+        help="--conv dft: memory for the per-frequency statistics, e.g. 2GiB (default: a "
+        "quarter of physical memory); less memory means more passes over the data",
+    )
+    p.add_argument(
+        "--svd",
+        choices=SVD_METHODS,
+        default=None,
+        help="SVCCA's SVD step (default auto: the covariance when it fits, else randomized)",
+    )
+    p.add_argument("--n-components", type=int, default=None, metavar="K",
+                   help="--svd randomized: directions computed first (default min(d, 128))")
+    p.add_argument("--n-power-iter", type=int, default=None, metavar="Q",
+                   help="--svd randomized: power iterations (default 2)")
+    p.add_argument("--n-oversamples", type=int, default=None, metavar="P",
+                   help="--svd randomized: extra random directions (default 10)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="--svd randomized: seed of the random test matrix (default 0)")
     p.add_argument(
         "--cluster",
         default=None,
@@ -202,13 +237,13 @@ def _keep(text: str) -> float | int:
 def _compare(args: argparse.Namespace) -> int:
     from .runner import compare_pair
 
-    options: dict[str, Any] = {}
-    if args.keep is not None:
-        options["keep"] = args.keep
-    if args.epsilon is not None:
-        options["epsilon"] = args.epsilon
-    if args.conv is not None:
-        options["conv"] = args.conv
+    names = (
+        "keep", "epsilon", "conv", "dft_memory_limit", "svd",
+        "n_components", "n_power_iter", "n_oversamples", "seed",
+    )  # fmt: skip
+    options: dict[str, Any] = {
+        k: getattr(args, k) for k in names if getattr(args, k) is not None
+    }
     out = compare_pair(
         args.x,
         args.y,

@@ -40,7 +40,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MEASURES", "OPTIONS", "Job", "JobError", "Pair", "load_job", "parse_job"]
+__all__ = [
+    "MEASURES",
+    "OPTIONS",
+    "Job",
+    "JobError",
+    "Pair",
+    "call_options",
+    "load_job",
+    "parse_job",
+]
 
 #: Job measure name -> ``svcca_dask`` function name.
 MEASURES: dict[str, str] = {"svcca": "svcca", "pwcca": "pwcca", "cca": "cca", "cka": "linear_cka"}
@@ -48,11 +57,58 @@ MEASURES: dict[str, str] = {"svcca": "svcca", "pwcca": "pwcca", "cca": "cca", "c
 #: Options a job may set, and what each must be.
 OPTIONS: dict[str, str] = {
     "keep": "a fraction of variance in (0, 1] or a number of directions (int >= 1)",
-    "epsilon": "a float >= 0",
+    "epsilon": "a finite float >= 0",
     "conv": "a conv-layer reduction: 'dft' (the measures' default), 'samples', 'mean' or 'flatten'",
     "layout": "'NCHW' or 'NHWC' (default: from the store's dimension names)",
     "side": "'x', 'y' or 'smaller' (PWCCA)",
+    "svd": "SVCCA's SVD step: 'auto' (default), 'covariance', 'randomized' or 'tsqr'",
+    "dft_memory_limit": "conv='dft': bytes or a size like '2GiB' for the statistics (DFT memory_limit)",
+    "n_components": "svd='randomized': directions computed first (int >= 1)",
+    "n_power_iter": "svd='randomized': power iterations (int >= 0)",
+    "n_oversamples": "svd='randomized': extra random directions (int >= 0)",
+    "seed": "svd='randomized': seed of the random test matrix (int)",
 }
+
+#: Options that are parts of an option object of the API rather than
+#: keywords of the measures: they go into ``conv=DFT(...)`` or
+#: ``svd=RandomizedSVD(...)`` (see :func:`call_options`), for the measures
+#: that take ``conv`` or ``svd``.
+_PART_OF = {
+    "dft_memory_limit": "conv",
+    "n_components": "svd",
+    "n_power_iter": "svd",
+    "n_oversamples": "svd",
+    "seed": "svd",
+}
+_RANDOMIZED = ("n_components", "n_power_iter", "n_oversamples", "seed")
+
+
+def call_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The keywords of a measure call from plain option values (a job's or the CLI's).
+
+    ``dft_memory_limit`` becomes ``conv=DFT(memory_limit=...)`` and the
+    randomized options ``svd=RandomizedSVD(...)``; every other option is passed
+    as it is. The plain values are what results are keyed and reported by.
+    """
+    from svcca_dask import DFT, RandomizedSVD
+
+    opts = dict(options)
+    limit = opts.pop("dft_memory_limit", None)
+    if limit is not None:
+        if opts.get("conv", "dft") != "dft":
+            raise ValueError(
+                f"dft_memory_limit applies to conv='dft', not conv={opts['conv']!r}"
+            )
+        opts["conv"] = DFT(memory_limit=limit)
+    randomized = {k: opts.pop(k) for k in _RANDOMIZED if k in opts}
+    if randomized:
+        if opts.get("svd", "randomized") != "randomized":
+            raise ValueError(
+                f"{', '.join(sorted(randomized))} apply to svd='randomized', not "
+                f"svd={opts['svd']!r}"
+            )
+        opts["svd"] = RandomizedSVD(**randomized)
+    return opts
 
 _TOP_KEYS = ("output", "stores", "layers", "pairs", "measures", "options", "cluster")
 
@@ -349,6 +405,20 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
                     f"{where}: layer {store}/{layer} is a conv layer {info.dims}, and this "
                     "version of svcca_dask has no conv= option; select 2-D layers"
                 )
+            if (
+                len(info.shape) == 4
+                and options.get("conv", "dft") == "dft"
+                and (
+                    options.get("svd", "auto") not in ("auto", "covariance")
+                    or any(k in options for k in _RANDOMIZED)
+                )
+            ):
+                raise JobError(
+                    f"{where}: layer {store}/{layer} is a conv layer compared with conv='dft', "
+                    "whose SVD step is per frequency: options.svd (and the randomized "
+                    "options) apply only to 2-D layers and feature maps; select 2-D layers, "
+                    "or set conv = 'flatten', 'samples' or 'mean'"
+                )
             used[(store, layer)] = info
         nx, ny = used[(p.x_store, p.x_layer)].shape[0], used[(p.y_store, p.y_layer)].shape[0]
         if nx != ny:
@@ -369,26 +439,34 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
 
 
 def _check_option(key: str, value: Any, where: str) -> None:
-    ok = True
-    if key == "keep":
-        if isinstance(value, bool):
-            ok = False
-        elif isinstance(value, int):
-            ok = value >= 1
-        elif isinstance(value, float):
-            ok = 0.0 < value <= 1.0
-        else:
-            ok = False
-    elif key == "epsilon":
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
-    elif key == "conv":
-        from svcca_dask.conv import CONV_MODES
+    """One option, by the library's own rules (:mod:`svcca_dask.rules`, ``DFT``)."""
+    from svcca_dask import DFT
+    from svcca_dask.conv import CONV_MODES, LAYOUTS
+    from svcca_dask.rules import check_epsilon, check_side, keep_pair
+    from svcca_dask.svd import SVD_METHODS
 
-        ok = isinstance(value, str) and value in CONV_MODES
-    elif key == "layout":
-        ok = isinstance(value, str) and value.upper() in ("NCHW", "NHWC")
-    elif key == "side":
-        ok = value in ("x", "y", "smaller")
+    def whole(low: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+    checks = {
+        "keep": lambda: keep_pair(value),
+        "epsilon": lambda: check_epsilon(value),
+        "side": lambda: check_side(value),
+        "dft_memory_limit": lambda: DFT(memory_limit=value),
+    }
+    simple = {
+        "conv": lambda: isinstance(value, str) and value in CONV_MODES,
+        "layout": lambda: isinstance(value, str) and value.upper() in LAYOUTS,
+        "svd": lambda: isinstance(value, str) and value in SVD_METHODS,
+        "n_components": lambda: whole(1),
+        "n_power_iter": lambda: whole(0),
+        "n_oversamples": lambda: whole(0),
+        "seed": lambda: whole(-(2**63)),
+    }
+    try:
+        ok = checks[key]() is not False if key in checks else simple[key]()
+    except (TypeError, ValueError):
+        ok = False
     if not ok:
         raise JobError(f"{where}: options.{key} must be {OPTIONS[key]}, got {value!r}")
 
@@ -406,10 +484,11 @@ def _check_supported(options: Mapping[str, Any], measures: list[str], where: str
     import svcca_dask
 
     for key in options:
+        takes = _PART_OF.get(key, key)
         takers = [
             m
             for m in measures
-            if key in inspect.signature(getattr(svcca_dask, MEASURES[m])).parameters
+            if takes in inspect.signature(getattr(svcca_dask, MEASURES[m])).parameters
         ]
         if not takers:
             raise JobError(

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .jobs import MEASURES, Job, Pair
+from .jobs import _PART_OF, MEASURES, Job, Pair, call_options
 from .output import (
     COLUMNS,
     RESULTS_FORMAT,
@@ -126,9 +126,10 @@ def _function(measure: str) -> Any:
 
 
 def _measure_options(measure: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """The job options that ``measure`` takes (by its signature)."""
+    """The job options that ``measure`` takes (by its signature; the parts of
+    ``conv=DFT(...)`` and ``svd=RandomizedSVD(...)`` with ``conv`` and ``svd``)."""
     params = inspect.signature(_function(measure)).parameters
-    return {k: v for k, v in sorted(options.items()) if k in params}
+    return {k: v for k, v in sorted(options.items()) if _PART_OF.get(k, k) in params}
 
 
 def _result_arrays(result: Any) -> dict[str, np.ndarray]:
@@ -195,16 +196,17 @@ def compare_pair(
     options = dict(options or {})
     fn = _function(measure)
     params = inspect.signature(fn).parameters
-    unknown = sorted(k for k in options if k not in params)
+    unknown = sorted(k for k in options if _PART_OF.get(k, k) not in params)
     if unknown:
         raise ValueError(
             f"measure {measure!r} takes no option {', '.join(unknown)} in this version of svcca_dask"
         )
+    kwargs = call_options(options)  # checked here, before a cluster starts or data is read
     with (
         open_cluster(cluster) as client,
         dask_progress(progress if client is None else False, minimum=0.0),
     ):
-        result = fn(x, y, **options)
+        result = fn(x, y, **kwargs)
     out: dict[str, Any] = {
         "x": os.fspath(x) if isinstance(x, (str, os.PathLike)) else type(x).__name__,
         "y": os.fspath(y) if isinstance(y, (str, os.PathLike)) else type(y).__name__,
@@ -257,6 +259,7 @@ class _Group:
         for t in self.tasks:
             opts.update(t.options)
         opts.pop("conv", None)
+        opts.pop("dft_memory_limit", None)  # the matrices take no DFT
         if self.conv_layers:
             opts["conv"] = self.conv
         return opts
@@ -362,7 +365,7 @@ def _compute(job: Job, group: _Group) -> Iterator[tuple[_Task, Any]]:
         log.info("%s %s", t.measure, t.pair)
         x = job.layer_path(t.pair.x_store, t.pair.x_layer)
         y = job.layer_path(t.pair.y_store, t.pair.y_layer)
-        yield t, _function(t.measure)(x, y, **t.options)
+        yield t, _function(t.measure)(x, y, **call_options(t.options))
 
 
 def _versions() -> dict[str, str]:

@@ -61,6 +61,7 @@ from .input import ArrayLike, as_dask
 from .linalg import inv_sqrt_psd, top_eigh
 from .measures import cca_from_stats, cka_from_stats, pwcca_from_stats, svcca_from_stats
 from .results import SimilarityMatrix
+from .rules import check_epsilon, check_side, keep_pair
 from .stats import PairStats, Region, accumulate_graph, compute, pair_stats, to_moments
 
 __all__ = ["MATRIX_MEASURES", "similarity_matrices", "similarity_matrix"]
@@ -228,6 +229,13 @@ def similarity_matrices(
         )
     if max_width < 2:
         raise ValueError(f"max_width must be at least 2, got {max_width}")
+    # options are checked before any layer is read
+    if "epsilon" in options:
+        check_epsilon(options["epsilon"])
+    if "keep" in options:
+        keep_pair(options["keep"])
+    if "side" in options:
+        check_side(options["side"])
     if ys is None:
         ys = xs
     for side, layers in (("xs", xs), ("ys", ys)):

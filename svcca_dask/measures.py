@@ -23,7 +23,7 @@ from .results import (
     PWCCAResult,
     SVCCAResult,
 )
-from .rules import check_keep, keep_count, live_features
+from .rules import check_epsilon, check_keep, check_side, keep_count, keep_pair, live_features
 from .stats import PairStats, accumulate, pair_stats
 from .svd import SVD_METHODS, RandomizedSVD, projected_stats, reduce_pair
 
@@ -61,6 +61,7 @@ def _dropped(live: np.ndarray, d: int) -> np.ndarray:
 def _cca_fields(
     p: PairStats, epsilon: float, names: tuple[str, str], inv_sqrt: Any = None
 ) -> dict[str, Any]:
+    check_epsilon(epsilon)
     dx, dy = p.sxx.shape[0], p.syy.shape[0]
     lx = _live(p.sxx, epsilon, names[0])
     ly = _live(p.syy, epsilon, names[1])
@@ -123,7 +124,8 @@ def svcca_from_stats(
     whitening (see :func:`cca_from_cov`); a layer x layer matrix passes
     memoized ones so that pairs sharing a layer share them.
     """
-    keep_x, keep_y = keep if isinstance(keep, tuple) else (keep, keep)
+    keep_x, keep_y = keep_pair(keep)
+    check_epsilon(epsilon)
     dx, dy = p.sxx.shape[0], p.syy.shape[0]
     lx, ly = _live(p.sxx, epsilon, names[0]), _live(p.syy, epsilon, names[1])
     # SVD of each side's centred data = eigh of its covariance (live features only)
@@ -175,8 +177,7 @@ def pwcca_from_stats(
     ``inv_sqrt`` replaces the whitening's :func:`inv_sqrt_psd` (see
     :func:`cca_from_cov`).
     """
-    if side not in ("x", "y", "smaller"):
-        raise ValueError(f"side must be 'x', 'y' or 'smaller', got {side!r}")
+    check_side(side)
     f = _cca_fields(p, epsilon, names, inv_sqrt)
     if side == "smaller":
         side = "x" if len(f["x_features"]) <= len(f["y_features"]) else "y"
@@ -336,6 +337,7 @@ def cca(
     Memory is one chunk plus ``(dx + dy)**2`` float64 per partial, whatever
     ``n_samples``.
     """
+    check_epsilon(epsilon)
     pair = _prepare(x, y, conv=conv, layout=layout)
     if pair.dft:
         return dft_measure("cca", pair.x, pair.y, conv=conv, layout=pair.layouts, epsilon=epsilon)
@@ -402,6 +404,8 @@ def svcca(
     lazily on the kept directions and accumulate the projected statistics in
     one more pass.
     """
+    keep_pair(keep)
+    check_epsilon(epsilon)
     pair = _prepare(x, y, conv=conv, layout=layout)
     methods = _svd_methods(svd, pair, max_features)
     if pair.dft:
@@ -459,7 +463,7 @@ def _svcca_two_stage(
 ) -> SVCCAResult:
     """SVD step per side (covariance, TSQR or randomized), then the CCA of the
     lazily projected data from one more accumulated pass."""
-    keep_x, keep_y = keep if isinstance(keep, tuple) else (keep, keep)
+    keep_x, keep_y = keep_pair(keep)
     names = ("x", "y")
     sx, sy = reduce_pair(
         (pair.x, pair.y), methods=methods, keep=(keep_x, keep_y), options=options,
@@ -533,6 +537,8 @@ def pwcca(
     google/svcca's ``pwcca.py`` projects on unwhitened, uncentred activations
     and so gives different numbers; this follows the paper's definition.
     """
+    check_epsilon(epsilon)
+    check_side(side)
     pair = _prepare(x, y, conv=conv, layout=layout)
     if pair.dft:
         return dft_measure(

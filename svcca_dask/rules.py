@@ -23,7 +23,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_keep", "keep_count", "live_features", "live_mask"]
+__all__ = [
+    "check_epsilon",
+    "check_keep",
+    "check_side",
+    "keep_count",
+    "keep_pair",
+    "live_features",
+    "live_mask",
+]
 
 
 def live_mask(variances: np.ndarray, scale: float, epsilon: float) -> np.ndarray:
@@ -68,6 +76,33 @@ def check_keep(keep: Any) -> None:
             f"keep as a float is a fraction of variance in (0, 1], got {keep}; "
             "pass an int for a number of directions"
         )
+
+
+def keep_pair(keep: Any) -> tuple[Any, Any]:
+    """``keep`` for x and for y (one value for both, or a pair), each checked."""
+    pair = keep if isinstance(keep, tuple) else (keep, keep)
+    if len(pair) != 2:
+        raise ValueError(f"keep as a tuple gives x's and y's: two values, got {keep!r}")
+    for k in pair:
+        check_keep(k)
+    return pair[0], pair[1]
+
+
+def check_epsilon(epsilon: Any) -> None:
+    """``epsilon`` (the dead-feature threshold and ridge) must be a finite number >= 0."""
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.integer, np.floating)):
+        raise TypeError(f"epsilon must be a number >= 0 (default 1e-10), got {epsilon!r}")
+    if not (np.isfinite(epsilon) and epsilon >= 0):
+        raise ValueError(
+            f"epsilon must be finite and >= 0 (default 1e-10; 0: no ridge, only exactly "
+            f"constant features dropped), got {epsilon!r}"
+        )
+
+
+def check_side(side: Any) -> None:
+    """PWCCA's ``side``: whose neurons the weights project on."""
+    if side not in ("x", "y", "smaller"):
+        raise ValueError(f"side must be 'x', 'y' or 'smaller', got {side!r}")
 
 
 def keep_count(

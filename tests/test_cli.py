@@ -197,3 +197,49 @@ def test_library_info_logs_are_quiet_unless_verbose(tmp_path, monkeypatch, caplo
         assert "scheduler-info" not in caplog.text
     finally:
         logging.getLogger("distributed").setLevel(level)
+
+
+def test_cli_choices_are_the_librarys():
+    import pipeline.cli as cli
+    from svcca_dask.conv import CONV_MODES
+    from svcca_dask.svd import SVD_METHODS
+
+    assert cli.CONV_MODES == CONV_MODES and cli.SVD_METHODS == SVD_METHODS
+
+
+def test_compare_refuses_bad_options_before_reading(stores, capsys, monkeypatch):
+    x, y = str(stores / "a.zarr" / "fc"), str(stores / "b.zarr" / "fc")
+    import svcca_dask.stats as stats
+
+    def no_pass(*a, **k):
+        raise AssertionError("a pass over the data started")
+
+    monkeypatch.setattr(stats, "compute", no_pass)
+    assert main(["compare", x, y, "--epsilon", "-1"]) == 1
+    assert "epsilon must be finite and >= 0" in capsys.readouterr().err
+    assert main(["compare", x, y, "--keep", "1.5"]) == 1
+    assert "keep as a float is a fraction of variance in (0, 1]" in capsys.readouterr().err
+    assert main(["compare", x, y, "--dft-memory-limit", "lots"]) == 1
+    assert "memory_limit must be a positive number of bytes" in capsys.readouterr().err
+    assert main(["compare", x, y, "--conv", "mean", "--dft-memory-limit", "1GiB"]) == 1
+    assert "dft_memory_limit applies to conv='dft'" in capsys.readouterr().err
+    assert main(["compare", x, y, "--measure", "pwcca", "--svd", "tsqr"]) == 1
+    assert "takes no option svd" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", x, y, "--conv", "DFT(memory_limit='1GiB')"])
+    assert exc.value.code == 2  # a usage error that lists the choices
+    assert "(choose from 'dft', 'samples', 'mean', 'flatten')" in capsys.readouterr().err
+
+
+def test_compare_svd_and_dft_options(stores, capsys):
+    x, y = str(stores / "a.zarr" / "fc"), str(stores / "b.zarr" / "fc")
+    args = ["compare", x, y, "--svd", "randomized", "--n-power-iter", "3", "--keep", "3", "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    ref = sd.svcca(x, y, keep=3, svd=sd.RandomizedSVD(n_power_iter=3))
+    assert out["score"] == pytest.approx(ref.score, rel=1e-12)
+    assert out["options"] == {"keep": 3, "svd": "randomized", "n_power_iter": 3}
+    cx, cy = str(stores / "a.zarr" / "conv"), str(stores / "b.zarr" / "conv")
+    assert main(["compare", cx, cy, "--measure", "cca", "--dft-memory-limit", "1MiB"]) == 0
+    ref = sd.cca(cx, cy, conv=sd.DFT(memory_limit="1MiB"))
+    assert float(capsys.readouterr().out) == pytest.approx(ref.score, abs=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import svcca_dask as sd
 from pipeline.jobs import JobError, Pair, load_job, parse_job
 from svcca_dask.store import create_store
 
@@ -146,3 +147,42 @@ def test_missing_job_file(tmp_path):
 def test_option_no_measure_takes_is_an_error(stores):
     with pytest.raises(JobError, match=r"options\.keep applies to none of the measures"):
         load_job(write(stores, "measures = ['cka']\n" + BASE + "[options]\nkeep = 0.9\n"))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ("epsilon = inf", "options.epsilon must be a finite float >= 0"),
+        ("epsilon = -1.0", "options.epsilon must be a finite float >= 0"),
+        ("svd = 'fast'", "options.svd must be SVCCA's SVD step"),
+        ("dft_memory_limit = 'lots'", "options.dft_memory_limit must be"),
+        ("n_power_iter = -1", "options.n_power_iter must be"),
+        ("keep = [0.9, 0.9]", "options.keep must be"),
+    ],
+)
+def test_option_values_are_checked(stores, options, message):
+    with pytest.raises(JobError, match=message):
+        load_job(write(stores, BASE + "[options]\n" + options + "\n"))
+
+
+def test_svd_and_dft_options_reach_the_measures(stores):
+    from pipeline.runner import run_job
+
+    head = "pairs = 'same-name'\nmeasures = ['svcca']\ncluster = 'threads'\n"
+    a, b = str(stores / "a.zarr"), str(stores / "b.zarr")
+    fc_job = load_job(write(stores, "layers = ['fc']\n" + head + BASE + (
+        "[options]\nkeep = 2\nsvd = 'randomized'\nn_power_iter = 3\n")))
+    (row,) = run_job(fc_job, progress=False).rows
+    ref = sd.svcca(f"{a}/fc", f"{b}/fc", keep=2, svd=sd.RandomizedSVD(n_power_iter=3))
+    assert row["score"] == pytest.approx(ref.score, rel=1e-12)
+    conv_job = load_job(write(stores, "layers = ['conv1']\n" + head.replace("out", "o2") + BASE
+                              + "[options]\ndft_memory_limit = '1MiB'\n"))
+    (row,) = run_job(conv_job, force=True, progress=False).rows
+    ref = sd.svcca(f"{a}/conv1", f"{b}/conv1", conv=sd.DFT(memory_limit="1MiB"))
+    assert row["score"] == pytest.approx(ref.score, rel=1e-12)
+
+
+def test_randomized_svd_on_dft_conv_layers_is_refused_up_front(stores):
+    text = "layers = ['conv1']\n" + BASE + "[options]\nsvd = 'randomized'\n"
+    with pytest.raises(JobError, match="conv layer compared with conv='dft'"):
+        load_job(write(stores, text))

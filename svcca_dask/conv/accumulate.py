@@ -276,8 +276,6 @@ class _DFTRun:
         self.lanes = self.opt.lanes or _default_lanes(
             data_bytes, _stats_bytes(self.plan), plan=self.plan, budget=budget
         )
-        if self.lanes < 1:
-            raise ValueError(f"lanes must be at least 1, got {self.lanes}")
         f_total = self.plan.frequencies.shape[0]
         if budget is None:
             self.bands = [np.arange(f_total)]

@@ -15,7 +15,7 @@ from dask.delayed import delayed
 from ..input import ArrayLike
 from ..linalg import top_eigh
 from ..results import CKAResult, DFTCCAResult, DFTPWCCAResult, DFTSVCCAResult
-from ..rules import check_keep, keep_count, live_mask
+from ..rules import check_epsilon, check_keep, check_side, keep_count, keep_pair, live_mask
 from .accumulate import DFTStats, _DFTRun, _light, _Parts
 from .cca import _batched_cca, _projection_weights
 from .plan import _freq_blocks
@@ -196,15 +196,10 @@ def _pwcca_fields(parts: _Parts, side: str, names: tuple[str, str]) -> dict[str,
 
 
 def _pick_side(side: str, sizes: tuple[int, int]) -> str:
-    if side not in ("x", "y", "smaller"):
-        raise ValueError(f"side must be 'x', 'y' or 'smaller', got {side!r}")
+    check_side(side)
     if side == "smaller":
         return "x" if sizes[0] <= sizes[1] else "y"
     return side
-
-
-def _keep_pair(keep: Any) -> tuple[Any, Any]:
-    return keep if isinstance(keep, tuple) else (keep, keep)
 
 
 def cca_from_dft_stats(
@@ -279,7 +274,7 @@ def _global_keep(
     epsilon: float,
     names: tuple[str, str],
 ) -> tuple[np.ndarray, np.ndarray, float, float]:
-    keep_x, keep_y = _keep_pair(keep)
+    keep_x, keep_y = keep_pair(keep)
     kx, ex = _keep_counts(eig.arrays["wx"], eig.multiplicity, keep_x, x_scale, epsilon, names[0])
     ky, ey = _keep_counts(eig.arrays["wy"], eig.multiplicity, keep_y, y_scale, epsilon, names[1])
     return kx, ky, ex, ey
@@ -319,10 +314,10 @@ def dft_measure(
     same graph (one pass); with several, one pass per band gathers the
     eigenvalues and one more per band computes the CCA.
     """
+    check_epsilon(epsilon)
     run = _DFTRun(x, y, conv=conv, layout=layout, names=names)
     if measure == "svcca":
-        for k in _keep_pair(keep):
-            check_keep(k)
+        keep_pair(keep)
         if len(run.bands) == 1:
             return _svcca_one_pass(run, keep=keep, epsilon=epsilon, names=names)
         eig = run.map(_eig_part)

@@ -67,6 +67,33 @@ class DFT:
     lanes: int | None = None
     rows: int | None = None
 
+    def __post_init__(self) -> None:
+        # checked when made, before any data is read
+        if self.memory_limit is not None:
+            _parse_limit(self.memory_limit)
+        for name in ("lanes", "rows"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
+            ):
+                raise ValueError(f"DFT({name}=...) must be a positive int or None, got {value!r}")
+
+
+def _parse_limit(value: Any) -> int:
+    """Bytes of a memory limit given as a positive number or a string like ``"2GiB"``."""
+    from dask.utils import parse_bytes
+
+    try:
+        out = parse_bytes(value) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        out = 0
+    if isinstance(value, bool) or out <= 0:
+        raise ValueError(
+            f"memory_limit must be a positive number of bytes or a string like '2GiB', "
+            f"got {value!r}"
+        )
+    return out
+
 
 def _freq_range(s: int) -> np.ndarray:
     """Integer frequencies of an s-point DFT, ``[-(s // 2), (s - 1) // 2]``
@@ -177,17 +204,12 @@ _CCA_BLOCK_BYTES = 32 * 2**20
 
 
 def _memory_limit(opt: DFT) -> int:
-    from dask.utils import parse_bytes
-
     value = opt.memory_limit
     if value is None:
         value = dask.config.get("svcca_dask.dft_memory_limit", None)
     if value is None:
         return max(256 * 2**20, physical_memory() // 4)
-    out = parse_bytes(value) if isinstance(value, str) else int(value)
-    if out <= 0:
-        raise ValueError(f"memory_limit must be positive, got {value!r}")
-    return out
+    return _parse_limit(value)
 
 
 def _scheduler_threads() -> int:
@@ -276,9 +298,7 @@ def _rows_target(
     when a task holds all of its input at once: on ``distributed``), at most
     512 MiB, between 8 and 64 images.
     """
-    if opt.rows is not None:
-        if opt.rows < 1:
-            raise ValueError(f"rows must be a positive number of images, got {opt.rows}")
+    if opt.rows is not None:  # checked by DFT
         return int(opt.rows)
     d = plan.x_shape[0] + plan.y_shape[0]
     per_image = idx.size * d * 16  # its coefficients
