@@ -54,9 +54,12 @@ def as_dask(x: ArrayLike, *, name: str, ndim: int | tuple[int, ...] = 2) -> da.A
 
     Parameters
     ----------
-    x : ndarray, dask.array.Array, zarr.Array, str or path
-        The activations, shape ``(n_samples, n_features)``. A string or path
-        names a Zarr array (``"store.zarr/layer"``).
+    x : array-like, str or path
+        The activations, shape ``(n_samples, n_features)``: a NumPy, Dask or
+        Zarr array, an ``xarray.DataArray`` (its data), a PyTorch tensor on
+        the CPU (its memory, not copied), or anything NumPy can take (JAX
+        arrays, lists, objects with ``__array__``). A string or path names a
+        Zarr array (``"store.zarr/layer"``).
     name : str
         The argument's name, used in error messages.
     ndim : int or tuple of int
@@ -70,10 +73,12 @@ def as_dask(x: ArrayLike, *, name: str, ndim: int | tuple[int, ...] = 2) -> da.A
     Raises
     ------
     ValueError, TypeError, FileNotFoundError
-        With a message that names ``name``.
+        With a message that names ``name``; a tensor on a GPU is a TypeError
+        (move it with ``.cpu()``: the pass reads from host memory).
     """
     if isinstance(x, (str, os.PathLike)):
         x = open_zarr_array(x, name=name)
+    x = _host_array(x, name=name)
     allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
     if isinstance(x, da.Array):
         arr = x
@@ -81,8 +86,6 @@ def as_dask(x: ArrayLike, *, name: str, ndim: int | tuple[int, ...] = 2) -> da.A
         check_complete(x, name=name)
         arr = da.from_zarr(x)
     else:
-        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-            x = np.asarray(x)
         _check_shape_dtype(x.shape, x.dtype, name=name, allowed=allowed)
         n_feat = int(np.prod(x.shape[1:])) if len(x.shape) > 1 else 1
         arr = da.from_array(x, chunks=(rows_per_chunk(n_feat), *x.shape[1:]))
@@ -90,6 +93,30 @@ def as_dask(x: ArrayLike, *, name: str, ndim: int | tuple[int, ...] = 2) -> da.A
     if any(len(c) != 1 for c in arr.chunks[1:]):
         arr = arr.rechunk({i: -1 for i in range(1, arr.ndim)})
     return arr
+
+
+def _host_array(x: Any, *, name: str) -> Any:
+    """``x`` as something Dask can wrap: Dask and Zarr arrays as they are, an
+    xarray object's data, a CPU tensor's memory, anything else through NumPy
+    unless it already has a NumPy dtype (then it is sliced lazily)."""
+    if isinstance(x, (np.ndarray, da.Array)) or is_zarr_array(x):
+        return x
+    if hasattr(x, "dims") and hasattr(x, "data") and hasattr(x, "coords"):  # xarray
+        return _host_array(x.data, name=name)
+    device = getattr(x, "device", None)
+    if hasattr(x, "detach") and device is not None:  # a PyTorch tensor
+        if getattr(device, "type", str(device)) != "cpu":
+            raise TypeError(
+                f"{name} is a tensor on {device}: move it to the CPU first ({name}.cpu()); "
+                "the one-pass statistics are computed from host memory"
+            )
+        return x.detach().numpy()
+    try:
+        if hasattr(x, "shape") and np.dtype(x.dtype) is not None:
+            return x  # an array with a NumPy dtype (h5py, JAX, ...): sliced per chunk
+    except TypeError:
+        pass
+    return np.asarray(x)
 
 
 def is_zarr_array(x: Any) -> bool:

@@ -190,15 +190,22 @@ def pwcca_from_stats(
 
 
 def cka_from_stats(p: PairStats, *, names: tuple[str, str] = ("x", "y")) -> CKAResult:
-    """Linear CKA of a pair from its covariance statistics (see :func:`linear_cka`)."""
-    nx, ny = np.linalg.norm(p.sxx), np.linalg.norm(p.syy)
-    for norm, name in ((nx, names[0]), (ny, names[1])):
-        if norm == 0:
+    """Linear CKA of a pair from its covariance statistics (see :func:`linear_cka`).
+
+    Each block is divided by its side's largest variance first (CKA does not
+    change, and the squared norms stay in float64's range for any scale of
+    the activations).
+    """
+    ax = float(np.max(np.diagonal(p.sxx), initial=0.0))
+    ay = float(np.max(np.diagonal(p.syy), initial=0.0))
+    for top, name in ((ax, names[0]), (ay, names[1])):
+        if not top > 0:
             raise ValueError(
                 f"{name} has no live feature: every feature has zero variance, and linear "
                 "CKA is undefined for a constant layer"
             )
-    score = float(np.linalg.norm(p.sxy) ** 2 / (nx * ny))
+    nx, ny = np.linalg.norm(p.sxx / ax), np.linalg.norm(p.syy / ay)
+    score = float(np.linalg.norm(p.sxy / np.sqrt(ax) / np.sqrt(ay)) ** 2 / (nx * ny))
     return CKAResult(score=min(max(score, 0.0), 1.0), n_samples=p.n)
 
 

@@ -140,6 +140,7 @@ def moments_chunk(
     names: Sequence[str] | None = None,
     row_start: int = 0,
     regions: Sequence[Region] | None = None,
+    chunk_starts: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Partial statistics of one row chunk of several arrays.
 
@@ -157,6 +158,9 @@ def moments_chunk(
         networks needs each layer's own block and the x-by-y cross block, not
         the x-x and y-y cross blocks. Default: the whole ``(d, d)`` matrix in
         one SYRK.
+    chunk_starts : sequence of sequence of int, optional
+        Per array, the first rows of its stored chunks that overlap these rows
+        (a task may read several): error messages name the stored chunk.
 
     Returns
     -------
@@ -167,7 +171,11 @@ def moments_chunk(
     Raises
     ------
     ValueError
-        If any value is NaN or infinite; the message names the array and the rows.
+        If any value is NaN or infinite (the message names the array, the rows
+        and the chunk), or if an array's values are so large that their
+        squares overflow float64, or vary so little that they underflow (the
+        message names the array and says to rescale it: every measure is
+        invariant to a layer's scale).
 
     Notes
     -----
@@ -180,11 +188,13 @@ def moments_chunk(
     step = max(1, _config.DEFAULT_CHUNK_BYTES // (8 * max(width, 1)))
     if m > 1.5 * step:
         pieces = [
-            _piece_moments([b[a : a + step] for b in blocks], names, row_start + a, regions)
+            _piece_moments(
+                [b[a : a + step] for b in blocks], names, row_start + a, regions, chunk_starts
+            )
             for a in range(0, m, step)
         ]
         return moments_combine(pieces)
-    return _piece_moments(blocks, names, row_start, regions)
+    return _piece_moments(blocks, names, row_start, regions, chunk_starts)
 
 
 def _piece_moments(
@@ -192,6 +202,7 @@ def _piece_moments(
     names: Sequence[str] | None,
     row_start: int,
     regions: Sequence[Region] | None,
+    chunk_starts: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     m = blocks[0].shape[0]
     widths = [b.shape[1] for b in blocks]
@@ -201,22 +212,71 @@ def _piece_moments(
     for b, w in zip(blocks, widths, strict=True):
         buf[:, start : start + w] = b
         start += w
-    col_sum = buf.sum(axis=0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        col_sum = buf.sum(axis=0)
     if not np.all(np.isfinite(col_sum)):
-        _raise_non_finite(blocks, names, row_start)
+        _raise_non_finite(blocks, names, row_start, chunk_starts)
     mean = col_sum / m
     buf -= mean
-    if regions is None:
-        return {"n": m, "mean": mean, "m2": buf.T @ buf}  # A.T @ A on one buffer runs as SYRK
-    m2 = []
-    for r0, r1, c0, c1 in regions:
-        rows = buf[:, r0:r1]
-        m2.append(rows.T @ rows if (r0, r1) == (c0, c1) else rows.T @ buf[:, c0:c1])
-    return {"n": m, "mean": mean, "m2": m2, "regions": tuple(regions)}
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        if regions is None:
+            m2 = buf.T @ buf  # A.T @ A on one buffer runs as SYRK
+            diag = np.diagonal(m2)
+        else:
+            m2 = []
+            for r0, r1, c0, c1 in regions:
+                rows = buf[:, r0:r1]
+                m2.append(rows.T @ rows if (r0, r1) == (c0, c1) else rows.T @ buf[:, c0:c1])
+            diag = np.ones(buf.shape[1])  # columns no own block covers are not checked
+            for block, (r0, r1, c0, c1) in zip(m2, regions, strict=True):
+                if (r0, r1) == (c0, c1):
+                    diag[r0:r1] = np.diagonal(block)
+    _check_range(diag, buf, blocks, names)
+    out = {"n": m, "mean": mean, "m2": m2}
+    if regions is not None:
+        out["regions"] = tuple(regions)
+    return out
+
+
+def _check_range(
+    diag: np.ndarray, buf: np.ndarray, blocks: Sequence[np.ndarray], names: Sequence[str] | None
+) -> None:
+    """Refuse values whose squares leave float64's range (the caller checked that
+    the values themselves are finite): sums of squares that overflow, or
+    variation whose squares underflow, which would read as a dead layer."""
+    tiny = np.finfo(np.float64).tiny
+    over = ~np.isfinite(diag)
+    low = np.flatnonzero(diag < tiny)
+    under = np.zeros(diag.shape, dtype=bool)
+    if low.size:  # exactly constant columns (dead features) are fine
+        under[low] = np.any(buf[:, low] != 0, axis=0)
+    if not (over.any() or under.any()):
+        return
+    edges = np.cumsum([0] + [b.shape[1] for b in blocks])
+    for i, b in enumerate(blocks):
+        name = names[i] if names is not None else f"array {i}"
+        sl = slice(edges[i], edges[i + 1])
+        top = float(np.max(np.abs(np.asarray(b, dtype=np.float64)), initial=0.0))
+        if over[sl].any():
+            raise ValueError(
+                f"{name} has values up to {top:.3g}: their squares overflow float64. "
+                "Divide the activations by a constant first (every measure is invariant to "
+                "a layer's scale)."
+            )
+        if under[sl].any():
+            raise ValueError(
+                f"{name} has values that vary so little (largest |value| {top:.3g}) that "
+                "their squares underflow float64 and would read as zero variance. Multiply "
+                "the activations by a constant first (every measure is invariant to a "
+                "layer's scale)."
+            )
 
 
 def _raise_non_finite(
-    blocks: Sequence[np.ndarray], names: Sequence[str] | None, row_start: int
+    blocks: Sequence[np.ndarray],
+    names: Sequence[str] | None,
+    row_start: int,
+    chunk_starts: Sequence[Sequence[int]] | None = None,
 ) -> None:
     for i, b in enumerate(blocks):
         bad = ~np.isfinite(np.asarray(b, dtype=np.float64))
@@ -224,11 +284,19 @@ def _raise_non_finite(
             rows = np.flatnonzero(bad.any(axis=1)) + row_start
             name = names[i] if names is not None else f"array {i}"
             shown = ", ".join(str(r) for r in rows[:5]) + (" ..." if rows.size > 5 else "")
+            starts = np.asarray(chunk_starts[i] if chunk_starts is not None else [row_start])
+            first = int(starts[starts <= rows[0]].max(initial=row_start))
             raise ValueError(
                 f"{name} contains NaN or infinite values in rows {shown} "
-                f"(chunk starting at row {row_start}); clean or mask these samples first."
+                f"(chunk starting at row {first}); clean or mask these samples first."
             )
-    raise ValueError("the statistics overflowed float64: rescale the activations")  # pragma: no cover
+    tops = [float(np.max(np.abs(np.asarray(b, dtype=np.float64)), initial=0.0)) for b in blocks]
+    i = int(np.argmax(tops))
+    name = names[i] if names is not None else f"array {i}"
+    raise ValueError(
+        f"{name} has values up to {tops[i]:.3g}: their sums overflow float64. Divide the "
+        "activations by a constant first (every measure is invariant to a layer's scale)."
+    )
 
 
 def moments_combine(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -305,16 +373,24 @@ def accumulate_graph(
     """
     if split_every < 2:
         raise ValueError(f"split_every must be at least 2, got {split_every}")
+    stored = [np.cumsum([0, *a.chunks[0]])[:-1] for a in arrays]  # before any merging
     arrays = _unify_rows(arrays)
     row_chunks = arrays[0].chunks[0]
     starts = np.concatenate([[0], np.cumsum(row_chunks)])[:-1]
     per_array = [a.to_delayed(optimize_graph=True).reshape(-1) for a in arrays]
     chunk = delayed(moments_chunk, pure=True)
-    parts = [
-        chunk(*[blocks[i] for blocks in per_array], names=names, row_start=int(starts[i]),
-              regions=regions)
-        for i in range(len(row_chunks))
-    ]
+    parts = []
+    for i, rows in enumerate(row_chunks):
+        s0, s1 = int(starts[i]), int(starts[i]) + int(rows)
+        # each array's stored chunks that overlap the task's rows, for error messages
+        own = [
+            [int(st[st <= s0].max(initial=0)), *(int(v) for v in st[(st > s0) & (st < s1)])]
+            for st in stored
+        ]
+        parts.append(
+            chunk(*[blocks[i] for blocks in per_array], names=names, row_start=s0,
+                  regions=regions, chunk_starts=own)
+        )  # fmt: skip
     return _tree(parts, split_every)
 
 

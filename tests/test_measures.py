@@ -228,3 +228,18 @@ def test_bad_options():
         sd.cca(x, y, max_features=20)
     with pytest.raises(TypeError):
         sd.cca(x, y, 1e-6)  # options are keyword-only
+
+
+@pytest.mark.parametrize("scale", [1e-150, 1e150])
+def test_scale_within_float64_range_changes_nothing(scale):
+    x, y = planted()
+    for measure in (sd.cca, sd.svcca, sd.pwcca, sd.linear_cka):
+        assert measure(scale * x, y).score == pytest.approx(measure(x, y).score, rel=1e-9)
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e300])
+def test_scale_beyond_float64_range_is_a_clear_error(scale):
+    x, y = planted()
+    for measure in (sd.cca, sd.linear_cka):
+        with pytest.raises(ValueError, match=r"(overflow|underflow) float64.*a constant first"):
+            measure(scale * x, y)

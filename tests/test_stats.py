@@ -93,7 +93,7 @@ def test_non_finite_names_array_and_rows():
     y = y.copy()
     y[612, 2] = np.nan
     y[613, 0] = np.inf
-    with pytest.raises(ValueError, match=r"layer_b contains NaN or infinite values in rows 612, 613 \(chunk starting at row 0\)"):
+    with pytest.raises(ValueError, match=r"layer_b contains NaN or infinite values in rows 612, 613 \(chunk starting at row 600\)"):
         accumulate([da.from_array(x, chunks=200), da.from_array(y, chunks=200)], names=["layer_a", "layer_b"])
     # chunks of the target size are kept as stored: the error names the chunk
     big = 2**18  # two chunks of 2**17 rows x 12 features: 12 MiB each as float64, kept
@@ -159,3 +159,34 @@ def test_compute_runs_blosc_single_threaded_and_restores_it():
         assert blosc.get_nthreads() == 3
     finally:
         blosc.set_nthreads(before)
+
+
+def test_nan_report_names_the_stored_chunk_of_a_merged_task():
+    x, y = _data(n=3000)
+    x = x.copy()
+    x[2100, 3] = np.nan
+    xd = da.from_array(x, chunks=(500, -1))  # 500-row chunks, merged into larger tasks
+    with pytest.raises(ValueError, match=r"rows 2100 \(chunk starting at row 2000\)"):
+        accumulate([xd, da.from_array(y, chunks=(500, -1))], names=["x", "y"])
+
+
+@pytest.mark.parametrize("scale", [1e300, 1e307])
+def test_values_whose_squares_overflow_are_refused_by_name(scale):
+    x, y = (a.astype(np.float64) for a in _data(n=400))
+    with pytest.raises(ValueError, match=r"^x has values up to .*overflow float64\. Divide"):
+        accumulate([da.from_array(scale * x), da.from_array(y)], names=["x", "y"])
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-170])
+def test_values_whose_squares_underflow_are_refused_by_name(scale):
+    x, y = (a.astype(np.float64) for a in _data(n=400))
+    with pytest.raises(ValueError, match=r"^y has values that vary so little .*underflow"):
+        accumulate([da.from_array(x), da.from_array(scale * y)], names=["x", "y"])
+
+
+def test_constant_columns_are_not_underflow():
+    x, _ = _data(n=400)
+    x = x.copy()
+    x[:, 2] = 7.0  # a dead feature, exactly constant: fine
+    m = accumulate([da.from_array(x)])
+    assert m.comoment[2, 2] == 0.0

@@ -241,10 +241,15 @@ def pwcca_from_dft_stats(
 
 
 def _cka_part(st: DFTStats) -> dict[str, np.ndarray]:
-    def sq(s: np.ndarray) -> np.ndarray:
-        return np.sum(np.abs(s) ** 2, axis=(1, 2))
+    """Per-frequency squared norms of the blocks, each side divided by its scale
+    (the ratio does not change, and the squares stay in float64's range)."""
 
-    return {"xy": sq(st.sxy), "xx": sq(st.sxx), "yy": sq(st.syy)}
+    def sq(s: np.ndarray, scale: float) -> np.ndarray:
+        return np.sum(np.abs(s / scale) ** 2, axis=(1, 2))
+
+    sx = st.x_scale if st.x_scale > 0 else 1.0
+    sy = st.y_scale if st.y_scale > 0 else 1.0
+    return {"xy": sq(st.sxy, np.sqrt(sx) * np.sqrt(sy)), "xx": sq(st.sxx, sx), "yy": sq(st.syy, sy)}
 
 
 def _cka_result(parts: _Parts, names: tuple[str, str]) -> Any:
