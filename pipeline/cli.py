@@ -373,6 +373,24 @@ def _quiet_libraries(names: Sequence[str] = QUIET_LOGGERS) -> Iterator[None]:
             h.removeFilter(quiet)
 
 
+@contextlib.contextmanager
+def _one_line_warnings(command: str) -> Iterator[None]:
+    """Warnings raised while a command runs, printed once each on stderr as
+    ``svcca-dask COMMAND: warning: ...`` (a score with too few samples, say),
+    whatever filters the embedding process set for the library's own."""
+    import warnings
+
+    from svcca_dask.rules import SampleSizeWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("default", category=SampleSizeWarning)
+        try:
+            yield
+        finally:
+            for text in dict.fromkeys(str(w.message) for w in caught):
+                print(f"{PROG} {command}: warning: {' '.join(text.split())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``svcca-dask``; returns the exit status (0 on success)."""
     parser = build_parser()
@@ -387,7 +405,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
     )
     try:
-        with contextlib.nullcontext() if verbose else _quiet_libraries():
+        with (
+            contextlib.nullcontext() if verbose else _quiet_libraries(),
+            _one_line_warnings(args.command),
+        ):
             code = handler(args)
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)

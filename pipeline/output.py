@@ -71,6 +71,7 @@ COLUMNS = (
     "x_path",
     "y_path",
     "computed_at",
+    "warnings",
 )
 _INT_COLUMNS = ("n_samples", "n_coefficients", "x_kept", "y_kept")
 RESULTS_FORMAT = 1

@@ -156,6 +156,7 @@ def _row_fields(result: Any) -> dict[str, Any]:
         "n_coefficients": None if coefs is None else len(coefs),
         "x_kept": _scalar_int(getattr(result, "x_kept", None)),
         "y_kept": _scalar_int(getattr(result, "y_kept", None)),
+        "warnings": "; ".join(getattr(result, "warnings", ())) or None,
     }
 
 
@@ -188,7 +189,8 @@ def compare_pair(
     -------
     dict
         ``score``, ``coefficients`` (a list; empty for CKA), ``measure``,
-        ``x``, ``y``, ``n_samples``, ``options``, and ``x_kept``/``y_kept``
+        ``x``, ``y``, ``n_samples``, ``options``, ``warnings`` (what makes
+        the score unreliable, e.g. too few samples), and ``x_kept``/``y_kept``
         for SVCCA, ``weights`` for PWCCA.
     """
     if measure not in MEASURES:
@@ -222,6 +224,7 @@ def compare_pair(
             out[attr] = int(value) if np.ndim(value) == 0 else np.asarray(value).tolist()
     if hasattr(result, "weights"):
         out["weights"] = np.asarray(result.weights).tolist()
+    out["warnings"] = list(getattr(result, "warnings", ()))
     return out
 
 

@@ -27,6 +27,7 @@ from .results import (
     SimilarityMatrix,
     SVCCAResult,
 )
+from .rules import SampleSizeWarning
 from .store import (
     ActivationStore,
     IncompleteLayerError,
@@ -57,6 +58,7 @@ __all__ = [
     "PWCCAResult",
     "RandomizedSVD",
     "SVCCAResult",
+    "SampleSizeWarning",
     "SimilarityMatrix",
     "__version__",
     "cca",

@@ -61,7 +61,7 @@ from .input import ArrayLike, as_dask
 from .linalg import inv_sqrt_psd, top_eigh
 from .measures import cca_from_stats, cka_from_stats, pwcca_from_stats, svcca_from_stats
 from .results import SimilarityMatrix
-from .rules import check_epsilon, check_side, keep_pair
+from .rules import check_epsilon, check_side, keep_pair, warn_notes
 from .stats import PairStats, Region, accumulate_graph, compute, pair_stats, to_moments
 
 __all__ = ["MATRIX_MEASURES", "similarity_matrices", "similarity_matrix"]
@@ -303,6 +303,7 @@ def similarity_matrices(
     scores = {m: np.empty((len(xs), len(ys)), dtype=np.float64) for m in measures}
     rows, cols = tuple(xs), tuple(ys)
     n_tiles = 0
+    flagged: dict[str, list[str]] = {}  # measure -> the notes of its flagged pairs
     for tile_row, homes in plan:
         graphs = []
         for tile in tile_row:
@@ -345,8 +346,13 @@ def similarity_matrices(
         for (r, c, *_), out in zip(jobs, _map_pairs(measure_pair, jobs), strict=True):
             for m, res in zip(measures, out, strict=True):
                 scores[m][r, c] = res.score
+                notes = getattr(res, "warnings", ())
+                if notes:
+                    flagged.setdefault(m, []).append(notes[0])
                 if return_results:
                     results[m][(rows[r], cols[c])] = res
+    for m, notes in flagged.items():  # one warning per measure, not one per pair
+        warn_notes([f"{m}: {len(notes)} of {len(xs) * len(ys)} pairs, e.g. {notes[0]}"])
     return {
         m: SimilarityMatrix(
             scores=scores[m],

@@ -23,7 +23,16 @@ from .results import (
     PWCCAResult,
     SVCCAResult,
 )
-from .rules import check_epsilon, check_keep, check_side, keep_count, keep_pair, live_features
+from .rules import (
+    check_epsilon,
+    check_keep,
+    check_side,
+    keep_count,
+    keep_pair,
+    live_features,
+    sample_size_note,
+    warn_notes,
+)
 from .stats import PairStats, accumulate, pair_stats
 from .svd import SVD_METHODS, RandomizedSVD, projected_stats, reduce_pair
 
@@ -69,6 +78,7 @@ def _cca_fields(
         p.sxx[np.ix_(lx, lx)], p.sxy[np.ix_(lx, ly)], p.syy[np.ix_(ly, ly)],
         epsilon=epsilon, inv_sqrt=inv_sqrt,
     )
+    note = sample_size_note(p.n, int(rho.shape[-1]))
     return {
         "score": float(np.mean(rho)),
         "coefficients": rho,
@@ -81,7 +91,14 @@ def _cca_fields(
         "y_features": ly,
         "x_dropped": _dropped(lx, dx),
         "y_dropped": _dropped(ly, dy),
+        "warnings": (note,) if note else (),
     }
+
+
+def _warned(result: Any) -> Any:
+    """``result``, its ``warnings`` issued as :class:`SampleSizeWarning` from the user's call."""
+    warn_notes(getattr(result, "warnings", ()), stacklevel=4)
+    return result
 
 
 def cca_from_stats(
@@ -347,9 +364,13 @@ def cca(
     check_epsilon(epsilon)
     pair = _prepare(x, y, conv=conv, layout=layout)
     if pair.dft:
-        return dft_measure("cca", pair.x, pair.y, conv=conv, layout=pair.layouts, epsilon=epsilon)
-    return cca_from_stats(
-        _pair_stats(pair, split_every=split_every, max_features=max_features), epsilon=epsilon
+        return _warned(
+            dft_measure("cca", pair.x, pair.y, conv=conv, layout=pair.layouts, epsilon=epsilon)
+        )
+    return _warned(
+        cca_from_stats(
+            _pair_stats(pair, split_every=split_every, max_features=max_features), epsilon=epsilon
+        )
     )
 
 
@@ -416,17 +437,19 @@ def svcca(
     pair = _prepare(x, y, conv=conv, layout=layout)
     methods = _svd_methods(svd, pair, max_features)
     if pair.dft:
-        return dft_measure(
-            "svcca", pair.x, pair.y, conv=conv, layout=pair.layouts, epsilon=epsilon, keep=keep
+        return _warned(
+            dft_measure(
+                "svcca", pair.x, pair.y, conv=conv, layout=pair.layouts, epsilon=epsilon, keep=keep
+            )
         )
     if methods is None:
         p = _pair_stats(pair, split_every=split_every, max_features=max_features)
-        return svcca_from_stats(p, keep=keep, epsilon=epsilon)
-    return _svcca_two_stage(
+        return _warned(svcca_from_stats(p, keep=keep, epsilon=epsilon))
+    return _warned(_svcca_two_stage(
         pair, methods=methods, keep=keep, epsilon=epsilon, split_every=split_every,
         options=svd if isinstance(svd, RandomizedSVD) else RandomizedSVD(),
         max_features=max_features,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def _svd_methods(svd: Any, pair: _Pair, max_features: int) -> tuple[str, str] | None:
@@ -548,11 +571,13 @@ def pwcca(
     check_side(side)
     pair = _prepare(x, y, conv=conv, layout=layout)
     if pair.dft:
-        return dft_measure(
-            "pwcca", pair.x, pair.y, conv=conv, layout=pair.layouts, epsilon=epsilon, side=side
+        return _warned(
+            dft_measure(
+                "pwcca", pair.x, pair.y, conv=conv, layout=pair.layouts, epsilon=epsilon, side=side
+            )
         )
     p = _pair_stats(pair, split_every=split_every, max_features=max_features)
-    return pwcca_from_stats(p, epsilon=epsilon, side=side)
+    return _warned(pwcca_from_stats(p, epsilon=epsilon, side=side))
 
 
 def linear_cka(

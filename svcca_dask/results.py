@@ -50,6 +50,9 @@ class CCAResult:
         Indices of the features that went in (live features).
     x_dropped, y_dropped : ndarray of int
         Indices of dead (zero-variance) features that were dropped.
+    warnings : tuple of str
+        What makes the score unreliable (too few samples for the directions
+        compared, :class:`svcca_dask.rules.SampleSizeWarning`); empty if nothing.
     """
 
     score: float
@@ -63,6 +66,7 @@ class CCAResult:
     y_features: np.ndarray
     x_dropped: np.ndarray
     y_dropped: np.ndarray
+    warnings: tuple[str, ...] = ()
 
     def transform(self, x: np.ndarray, *, side: Literal["x", "y"] = "x") -> np.ndarray:
         """Canonical variates of in-memory data ``(n, n_features)`` of one side."""
@@ -182,6 +186,9 @@ class DFTCCAResult:
         The common band (the smaller height and width).
     n_samples : int
         Number of images.
+    warnings : tuple of str
+        What makes the score unreliable (too few images for the directions
+        compared at a frequency); empty if nothing.
     """
 
     score: float
@@ -192,6 +199,7 @@ class DFTCCAResult:
     multiplicity: np.ndarray
     band: tuple[int, int]
     n_samples: int
+    warnings: tuple[str, ...] = ()
 
     @property
     def frequency_scores(self) -> np.ndarray:

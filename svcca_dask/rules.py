@@ -15,15 +15,24 @@ Keep
     ``keep`` is a float in (0, 1], the fraction of the variance the kept
     directions must explain (the fewest directions that reach it, forgiving
     the last ulp of the sum), or an int >= 1, a number of directions.
+Sample size
+    Canonical correlations fit on the samples they are scored on are near 1
+    by chance when the samples are not many more than the directions
+    compared: fewer than :data:`MIN_SAMPLES_PER_DIRECTION` per direction is
+    flagged (:class:`SampleSizeWarning`, and the result's ``warnings``).
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "MIN_SAMPLES_PER_DIRECTION",
+    "SampleSizeWarning",
     "check_epsilon",
     "check_keep",
     "check_side",
@@ -31,7 +40,35 @@ __all__ = [
     "keep_pair",
     "live_features",
     "live_mask",
+    "sample_size_note",
+    "warn_notes",
 ]
+
+#: Fewest samples per canonical direction before a result is flagged.
+MIN_SAMPLES_PER_DIRECTION = 10
+
+
+class SampleSizeWarning(UserWarning):
+    """Too few samples for the directions compared: canonical correlations are
+    near 1 by chance alone, whatever the layers."""
+
+
+def sample_size_note(n: int, directions: int, *, where: str = "") -> str | None:
+    """The warning text when ``n`` samples are too few for ``directions``, else None."""
+    if directions < 1 or n >= MIN_SAMPLES_PER_DIRECTION * directions:
+        return None
+    return (
+        f"{n} samples for {directions} canonical directions{where} (fewer than "
+        f"{MIN_SAMPLES_PER_DIRECTION} per direction): canonical correlations come out "
+        "near 1 with so few samples, even for unrelated layers. Use more samples, or "
+        "compare fewer directions (svcca with a smaller keep; conv='mean' for conv layers)."
+    )
+
+
+def warn_notes(notes: Iterable[str], *, stacklevel: int = 3) -> None:
+    """Issue each note as a :class:`SampleSizeWarning` (from the caller's caller)."""
+    for note in notes:
+        warnings.warn(note, SampleSizeWarning, stacklevel=stacklevel)
 
 
 def live_mask(variances: np.ndarray, scale: float, epsilon: float) -> np.ndarray:

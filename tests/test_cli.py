@@ -243,3 +243,29 @@ def test_compare_svd_and_dft_options(stores, capsys):
     assert main(["compare", cx, cy, "--measure", "cca", "--dft-memory-limit", "1MiB"]) == 0
     ref = sd.cca(cx, cy, conv=sd.DFT(memory_limit="1MiB"))
     assert float(capsys.readouterr().out) == pytest.approx(ref.score, abs=1e-6)
+
+
+def test_too_few_samples_are_flagged_on_the_cli(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    s = create_store(tmp_path / "few.zarr")
+    s.append("a", rng.standard_normal((60, 12)))
+    s.append("b", rng.standard_normal((60, 12)))
+    x, y = str(tmp_path / "few.zarr" / "a"), str(tmp_path / "few.zarr" / "b")
+    assert main(["compare", x, y, "--measure", "cca"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("svcca-dask compare: warning: 60 samples for 12 canonical directions") == 1
+    assert main(["compare", x, y, "--measure", "cca", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "fewer than 10 per direction" in out["warnings"][0]
+    job = tmp_path / "job.toml"
+    job.write_text(
+        'output = "out"\nmeasures = ["cca"]\npairs = [["f/a", "f/b"]]\ncluster = "threads"\n'
+        '[stores]\nf = "few.zarr"\n'
+    )
+    assert main(["run", str(job)]) == 0
+    assert "warning: 60 samples" in capsys.readouterr().err
+    import csv
+
+    with open(tmp_path / "out" / "results.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert "60 samples for 12 canonical directions" in row["warnings"]  # in the table too

@@ -117,6 +117,7 @@ def test_dft_cka_equals_flatten_on_translation_invariant_data():
     assert r.score == pytest.approx(ref_cka(flat(x), flat(y)), abs=1e-10)  # Parseval
 
 
+@pytest.mark.filterwarnings("ignore::svcca_dask.SampleSizeWarning")  # small data, on purpose
 def test_dft_svcca_equals_flatten_svcca_when_no_conjugate_pair_is_split():
     x, y = translation_invariant(cx=4, cy=3)
     matched = 0
@@ -392,6 +393,7 @@ def test_nan_in_a_conv_layer_names_the_array_and_rows():
 # layouts and Zarr
 
 
+@pytest.mark.filterwarnings("ignore::svcca_dask.SampleSizeWarning")  # small data, on purpose
 @pytest.mark.parametrize(
     ("layout", "names"),
     [

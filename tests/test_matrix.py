@@ -223,6 +223,7 @@ def test_bad_input_messages():
         sd.similarity_matrix({"ok": xs["a0"], "bad": bad}, measure="cka")
 
 
+@pytest.mark.filterwarnings("ignore::svcca_dask.SampleSizeWarning")  # small data, on purpose
 @pytest.mark.parametrize("conv", ["mean", "samples", "flatten"])
 def test_conv_layers_pass_through_conv_features(conv):
     rng = np.random.default_rng(5)

@@ -66,3 +66,39 @@ def test_keep_count():
 def test_check_keep_refuses(keep, error):
     with pytest.raises(error):
         check_keep(keep)
+
+
+def test_too_few_samples_are_flagged():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((300, 40)), rng.standard_normal((300, 40))  # independent
+    with pytest.warns(sd.SampleSizeWarning, match="300 samples for 40 canonical directions"):
+        r = sd.pwcca(x, y)
+    assert r.coefficients[0] > 0.6  # what the warning is about: unrelated layers correlate
+    assert r.warnings and "fewer than 10 per direction" in r.warnings[0]
+    with pytest.warns(sd.SampleSizeWarning):
+        sd.cca(x, y)
+    with pytest.warns(sd.SampleSizeWarning, match="for 35 canonical"):
+        sd.svcca(x, y, keep=35)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = sd.svcca(x, y, keep=5)  # 300 samples for 5 directions: fine
+    assert r.warnings == ()
+
+
+def test_too_few_images_per_frequency_are_flagged():
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((40, 8, 4, 4)), rng.standard_normal((40, 8, 4, 4))
+    with pytest.warns(sd.SampleSizeWarning, match="40 samples for 8 canonical directions at a"):
+        r = sd.cca(x, y, layout="NCHW")
+    assert r.warnings
+
+
+def test_a_matrix_warns_once_per_measure():
+    rng = np.random.default_rng(2)
+    layers = {f"l{i}": rng.standard_normal((100, 20)) for i in range(3)}
+    with pytest.warns(sd.SampleSizeWarning) as record:
+        m = sd.similarity_matrix(layers, measure="cca")
+    assert len(record) == 1 and "cca: 9 of 9 pairs" in str(record[0].message)
+    assert m["l0", "l1"].warnings  # each pair's result says so too

@@ -122,6 +122,7 @@ def test_missing_chunk_is_refused_not_read_as_fill(tmp_path, rng):
         sd.linear_cka(str(tmp_path / "a.zarr" / "x"), x)
 
 
+@pytest.mark.filterwarnings("ignore::svcca_dask.SampleSizeWarning")  # small data, on purpose
 def test_writing_flag_and_expected_samples_refused(tmp_path, rng):
     x = rng.standard_normal((20, 3)).astype("float32")
     s = create_store(tmp_path / "a.zarr")
@@ -136,6 +137,7 @@ def test_writing_flag_and_expected_samples_refused(tmp_path, rng):
     assert sd.cca(str(tmp_path / "a.zarr" / "x"), x).score > 0.999
 
 
+@pytest.mark.filterwarnings("ignore::svcca_dask.SampleSizeWarning")  # small data, on purpose
 def test_plain_zarr_arrays_are_not_checked(tmp_path, rng):
     x = rng.standard_normal((20, 3))
     zarr.create_array(str(tmp_path / "plain.zarr"), data=x)

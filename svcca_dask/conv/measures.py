@@ -15,7 +15,15 @@ from dask.delayed import delayed
 from ..input import ArrayLike
 from ..linalg import top_eigh
 from ..results import CKAResult, DFTCCAResult, DFTPWCCAResult, DFTSVCCAResult
-from ..rules import check_epsilon, check_keep, check_side, keep_count, keep_pair, live_mask
+from ..rules import (
+    check_epsilon,
+    check_keep,
+    check_side,
+    keep_count,
+    keep_pair,
+    live_mask,
+    sample_size_note,
+)
 from .accumulate import DFTStats, _DFTRun, _light, _Parts
 from .cca import _batched_cca, _projection_weights
 from .plan import _freq_blocks
@@ -62,6 +70,7 @@ def _fields(parts: _Parts, names: tuple[str, str]) -> dict[str, Any]:
         )
     pooled, order = _pool(rho, counts, mult)
     n_dirs = min(int(np.sum(mult * a["nx"])), int(np.sum(mult * a["ny"])))
+    note = sample_size_note(stats_like.n, int(counts.max()), where=" at a frequency")
     coef = np.concatenate([pooled[order], np.zeros(max(0, n_dirs - pooled.size))])
     return {
         "score": float(np.mean(coef)),
@@ -72,6 +81,7 @@ def _fields(parts: _Parts, names: tuple[str, str]) -> dict[str, Any]:
         "multiplicity": stats_like.multiplicity,
         "band": stats_like.band,
         "n_samples": stats_like.n,
+        "warnings": (note,) if note else (),
     }
 
 
