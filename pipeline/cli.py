@@ -163,7 +163,12 @@ def _add_extract(subparsers: Any) -> None:
     p.add_argument(
         "--batch-size", type=int, default=64, help="batch size for a map-style Dataset (64)"
     )
-    p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="storage dtype of the activations (default float32; float16 halves the store)",
+    )
     p.add_argument("--no-labels", action="store_true", help="do not store labels")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument(
@@ -250,7 +255,7 @@ def _compare(args: argparse.Namespace) -> int:
         measure=args.measure,
         options=options,
         cluster=args.cluster,
-        progress=False if args.json else args.progress,
+        progress=args.progress,  # on stderr: --json output on stdout stays clean
     )
     if args.json:
         print(json.dumps(out))
@@ -260,9 +265,10 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _extract(args: argparse.Namespace) -> int:
-    from .extract import extract_activations, load_callable, make_batches
+    from .extract import extract_activations, load_callable, make_batches, resolve_layers
 
     model = load_callable(args.model, what="--model")()
+    resolve_layers(model, args.layers)  # wrong --layers fail before the data is loaded
     data = make_batches(load_callable(args.data, what="--data")(), batch_size=args.batch_size)
     store = extract_activations(
         model,

@@ -6,11 +6,13 @@ only when an extraction runs.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import importlib.util
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
@@ -68,6 +70,18 @@ def resolve_layers(model: Any, layers: str | Sequence[str]) -> list[str]:
         available names.
     """
     available = [n for n, _ in model.named_modules() if n]
+    top = [n for n in available if "." not in n]
+    parent = next((n for n in top if any(a.startswith(n + ".") for a in available)), None)
+    inside = f"; inside one, e.g. '{parent}.0', or with a glob, '{parent}.**'" if parent else ""
+    for want in [layers] if isinstance(layers, str) else list(layers):
+        if any(c in want for c in "*?[") or want in available:
+            continue
+        close = difflib.get_close_matches(want, available, n=3)
+        hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+        raise ValueError(
+            f"{want!r} is not a layer of {type(model).__name__}; {hint}its top-level modules: "
+            f"{', '.join(top)} (names as model.named_modules() gives them{inside})"
+        )
     return select_layers(
         available,
         layers,
@@ -160,6 +174,10 @@ def load_callable(spec: str, *, what: str = "callable") -> Callable[..., Any]:
         sys.modules[name] = module
         spec_.loader.exec_module(module)
     else:
+        # as `python -m` does: modules in the current folder are importable
+        # (a console script's sys.path lacks it)
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
         module = importlib.import_module(modname)
     obj = getattr(module, attr, None)
     if obj is None or not callable(obj):
@@ -188,8 +206,8 @@ class _Hooks:
                 raise RuntimeError(
                     f"module {name!r} ({type(module).__name__}) is called more than once per "
                     "forward pass (a reused module); its activations are ambiguous. Pass "
-                    "reuse='first', 'last', or 'each' (each call stored as "
-                    f"'{name}.call0', '{name}.call1', ...)"
+                    "reuse='first', 'last', or 'each' (--reuse first|last|each on the command "
+                    f"line; 'each' stores every call as '{name}.call0', '{name}.call1', ...)"
                 )
             self.calls[name].append(output.detach())
 
@@ -349,6 +367,7 @@ def extract_activations(
         "labels": bool(labels),
     }
     path = store.path if isinstance(store, ActivationStore) else os.fspath(store)
+    fresh = overwrite or not (os.path.isdir(path) and os.listdir(path))
     s = _open_or_create(path, spec=spec, overwrite=overwrite)
     prov = {**spec, "dataset_size": dataset_size, "versions": _versions(), **(provenance or {})}
     prov["finished"] = False
@@ -366,7 +385,10 @@ def extract_activations(
     if arrays:
         s.set_writing(tracked, True, expected_samples=dataset_size)
     if done:
-        log.info("resuming %s after %d complete samples", path, done)
+        log.warning(
+            "resuming %s after the %d samples every array completed (the model is not run "
+            "on the batches before)", path, done,
+        )  # fmt: skip
 
     hooks = _Hooks(model, names, reuse)
     was_training = model.training
@@ -434,6 +456,10 @@ def extract_activations(
                         created.add(LABELS)
                 seen += b
                 bar.update(1)
+    except BaseException:
+        _keep_what_was_computed(s, pending, label_parts, remove_if_empty=fresh)
+        raise
+    else:
         pending.flush_all()
         if label_parts:
             s.append_labels(np.concatenate(label_parts))
@@ -459,6 +485,23 @@ def extract_activations(
         s.set_writing([n], False, expected_samples=seen)
     s.update_provenance(dataset_size=seen, finished=True, arrays=finished)
     return s
+
+
+def _keep_what_was_computed(
+    s: ActivationStore, pending: _Pending, label_parts: list[np.ndarray], *, remove_if_empty: bool
+) -> None:
+    """After an interruption (Ctrl-C, an error in a batch): write what the
+    layers have buffered, so that a rerun resumes after it instead of from the
+    last whole chunk; a store this run created that holds no sample is removed."""
+    try:
+        pending.flush_all()
+        if label_parts:
+            s.append_labels(np.concatenate(label_parts))
+    except Exception:  # the store itself failed: the rerun resumes from what is counted
+        log.warning("could not write the buffered batches of %s", s.path, exc_info=True)
+    names = s.layer_names() + ([LABELS] if LABELS in s else [])
+    if remove_if_empty and not any(s.complete_samples(n) for n in names):
+        shutil.rmtree(s.path, ignore_errors=True)
 
 
 def _first_sample_hash(inputs: Any) -> str:

@@ -269,3 +269,24 @@ def test_too_few_samples_are_flagged_on_the_cli(tmp_path, capsys):
     with open(tmp_path / "out" / "results.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert "60 samples for 12 canonical directions" in row["warnings"]  # in the table too
+
+
+def test_extract_checks_layers_before_the_data_and_imports_from_the_current_folder(
+    tmp_path, capsys, monkeypatch
+):
+    pytest.importorskip("torch")
+    (tmp_path / "models.py").write_text(MODEL_FILE + """
+
+def no_data():
+    raise AssertionError("the data callable ran before --layers was checked")
+""")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    out = tmp_path / "acts.zarr"
+    args = ["extract", "--model", "models:model", "--out", str(out)]
+    assert main([*args, "--data", "models:no_data", "--layers", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "'3' is not a layer of Sequential; its top-level modules: 0, 1, 2" in err
+    assert not out.exists()
+    assert main([*args, "--data", "models:data", "--layers", "0"]) == 0  # models.py found in .
+    assert open_store(out).info("0").shape == (30, 6)

@@ -138,7 +138,9 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, monkeypatch):
 
     crashed = open_store(tmp_path / "b.zarr")
     counts = {n: crashed.complete_samples(n) for n in LAYERS}
-    assert sorted(counts.values()) == [16, 16, 24]  # one layer finished batch 3, one did not
+    # the interrupted write is done again when the run stops (what was computed is
+    # kept); the layer the interrupt came before never got batch 3
+    assert sorted(counts.values()) == [16, 24, 24]
     for name in LAYERS:  # every layer is refused while the extraction is unfinished
         with pytest.raises(IncompleteLayerError):
             sd.cca(crashed.layer_path(name), np.zeros((40, 2)))
@@ -258,9 +260,13 @@ def test_float16_and_no_labels(tmp_path):
 def test_wrong_layer_name_lists_available(tmp_path):
     with pytest.raises(
         ValueError,
-        match=r"'layer9' is not a layer of TinyResNet.*available: .*layer1\.0\.conv1.*fc",
+        match=r"'layer9' is not a layer of TinyResNet; did you mean 'layer3'.*top-level modules: "
+        r"conv1, layer1, layer2, layer3, avgpool, fc .*'layer1\.0'.*'layer1\.\*\*'",
     ):
         extract_activations(make_model(), make_loader(), tmp_path / "a.zarr", layers=["layer9"])
+    assert not (tmp_path / "a.zarr").exists()  # checked before a store is made
+    with pytest.raises(ValueError, match=r"'layer9\.\*\*' matches no layer .*available"):
+        resolve_layers(make_model(), ["layer9.**"])
     assert resolve_layers(make_model(), ["layer2.**"])[0] == "layer2.0"  # ** crosses dots
     assert resolve_layers(make_model(), ["fc", "layer1.0.conv*"]) == [
         "layer1.0.conv1",
@@ -354,3 +360,57 @@ def test_numpy_batches(tmp_path):
         s.read("fc").data.compute(), reference(model, loader, "fc"), rtol=1e-6, atol=1e-6
     )
     np.testing.assert_array_equal(s.labels().compute(), np.arange(16) % 5)
+
+
+class _Interrupted:
+    """The batches of ``loader``, with Ctrl-C when batch ``at`` (0-based) is asked for."""
+
+    def __init__(self, loader, at):
+        self.loader, self.at, self.dataset = loader, at, loader.dataset
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i == self.at:
+                raise KeyboardInterrupt("Ctrl-C")
+            yield batch
+
+
+def test_ctrl_c_keeps_the_batches_done_and_the_rerun_resumes_after_them(tmp_path, caplog):
+    import logging
+
+    model, loader = make_model(), make_loader(n=40, batch_size=4)  # 10 batches
+    full = extract_activations(model, loader, tmp_path / "full.zarr", layers=LAYERS, progress=False)
+    assert full.info("fc").chunks[0] == 40  # chunks no larger than the dataset
+    with pytest.raises(KeyboardInterrupt):  # every layer's chunk is the whole dataset: still
+        extract_activations(  # buffered when Ctrl-C comes at batch 6 of 10
+            model, _Interrupted(loader, 6), tmp_path / "b.zarr", layers=LAYERS, progress=False
+        )
+    crashed = open_store(tmp_path / "b.zarr")
+    assert {crashed.complete_samples(n) for n in LAYERS} == {24}  # six batches kept
+    forwards = {"n": 0}
+    hook = model.register_forward_pre_hook(lambda m, a: forwards.__setitem__("n", forwards["n"] + 1))
+    with caplog.at_level(logging.WARNING, logger="pipeline.extract"):
+        resumed = extract_activations(model, loader, tmp_path / "b.zarr", layers=LAYERS, progress=False)
+    hook.remove()
+    assert forwards["n"] == 4  # batches 7 to 10 only
+    assert "resuming" in caplog.text and "after the 24 samples" in caplog.text  # it says where
+    for name in [*LAYERS, "labels"]:
+        np.testing.assert_array_equal(resumed.read(name).data.compute(), full.read(name).data.compute())
+
+
+def test_a_failed_start_leaves_no_store(tmp_path):
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            raise RuntimeError("the model is broken")
+
+    with pytest.raises(RuntimeError, match="broken"):
+        extract_activations(Broken(), [torch.zeros(3, 4)], tmp_path / "c.zarr", layers=["fc"],
+                            progress=False)  # fmt: skip
+    assert not (tmp_path / "c.zarr").exists()

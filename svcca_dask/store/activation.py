@@ -321,7 +321,8 @@ class ActivationStore:
             Dimension names, ``sample`` first; :func:`default_dims` if omitted.
         chunk_samples : int, optional
             Samples per chunk; by default chunks of about 16 MiB as float64
-            (the size the one-pass statistics run fastest on).
+            (the size the one-pass statistics run fastest on), at most
+            ``expected_samples``.
         expected_samples : int, optional
             The dataset's size, when known: the layer is incomplete until it
             holds that many samples.
@@ -351,8 +352,10 @@ class ActivationStore:
             raise TypeError(
                 f"layer {name!r}: activations are stored as float32 or float16, got {dtype}"
             )
-        if chunk_samples is None:
+        if chunk_samples is None:  # about 16 MiB, and no larger than the dataset
             chunk_samples = rows_per_chunk(int(np.prod(sample_shape, dtype=np.int64)))
+            if expected_samples:
+                chunk_samples = min(chunk_samples, int(expected_samples))
         if compressors == "auto":
             compressors = [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
         meta: dict[str, Any] = {
