@@ -468,45 +468,43 @@ def _run(
     def ordered() -> list[dict[str, Any]]:
         return [rows[t.result_id] for t in tasks if t.result_id in rows]
 
-    bar = progress_bar(len(tasks), "run", enabled=progress)
-    bar.update(len(rows))
-    try:
-        spec = job.cluster if cluster is None else cluster
-        with (
-            open_cluster(spec if todo else None) as client,
-            dask_progress(progress if client is None else False),
-        ):  # no cluster when everything is reused
-            for group in _groups(job, todo):
-                report.passes += 1 if group.matrix else len(group.tasks)
-                for t, result in _compute(job, group):
-                    p = t.pair
-                    attrs = {
-                        "pair": [f"{p.x_store}/{p.x_layer}", f"{p.y_store}/{p.y_layer}"],
-                        "measure": t.measure,
-                        "options": t.options,
-                        "score": float(result.score),
-                    }
-                    write_arrays(group_path, t.result_id, _result_arrays(result), attrs)
-                    rows[t.result_id] = {
-                        "x_store": p.x_store,
-                        "x_layer": p.x_layer,
-                        "y_store": p.y_store,
-                        "y_layer": p.y_layer,
-                        "measure": t.measure,
-                        **_row_fields(result),
-                        "options": json.dumps(t.options, sort_keys=True),
-                        "result_id": t.result_id,
-                        "x_path": job.layer_path(p.x_store, p.x_layer),
-                        "y_path": job.layer_path(p.y_store, p.y_layer),
-                        "computed_at": _now(),
-                    }
-                    report.computed += 1
-                    bar.update(1)
-                    if not group.matrix:  # pair by pair: each result as it completes
-                        write_table(job.output, ordered())
-                write_table(job.output, ordered())  # a matrix pass: its results together
-    finally:
-        bar.close()
+    spec = job.cluster if cluster is None else cluster
+    with (
+        open_cluster(spec if todo else None) as client,  # no cluster when all is reused
+        dask_progress(progress if client is None else False),
+        # the bar starts after the cluster's start-up message, on a line of its own
+        progress_bar(len(tasks), "run", enabled=progress) as bar,
+    ):
+        bar.update(len(rows))
+        for group in _groups(job, todo):
+            report.passes += 1 if group.matrix else len(group.tasks)
+            for t, result in _compute(job, group):
+                p = t.pair
+                attrs = {
+                    "pair": [f"{p.x_store}/{p.x_layer}", f"{p.y_store}/{p.y_layer}"],
+                    "measure": t.measure,
+                    "options": t.options,
+                    "score": float(result.score),
+                }
+                write_arrays(group_path, t.result_id, _result_arrays(result), attrs)
+                rows[t.result_id] = {
+                    "x_store": p.x_store,
+                    "x_layer": p.x_layer,
+                    "y_store": p.y_store,
+                    "y_layer": p.y_layer,
+                    "measure": t.measure,
+                    **_row_fields(result),
+                    "options": json.dumps(t.options, sort_keys=True),
+                    "result_id": t.result_id,
+                    "x_path": job.layer_path(p.x_store, p.x_layer),
+                    "y_path": job.layer_path(p.y_store, p.y_layer),
+                    "computed_at": _now(),
+                }
+                report.computed += 1
+                bar.update(1)
+                if not group.matrix:  # pair by pair: each result as it completes
+                    write_table(job.output, ordered())
+            write_table(job.output, ordered())  # a matrix pass: its results together
     report.rows = ordered()
     write_table(job.output, report.rows)
     prune(job.output, group_path, {r["result_id"] for r in report.rows})
