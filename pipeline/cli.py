@@ -381,20 +381,25 @@ def _quiet_libraries(names: Sequence[str] = QUIET_LOGGERS) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _one_line_warnings(command: str) -> Iterator[None]:
-    """Warnings raised while a command runs, printed once each on stderr as
-    ``svcca-dask COMMAND: warning: ...`` (a score with too few samples, say),
-    whatever filters the embedding process set for the library's own."""
+    """Warnings raised while a command runs, printed as they come, once each, on
+    stderr as ``svcca-dask COMMAND: warning: ...`` (a score with too few samples,
+    say), whatever filters the embedding process set for the library's own."""
     import warnings
 
     from svcca_dask.rules import SampleSizeWarning
 
-    with warnings.catch_warnings(record=True) as caught:
+    shown: set[str] = set()
+
+    def show(message: Any, category: Any, filename: str, lineno: int, *a: Any, **k: Any) -> None:
+        text = " ".join(str(message).split())
+        if text not in shown:
+            shown.add(text)
+            print(f"{PROG} {command}: warning: {text}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
         warnings.filterwarnings("default", category=SampleSizeWarning)
-        try:
-            yield
-        finally:
-            for text in dict.fromkeys(str(w.message) for w in caught):
-                print(f"{PROG} {command}: warning: {' '.join(text.split())}", file=sys.stderr)
+        warnings.showwarning = show
+        yield
 
 
 def main(argv: Sequence[str] | None = None) -> int:
