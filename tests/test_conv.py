@@ -220,8 +220,20 @@ def test_dead_channels_per_frequency_are_dropped_not_nan():
     assert np.all(r.n_coefficients[dc] == 2)  # at DC x has 3 live channels, y 2
     # elsewhere x has 2 live channels (0 and 2): still 2
     assert np.all(r.n_coefficients[~dc] == 2)
-    with pytest.raises(ValueError, match="no frequency where both have a live channel"):
+    with pytest.raises(ValueError, match="x has no live channel at any common frequency"):
         sd.cca(np.full((50, 2, 4, 4), 3.0), y[:50], conv="dft", layout="NCHW")
+
+
+def test_live_channels_at_different_frequencies_correlate_with_nothing():
+    rng = np.random.default_rng(5)
+    n = 200
+    x = np.broadcast_to(rng.standard_normal((n, 2, 1, 1)), (n, 2, 4, 4)).copy()  # DC only
+    y = rng.standard_normal((n, 2, 4, 4))
+    y -= y.mean(axis=(2, 3), keepdims=True)  # every frequency but DC
+    for measure in (sd.cca, sd.svcca, sd.pwcca):
+        r = measure(x, y, conv="dft", layout="NCHW")
+        assert r.score == 0.0 and not r.coefficients.any()  # zeros, not an error
+        assert r.coefficients.size == 2  # x's two directions, at DC
 
 
 def test_pwcca_and_side():

@@ -62,12 +62,14 @@ def _fields(parts: _Parts, names: tuple[str, str]) -> dict[str, Any]:
     a = parts.arrays
     rho, counts, mult = a["rho"], a["counts"], parts.multiplicity
     stats_like = parts
-    if counts.sum() == 0:
-        raise ValueError(
-            f"{names[0]} and {names[1]} have no frequency where both have a live channel: "
-            "every channel has zero variance over the images at every common frequency "
-            "(a dead layer, or constant input)"
-        )
+    for side, name in (("nx", names[0]), ("ny", names[1])):
+        if not np.any(a[side]):
+            raise ValueError(
+                f"{name} has no live channel at any common frequency: every channel has "
+                "zero variance over the images (a dead layer, or constant input)"
+            )
+    # both sides have directions; where they fall at different frequencies
+    # (no frequency where both have one) they correlate with nothing: zeros
     pooled, order = _pool(rho, counts, mult)
     n_dirs = min(int(np.sum(mult * a["nx"])), int(np.sum(mult * a["ny"])))
     note = sample_size_note(stats_like.n, int(counts.max()), where=" at a frequency")
@@ -193,8 +195,8 @@ def _pwcca_fields(parts: _Parts, side: str, names: tuple[str, str]) -> dict[str,
     total = pooled_alpha.sum()
     if total > 0:
         weights = pooled_alpha / total
-    else:  # every projection is zero: fall back to the plain mean
-        weights = np.full(pooled_alpha.size, 1.0 / pooled_alpha.size)
+    else:  # every projection is zero (or nothing correlates): the plain mean
+        weights = np.full(pooled_alpha.size, 1.0 / max(1, pooled_alpha.size))
     f["score"] = float(np.sum(weights * pooled_rho))
     pad = f["coefficients"].size - pooled_rho.size
     f.update(
