@@ -11,6 +11,7 @@ __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_MAX_FEATURES",
     "cpu_count",
+    "memory_budget",
     "physical_memory",
     "rows_per_chunk",
 ]
@@ -45,3 +46,16 @@ def physical_memory() -> int:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (AttributeError, ValueError, OSError):  # pragma: no cover - non-POSIX
         return 16 * 2**30
+
+
+def memory_budget() -> int:
+    """Bytes a computation may hold at its peak before it is refused up front: the
+    Dask config value ``svcca_dask.memory_limit`` (bytes or a size like ``"8GiB"``)
+    if set, else the machine's physical memory (what would certainly not fit)."""
+    import dask
+    from dask.utils import parse_bytes
+
+    value = dask.config.get("svcca_dask.memory_limit", None)
+    if value is None:
+        return physical_memory()
+    return int(parse_bytes(value) if isinstance(value, str) else value)

@@ -56,6 +56,7 @@ import dask
 import dask.array as da
 import numpy as np
 
+from ._config import memory_budget
 from .linalg import top_eigh
 from .rules import check_keep, keep_count, live_features
 from .stats import accumulate, accumulate_graph, compute, current_client, to_moments
@@ -199,6 +200,10 @@ def reduce_pair(
     """
     for k in keep:
         check_keep(k)
+    for a, method, kp, name in zip(arrays, methods, keep, names, strict=True):
+        if method == "randomized":  # refused before the first pass if it cannot fit
+            n, d = int(a.shape[0]), int(a.shape[1])
+            _check_fits(name, n, d, _first_k(kp, options, min(n, d)), options)
     graphs: list[Any] = []
     for a, method in zip(arrays, methods, strict=True):
         if method == "covariance":
@@ -231,7 +236,7 @@ def reduce_pair(
             if method == "tsqr":
                 w_all, v_all = _tsqr(xc, n)
             else:
-                w_all, v_all = _randomized_until(xc, kp, options, n, total, a.shape)
+                w_all, v_all = _randomized_until(xc, kp, options, n, total, a.shape, name)
         k = _n_keep(w_all, total, kp)
         if k is None:  # float keep beyond what the computed directions explain
             k = w_all.size
@@ -250,6 +255,39 @@ def reduce_pair(
     return out[0], out[1]
 
 
+#: Float64 copies of a side's data a randomized run holds at its peak, and of its
+#: ``(k + oversamples) x d`` iterates (measured, benchmarks/RESULTS.md).
+_DATA_COPIES = 1.5
+_ITERATE_COPIES = 8
+
+
+def _randomized_bytes(n: int, d: int, k: int, opts: RandomizedSVD) -> int:
+    """Peak bytes of one randomized SVD of ``n x d`` data with ``k`` directions."""
+    return int(8 * (_DATA_COPIES * n * d + _ITERATE_COPIES * (k + opts.n_oversamples) * (n + d)))
+
+
+def _first_k(keep: float | int, opts: RandomizedSVD, cap: int) -> int:
+    """Directions of the first randomized run (a float ``keep`` may double them)."""
+    if isinstance(keep, (int, np.integer)):
+        return min(int(keep), cap)
+    return min(opts.n_components or 128, cap)
+
+
+def _check_fits(name: str, n: int, d: int, k: int, opts: RandomizedSVD, why: str = "") -> None:
+    """Refuse, before the pass, a randomized run that would not fit the memory budget."""
+    need, budget = _randomized_bytes(n, d, k, opts), memory_budget()
+    if need <= budget:
+        return
+    raise MemoryError(
+        f"{name}: the randomized SVD of {n} samples x {d} features with {k} directions "
+        f"{why}would hold about {need / 2**30:.1f} GiB at its peak, more than the memory "
+        f"budget of {budget / 2**30:.1f} GiB (physical memory, or the Dask config value "
+        "svcca_dask.memory_limit). Keep fewer directions (an int keep, or "
+        "RandomizedSVD(n_components=...)), reduce the layer first (conv='dft', the default "
+        "for conv layers, or conv='mean' / 'samples'), or raise the budget."
+    )
+
+
 def _randomized_until(
     xc: da.Array,
     keep: float | int,
@@ -257,18 +295,19 @@ def _randomized_until(
     n: int,
     total: float,
     shape: tuple[int, ...],
+    name: str = "x",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Randomized SVD with enough directions for ``keep`` (doubling for a float)."""
+    """Randomized SVD with enough directions for ``keep`` (doubling for a float);
+    a doubling that would not fit the memory budget is refused before its passes."""
     cap = min(int(shape[0]), int(shape[1]))
-    if isinstance(keep, (int, np.integer)):
-        k = min(int(keep), cap)
-    else:
-        k = min(opts.n_components or 128, cap)
+    k = _first_k(keep, opts, cap)
     while True:
         w, v = _randomized(xc, k, opts, n)
         if isinstance(keep, (int, np.integer)) or k >= cap or _n_keep(w, total, keep) is not None:
             return w, v
-        k = min(2 * k, cap)
+        prev, k = k, min(2 * k, cap)
+        why = f"(keep={keep} was not reached with {prev}) "
+        _check_fits(name, n, int(shape[1]), k, opts, why)
 
 
 def project(a: da.Array, side: SideSVD) -> da.Array:

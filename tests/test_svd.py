@@ -142,3 +142,34 @@ def test_svd_errors():
     bad[17, 3] = np.nan
     with pytest.raises(ValueError, match=r"x contains NaN or infinite values in rows 17"):
         sd.svcca(bad, y, svd="randomized")
+
+
+def test_randomized_run_that_cannot_fit_is_refused_before_the_pass(monkeypatch):
+    import dask
+
+    import svcca_dask.svd as svd
+
+    def no_pass(*a, **k):
+        raise AssertionError("a pass over the data started")
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((256, 4000)), rng.standard_normal((256, 3000))
+    monkeypatch.setattr(svd, "_svd_compute", no_pass)
+    with dask.config.set({"svcca_dask.memory_limit": "10MiB"}), pytest.raises(
+        MemoryError, match=r"x: the randomized SVD of 256 samples x 4000 features with 20 "
+        r"directions would hold about .* GiB at its peak, more than the memory budget"
+    ):
+        sd.svcca(x, y, keep=20, svd="randomized")
+
+
+def test_a_doubling_that_cannot_fit_is_refused_before_its_passes():
+    import dask
+
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((300, 2000)), rng.standard_normal((300, 1000))  # flat spectra
+    opts = sd.RandomizedSVD(n_components=10)
+    # the first run (10 directions, ~10 MB) fits; reaching keep=0.99 needs more
+    with dask.config.set({"svcca_dask.memory_limit": 11 * 2**20}), pytest.raises(
+        MemoryError, match=r"with 20 directions \(keep=0.99 was not reached with 10\)"
+    ):
+        sd.svcca(x, y, keep=0.99, svd=opts)
