@@ -47,6 +47,7 @@ __all__ = [
     "JobError",
     "Pair",
     "call_options",
+    "keyword_of",
     "load_job",
     "parse_job",
 ]
@@ -81,6 +82,12 @@ _PART_OF = {
     "seed": "svd",
 }
 _RANDOMIZED = ("n_components", "n_power_iter", "n_oversamples", "seed")
+
+
+def keyword_of(option: str) -> str:
+    """The measure keyword an option sets: ``conv`` or ``svd`` for the parts of
+    ``DFT(...)`` and ``RandomizedSVD(...)``, else the option itself."""
+    return _PART_OF.get(option, option)
 
 
 def call_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -484,7 +491,7 @@ def _check_supported(options: Mapping[str, Any], measures: list[str], where: str
     import svcca_dask
 
     for key in options:
-        takes = _PART_OF.get(key, key)
+        takes = keyword_of(key)
         takers = [
             m
             for m in measures

@@ -10,7 +10,8 @@ A run writes into its output folder:
 - ``job.json``: the job's parameters, the versions, and the run's state.
 
 Every file and result group is written under a temporary name and renamed
-into place (:func:`_atomic`), so a killed run leaves no half-written file. The
+into place (files by :func:`_atomic`, result groups by :func:`write_arrays`),
+so a killed run leaves no half-written file. The
 temporary names start with :data:`TMP_PREFIX`, and a run removes nothing else:
 the folder may hold the user's own files. A run holds :func:`output_lock` on
 the folder, so two runs never write into it at once; the lock is the kernel's
@@ -132,20 +133,17 @@ def _replace(src: str, dst: str) -> None:
 
 
 @contextlib.contextmanager
-def _atomic(path: str, *, tmp: str | None = None) -> Iterator[str]:
-    """Yield a temporary name beside ``path``; rename it over ``path`` if the
-    block succeeds, remove it (file or folder) if not. The one atomic write
-    of this module: every file and result group goes through it."""
-    tmp = tmp or _tmp_name(os.path.dirname(path), os.path.basename(path))
+def _atomic(path: str) -> Iterator[str]:
+    """Yield a temporary file name beside ``path``; rename it over ``path`` if
+    the block succeeds, remove it if not. Every file of the folder is written
+    through it (result groups, folders, by :func:`write_arrays`)."""
+    tmp = _tmp_name(os.path.dirname(path), os.path.basename(path))
     try:
         yield tmp
         _replace(tmp, path)
     except BaseException:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
 
 

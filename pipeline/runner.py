@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .jobs import _PART_OF, MEASURES, Job, Pair, call_options
+from .jobs import MEASURES, Job, Pair, call_options, keyword_of
 from .output import (
     COLUMNS,
     RESULTS_FORMAT,
@@ -129,7 +129,7 @@ def _measure_options(measure: str, options: Mapping[str, Any]) -> dict[str, Any]
     """The job options that ``measure`` takes (by its signature; the parts of
     ``conv=DFT(...)`` and ``svd=RandomizedSVD(...)`` with ``conv`` and ``svd``)."""
     params = inspect.signature(_function(measure)).parameters
-    return {k: v for k, v in sorted(options.items()) if _PART_OF.get(k, k) in params}
+    return {k: v for k, v in sorted(options.items()) if keyword_of(k) in params}
 
 
 def _result_arrays(result: Any) -> dict[str, np.ndarray]:
@@ -198,7 +198,7 @@ def compare_pair(
     options = dict(options or {})
     fn = _function(measure)
     params = inspect.signature(fn).parameters
-    unknown = sorted(k for k in options if _PART_OF.get(k, k) not in params)
+    unknown = sorted(k for k in options if keyword_of(k) not in params)
     if unknown:
         raise ValueError(
             f"measure {measure!r} takes no option {', '.join(unknown)} in this version of svcca_dask"
