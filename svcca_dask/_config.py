@@ -51,11 +51,12 @@ def physical_memory() -> int:
 def memory_budget() -> int:
     """Bytes a computation may hold at its peak before it is refused up front: the
     Dask config value ``svcca_dask.memory_limit`` (bytes or a size like ``"8GiB"``)
-    if set, else the machine's physical memory (what would certainly not fit)."""
+    if set, else half of the machine's physical memory: the rest is the operating
+    system's, the inputs' and other processes' (see :mod:`svcca_dask.memory`)."""
     import dask
     from dask.utils import parse_bytes
 
     value = dask.config.get("svcca_dask.memory_limit", None)
     if value is None:
-        return physical_memory()
+        return physical_memory() // 2
     return int(parse_bytes(value) if isinstance(value, str) else value)

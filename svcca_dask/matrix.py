@@ -60,9 +60,18 @@ from .conv.plan import DFT
 from .input import ArrayLike, as_dask
 from .linalg import inv_sqrt_psd, top_eigh
 from .measures import cca_from_stats, cka_from_stats, pwcca_from_stats, svcca_from_stats
+from .memory import check_peak, fan_in, fits, reduction_bytes
 from .results import SimilarityMatrix
 from .rules import check_epsilon, check_side, keep_pair, warn_notes
-from .stats import PairStats, Region, accumulate_graph, compute, pair_stats, to_moments
+from .stats import (
+    PairStats,
+    Region,
+    accumulate_graph,
+    compute,
+    pair_stats,
+    task_grid,
+    to_moments,
+)
 
 __all__ = ["MATRIX_MEASURES", "similarity_matrices", "similarity_matrix"]
 
@@ -283,11 +292,14 @@ def similarity_matrices(
                     "allows, or reduce the layers first (conv= for conv layers)."
                 )
 
-    plan = _plan_tiles(row_idx, col_idx, widths, max_width)
     # disjoint sides (two networks, two checkpoints): accumulate only the needed
     # blocks; otherwise every block of the joint co-moment is needed or nearly
     row_set = set(row_idx)
     blockwise = not (row_set & set(col_idx))
+    plan, split_every = _memory_plan(
+        row_idx, col_idx, arrays, row_set if blockwise else None,
+        max_width=max_width, split_every=split_every,
+    )  # fmt: skip
     # pairs that share a layer share its eigendecomposition and its whitening
     # (the whitening of a layer's live covariance is the same for every measure)
     shared_eigh, shared_inv_sqrt = _Shared(top_eigh), _Shared(inv_sqrt_psd)
@@ -524,6 +536,66 @@ def _fit(
         for h_part in _pack(h, widths, max(max_width - width(part), 1)):
             out.append((part, h_part))
     return out
+
+
+def _tile_row_bytes(
+    tiles: list[list[int]], arrays: Sequence[Any], row_set: set[int] | None, split_every: int
+) -> int:
+    """Peak bytes of one tile row's graph: a tree per tile, computed together.
+    With ``row_set`` (disjoint sides) a tile's partial holds only its own
+    blocks and the cross block (:func:`_cross_regions`)."""
+    partials, tasks, chunk = [], 1, 0
+    for tile in tiles:
+        w = [int(arrays[k].shape[1]) for k in tile]
+        if row_set is None:
+            partials.append(8 * sum(w) ** 2)
+        else:
+            wx = sum(v for k, v in zip(tile, w, strict=True) if k in row_set)
+            partials.append(8 * (sum(v * v for v in w) + wx * (sum(w) - wx)))
+        t, rows = task_grid([arrays[k] for k in tile])
+        tasks, chunk = max(tasks, t), max(chunk, 8 * rows * sum(w))
+    return reduction_bytes(partials, tasks=tasks, split_every=split_every, chunk_bytes=chunk)
+
+
+def _memory_plan(
+    row_idx: Sequence[int],
+    col_idx: Sequence[int],
+    arrays: Sequence[Any],
+    row_set: set[int] | None,
+    *,
+    max_width: int,
+    split_every: int,
+) -> tuple[list[tuple[list[list[int]], dict[frozenset[int], int]]], int]:
+    """Tiles and fan-in that fit the memory budget (:mod:`svcca_dask.memory`).
+
+    The widest tile row under ``max_width`` if it fits; else narrower tiles
+    (halving the width down to the widest pair: more tile rows, each layer read
+    once per row), then a smaller fan-in; :class:`MemoryError` before any pass
+    where even the narrowest plan does not fit.
+    """
+    widths = [int(a.shape[1]) for a in arrays]
+    pair_width = max(
+        widths[i] + (widths[j] if j != i else 0) for i in set(row_idx) for j in set(col_idx)
+    )
+
+    def peak(plan: list[Any], fan: int) -> int:
+        return max(_tile_row_bytes(tiles, arrays, row_set, fan) for tiles, _ in plan)
+
+    width = max_width
+    while True:
+        plan = _plan_tiles(row_idx, col_idx, widths, width)
+        if fits(peak(plan, split_every)) or width <= pair_width:
+            break
+        width = max(pair_width, width // 2)
+    split_every = fan_in(lambda fan: peak(plan, fan), split_every)
+    check_peak(
+        peak(plan, split_every),
+        what=f"a similarity matrix of {len(set(row_idx))} x {len(set(col_idx))} layers "
+        f"(tiles at most {width} features wide, the widest pair {pair_width})",
+        remedies="Reduce the layers first (conv='dft' or 'mean' for conv layers), compare "
+        "fewer layers at once, or raise the budget.",
+    )
+    return plan, split_every
 
 
 def _plan_tiles(

@@ -14,6 +14,7 @@ from .conv.measures import dft_measure
 from .conv.plan import DFT
 from .input import ArrayLike, check_pair, is_zarr_array, open_source
 from .linalg import cca_from_cov, top_eigh
+from .memory import plan_covariance
 from .results import (
     CCAResult,
     CKAResult,
@@ -301,8 +302,21 @@ def _check_width(xd: Any, yd: Any, max_features: int) -> None:
         )
 
 
+_WIDE_REMEDIES = (
+    "Reduce the layers first (conv='dft' or 'mean' for conv layers; svcca(..., "
+    "svd='randomized') for wide ones), or raise the budget if the machine has the memory."
+)
+
+
 def _pair_stats(pair: _Pair, *, split_every: int, max_features: int) -> PairStats:
     _check_width(pair.x, pair.y, max_features)
+    split_every = plan_covariance(
+        [[pair.x, pair.y]],
+        split_every=split_every,
+        what=f"the covariance path of {int(pair.x.shape[0])} samples x "
+        f"({int(pair.x.shape[1])} + {int(pair.y.shape[1])}) features",
+        remedies=_WIDE_REMEDIES,
+    )
     m = accumulate([pair.x, pair.y], names=["x", "y"], split_every=split_every)
     return pair_stats(m)
 

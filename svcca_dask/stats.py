@@ -437,14 +437,37 @@ def to_moments(out: dict[str, Any], arrays: Sequence[Any]) -> Moments:
     return Moments(n=int(out["n"]), mean=out["mean"], comoment=out["m2"], sizes=sizes)
 
 
-def _unify_rows(arrays: Sequence[Any]) -> list[Any]:
-    """One column of chunks per array, and the same row chunks for all.
+def _row_target(arrays: Sequence[Any]) -> int | None:
+    """Rows per task of :func:`_unify_rows`, or None where the stored row chunks stay.
 
     Row chunks smaller than the target (a stacked float64 buffer of about
     ``DEFAULT_CHUNK_BYTES``) are merged to a multiple of the largest stored
     chunk, so that each task does a real SYRK rather than Python overhead;
     chunks are never split (a split Zarr chunk would be decoded twice).
     """
+    width = sum(int(a.shape[1]) for a in arrays)
+    base = max(max(a.chunks[0]) for a in arrays)
+    target = max(base, (_config.DEFAULT_CHUNK_BYTES // (8 * max(width, 1))) // base * base)
+    rows = arrays[0].chunks[0]
+    if target > base or any(a.chunks[0] != rows for a in arrays[1:]):
+        return int(target)
+    return None
+
+
+def task_grid(arrays: Sequence[Any]) -> tuple[int, int]:
+    """Row-chunk tasks of :func:`accumulate_graph` over ``arrays``, and the
+    largest task's rows: what a memory plan counts, without building the graph."""
+    target = _row_target(arrays)
+    if target is None:
+        rows = arrays[0].chunks[0]
+        return len(rows), int(max(rows))
+    n = int(arrays[0].shape[0])
+    return max(1, -(-n // target)), min(target, n)
+
+
+def _unify_rows(arrays: Sequence[Any]) -> list[Any]:
+    """One column of chunks per array, and the same row chunks for all (see
+    :func:`_row_target`)."""
     out = []
     for a in arrays:
         if a.ndim != 2:
@@ -452,11 +475,8 @@ def _unify_rows(arrays: Sequence[Any]) -> list[Any]:
         if len(a.chunks[1]) != 1:
             a = a.rechunk({1: -1})
         out.append(a)
-    width = sum(int(a.shape[1]) for a in out)
-    base = max(max(a.chunks[0]) for a in out)
-    target = max(base, (_config.DEFAULT_CHUNK_BYTES // (8 * max(width, 1))) // base * base)
-    rows = out[0].chunks[0]
-    if target > base or any(a.chunks[0] != rows for a in out[1:]):
+    target = _row_target(out)
+    if target is not None:
         out = [a.rechunk({0: target}) for a in out]
     return out
 

@@ -56,8 +56,8 @@ import dask
 import dask.array as da
 import numpy as np
 
-from ._config import memory_budget
 from .linalg import top_eigh
+from .memory import check_peak, plan_covariance
 from .rules import check_keep, keep_count, live_features
 from .stats import accumulate, accumulate_graph, compute, current_client, to_moments
 
@@ -202,8 +202,17 @@ def reduce_pair(
         check_keep(k)
     for a, method, kp, name in zip(arrays, methods, keep, names, strict=True):
         if method == "randomized":  # refused before the first pass if it cannot fit
-            n, d = int(a.shape[0]), int(a.shape[1])
-            _check_fits(name, n, d, _first_k(kp, options, min(n, d)), options)
+            _check_fits(a, name, _first_k(kp, options, min(a.shape)), options)
+    own = [[a] for a, method in zip(arrays, methods, strict=True) if method == "covariance"]
+    if own:
+        split_every = plan_covariance(
+            own,
+            split_every=split_every,
+            what="the SVD step's covariance of "
+            + " and ".join(f"{int(a.shape[1])} features" for (a,) in own),
+            remedies="Use svd='randomized', or reduce the layers first (conv='dft' or "
+            "'mean' for conv layers), or raise the budget.",
+        )
     graphs: list[Any] = []
     for a, method in zip(arrays, methods, strict=True):
         if method == "covariance":
@@ -255,15 +264,20 @@ def reduce_pair(
     return out[0], out[1]
 
 
-#: Float64 copies of a side's data a randomized run holds at its peak, and of its
-#: ``(k + oversamples) x d`` iterates (measured, benchmarks/RESULTS.md).
+#: Float64 copies of a side's data a randomized run holds at its peak; of its
+#: ``(k + oversamples) x d`` iterates besides the partials of ``A^T Q``; and at
+#: most that many of those partials (one per row chunk, merged four at a time by
+#: Dask's tree reduction, not all at once): measured, benchmarks/RESULTS.md.
 _DATA_COPIES = 1.5
-_ITERATE_COPIES = 8
+_ITERATE_COPIES = 4
+_PARTIAL_COPIES = 12
 
 
-def _randomized_bytes(n: int, d: int, k: int, opts: RandomizedSVD) -> int:
-    """Peak bytes of one randomized SVD of ``n x d`` data with ``k`` directions."""
-    return int(8 * (_DATA_COPIES * n * d + _ITERATE_COPIES * (k + opts.n_oversamples) * (n + d)))
+def randomized_bytes(n: int, d: int, k: int, opts: RandomizedSVD, *, chunks: int = 1) -> int:
+    """Peak bytes of one randomized SVD of ``n x d`` data in ``chunks`` row
+    chunks, with ``k`` directions."""
+    iterates = _ITERATE_COPIES + min(chunks, _PARTIAL_COPIES)
+    return int(8 * (_DATA_COPIES * n * d + iterates * (k + opts.n_oversamples) * (n + d)))
 
 
 def _first_k(keep: float | int, opts: RandomizedSVD, cap: int) -> int:
@@ -273,18 +287,16 @@ def _first_k(keep: float | int, opts: RandomizedSVD, cap: int) -> int:
     return min(opts.n_components or 128, cap)
 
 
-def _check_fits(name: str, n: int, d: int, k: int, opts: RandomizedSVD, why: str = "") -> None:
+def _check_fits(a: da.Array, name: str, k: int, opts: RandomizedSVD, why: str = "") -> None:
     """Refuse, before the pass, a randomized run that would not fit the memory budget."""
-    need, budget = _randomized_bytes(n, d, k, opts), memory_budget()
-    if need <= budget:
-        return
-    raise MemoryError(
-        f"{name}: the randomized SVD of {n} samples x {d} features with {k} directions "
-        f"{why}would hold about {need / 2**30:.1f} GiB at its peak, more than the memory "
-        f"budget of {budget / 2**30:.1f} GiB (physical memory, or the Dask config value "
-        "svcca_dask.memory_limit). Keep fewer directions (an int keep, or "
-        "RandomizedSVD(n_components=...)), reduce the layer first (conv='dft', the default "
-        "for conv layers, or conv='mean' / 'samples'), or raise the budget."
+    n, d = int(a.shape[0]), int(a.shape[1])
+    check_peak(
+        randomized_bytes(n, d, k, opts, chunks=len(a.chunks[0])),
+        what=f"{name}: the randomized SVD of {n} samples x {d} features with {k} directions"
+        + (f" {why}" if why else ""),
+        remedies="Keep fewer directions (an int keep, or RandomizedSVD(n_components=...)), "
+        "reduce the layer first (conv='dft', the default for conv layers, or conv='mean' / "
+        "'samples'), or raise the budget.",
     )
 
 
@@ -306,8 +318,7 @@ def _randomized_until(
         if isinstance(keep, (int, np.integer)) or k >= cap or _n_keep(w, total, keep) is not None:
             return w, v
         prev, k = k, min(2 * k, cap)
-        why = f"(keep={keep} was not reached with {prev}) "
-        _check_fits(name, n, int(shape[1]), k, opts, why)
+        _check_fits(xc, name, k, opts, f"(keep={keep} was not reached with {prev})")
 
 
 def project(a: da.Array, side: SideSVD) -> da.Array:

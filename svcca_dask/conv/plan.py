@@ -15,8 +15,9 @@ from typing import Any
 import dask
 import numpy as np
 
-from .._config import cpu_count, physical_memory
+from .._config import physical_memory
 from .._lapack import packed_size
+from ..memory import scheduler_threads
 from ..stats import current_client
 
 __all__ = ["DFT"]
@@ -212,20 +213,13 @@ def _memory_limit(opt: DFT) -> int:
     return _parse_limit(value)
 
 
-def _scheduler_threads() -> int:
-    client = current_client()
-    if client is not None:
-        return max(1, sum(client.nthreads().values()))
-    return max(1, int(dask.config.get("num_workers", None) or cpu_count()))
-
-
 def _task_threads(lanes: int) -> int:
     """Threads each fold task uses: with fewer lanes than threads, a lane's
     tasks use the spare ones (two layers transformed at once, the frequencies
     merged in parallel); on a ``distributed`` cluster at most one worker's
     threads, where the task runs (one thread per task would leave a lone
     lane's worker half idle)."""
-    threads = max(1, _scheduler_threads() // lanes)
+    threads = max(1, scheduler_threads() // lanes)
     client = current_client()
     if client is not None:
         threads = min(threads, max(client.nthreads().values(), default=1))
@@ -247,10 +241,10 @@ def _default_lanes(
     band reads all of the data again for the same total work."""
     if current_client() is None:
         return 1
-    lanes = max(1, min(_scheduler_threads(), round(2 * data_bytes / max(1, stats_bytes))))
+    lanes = max(1, min(scheduler_threads(), round(2 * data_bytes / max(1, stats_bytes))))
     if plan is not None and budget is not None:
-        passes = len(_bands(plan, 1, budget))
-        while lanes > 1 and len(_bands(plan, lanes, budget)) > passes:
+        passes = len(_bands(plan, 1, budget))  # refuses a plan whose one lane cannot fit
+        while lanes > 1 and _band_count(plan, lanes, budget) > passes:
             lanes -= 1
     return lanes
 
@@ -280,9 +274,26 @@ def _bands(plan: _Plan, lanes: int, budget: int) -> list[np.ndarray]:
     per_freq = _freq_bytes(plan)
     f_total = plan.frequencies.shape[0]
     share = lanes * (1 + _TASK_SHARE) + 0.1
-    per_band = max(1, int(budget // (share * per_freq)))
+    per_band = int(budget // (share * per_freq))
+    if per_band < 1:  # the smallest band, one frequency, does not fit: refuse before any pass
+        need = int(share * per_freq)
+        raise MemoryError(
+            f"conv='dft': one frequency's statistics of {plan.x_shape[0]} + {plan.y_shape[0]} "
+            f"channels ({lanes} lane{'s' if lanes > 1 else ''}) need about {need / 2**20:.1f} MiB, "
+            f"more than the DFT memory limit of {budget / 2**20:.1f} MiB. Raise "
+            "DFT(memory_limit=...) (--dft-memory-limit), use fewer lanes (DFT(lanes=1)), or "
+            "reduce the layers another way (conv='mean')."
+        )
     n_bands = -(-f_total // per_band)
     return [a for a in np.array_split(np.arange(f_total), n_bands) if a.size]
+
+
+def _band_count(plan: _Plan, lanes: int, budget: int) -> int | float:
+    """Bands of ``lanes`` lanes under ``budget``; infinite where one frequency does not fit."""
+    try:
+        return len(_bands(plan, lanes, budget))
+    except MemoryError:
+        return float("inf")
 
 
 def _rows_target(

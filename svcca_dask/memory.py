@@ -1,0 +1,150 @@
+"""Memory plans: what a computation holds at its peak, counted before any pass.
+
+Every path counts its peak from the shapes and chunkings alone, before it reads
+any data, against one budget (:func:`svcca_dask._config.memory_budget`: the Dask
+config value ``svcca_dask.memory_limit``, else half of physical memory). Over
+budget, a path that has a mode that fits runs in it (a matrix splits into
+narrower tiles, the DFT path into more frequency bands); one that has not is
+refused up front with :class:`MemoryError`, the numbers and what to change.
+
+The counts are models fitted to peak RSS measured on the threaded scheduler
+(``python benchmarks/bench_memory.py`` prints each path's measured peak beside
+its estimate; the figures are in ``benchmarks/RESULTS.md``):
+
+- a tree reduction of ``(w, w)`` float64 partial statistics (the covariance
+  path, a matrix's tiles) holds ``min(tasks, split_every) + 1`` partials per
+  tree in flight, one more per thread (each chunk task's own), and
+  :data:`_FINAL_PARTIALS` more while the statistics are finalized; each thread's
+  task also holds :data:`_CHUNK_COPIES` float64 copies of its rows;
+- the randomized SVD: see :func:`svcca_dask.svd.randomized_bytes`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import dask
+
+from ._config import cpu_count, memory_budget
+from .stats import current_client, task_grid
+
+__all__ = [
+    "check_peak",
+    "covariance_bytes",
+    "fan_in",
+    "fits",
+    "plan_covariance",
+    "reduction_bytes",
+    "scheduler_threads",
+]
+
+#: Partials of the largest statistic held while it is finalized (the merged one,
+#: its covariance, the blocks cut from it, eigendecompositions): measured.
+_FINAL_PARTIALS = 5
+
+#: Float64 copies of its rows a statistics task holds (stacked, centred).
+_CHUNK_COPIES = 2
+
+
+def scheduler_threads() -> int:
+    """Threads that run tasks at once: the cluster's total on ``distributed``,
+    else the threaded scheduler's (``num_workers`` or the cores)."""
+    client = current_client()
+    if client is not None:
+        return max(1, sum(client.nthreads().values()))
+    return max(1, int(dask.config.get("num_workers", None) or cpu_count()))
+
+
+def reduction_bytes(
+    partials: Sequence[int], *, tasks: int, split_every: int, chunk_bytes: int
+) -> int:
+    """Peak bytes of the tree reductions of one graph, one tree per statistic.
+
+    Parameters
+    ----------
+    partials : sequence of int
+        Bytes of each tree's partial statistic.
+    tasks : int
+        Row-chunk tasks per tree.
+    split_every : int
+        The trees' fan-in.
+    chunk_bytes : int
+        Float64 bytes of the largest task's rows (all its columns).
+    """
+    if not partials:
+        return 0
+    in_flight = min(tasks, split_every) + 1
+    threads = scheduler_threads()
+    largest = max(partials)
+    return int(
+        sum(partials) * in_flight
+        + (threads + _FINAL_PARTIALS) * largest
+        + threads * _CHUNK_COPIES * chunk_bytes
+    )
+
+
+def covariance_bytes(trees: Sequence[Sequence[Any]], *, split_every: int) -> int:
+    """Peak bytes of the joint co-moments of each group of 2-D dask arrays (one
+    tree per group, :func:`svcca_dask.stats.accumulate_graph`), in one graph."""
+    partials, tasks, chunk = [], 1, 0
+    for arrays in trees:
+        d = sum(int(a.shape[1]) for a in arrays)
+        t, rows = task_grid(arrays)
+        partials.append(8 * d * d)
+        tasks, chunk = max(tasks, t), max(chunk, 8 * rows * d)
+    return reduction_bytes(partials, tasks=tasks, split_every=split_every, chunk_bytes=chunk)
+
+
+def fits(peak: int) -> bool:
+    """Whether ``peak`` bytes fit the memory budget."""
+    return peak <= memory_budget()
+
+
+def fan_in(peak_of: Callable[[int], int], split_every: int) -> int:
+    """``split_every`` where ``peak_of(split_every)`` fits the budget, else the
+    largest smaller fan-in that does: a narrower tree holds fewer partials at
+    once, for more merge steps. ``split_every`` where none does (the caller's
+    :func:`check_peak` then refuses, with the numbers)."""
+    for s in range(split_every, 1, -1):
+        if fits(peak_of(s)):
+            return s
+    return split_every
+
+
+def check_peak(peak: int, *, what: str, remedies: str) -> None:
+    """Refuse, before any pass, a computation whose counted ``peak`` exceeds the budget.
+
+    Raises
+    ------
+    MemoryError
+        Naming ``what``, the peak, the budget, where the budget comes from, and
+        the ``remedies``.
+    """
+    from dask.utils import format_bytes
+
+    budget = memory_budget()
+    if peak <= budget:
+        return
+    source = (
+        "the Dask config value svcca_dask.memory_limit"
+        if dask.config.get("svcca_dask.memory_limit", None) is not None
+        else "half of physical memory; the Dask config value svcca_dask.memory_limit sets it"
+    )
+    raise MemoryError(
+        f"{what} would hold about {format_bytes(peak)} at its peak, more than the memory "
+        f"budget of {format_bytes(budget)} ({source}). {remedies}"
+    )
+
+
+def plan_covariance(
+    trees: Sequence[Sequence[Any]], *, split_every: int, what: str, remedies: str
+) -> int:
+    """The memory plan of co-moments accumulated in one graph (one tree per group
+    of arrays): the fan-in to use (:func:`fan_in`), or :class:`MemoryError`
+    before any pass where none fits."""
+    if split_every < 2:
+        raise ValueError(f"split_every must be at least 2, got {split_every}")
+    split_every = fan_in(lambda s: covariance_bytes(trees, split_every=s), split_every)
+    check_peak(covariance_bytes(trees, split_every=split_every), what=what, remedies=remedies)
+    return split_every
