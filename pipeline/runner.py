@@ -23,7 +23,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -344,11 +345,16 @@ def _groups(job: Job, tasks: list[_Task]) -> list[_Group]:
     return list(groups.values())
 
 
-def _compute(job: Job, group: _Group) -> Iterator[tuple[_Task, Any]]:
-    """Yield ``(task, result)`` of a group: one similarity-matrix pass, or one pass per pair."""
+def _compute(
+    job: Job, group: _Group, advance: Callable[[int], Any]
+) -> Iterator[tuple[_Task, Any]]:
+    """Yield ``(task, result)`` of a group: one similarity-matrix pass, or one pass
+    per pair; ``advance(k)`` as ``k`` more tasks are done (a matrix's pairs tile
+    row by tile row, as the library finishes them; others one by one)."""
     import svcca_dask
 
     if group.matrix:
+        per_pair = Counter((t.pair.x_layer, t.pair.y_layer) for t in group.tasks)
         rows = list(dict.fromkeys(t.pair.x_layer for t in group.tasks))
         cols = list(dict.fromkeys(t.pair.y_layer for t in group.tasks))
         xs = {r: job.layer_path(group.x_store, r) for r in rows}
@@ -359,8 +365,10 @@ def _compute(job: Job, group: _Group) -> Iterator[tuple[_Task, Any]]:
             ", ".join(group.measures), group.x_store, len(rows), len(cols),
         )
         mats = svcca_dask.similarity_matrices(
-            xs, ys, measures=group.measures, **group.matrix_options()
-        )
+            xs, ys, measures=group.measures,
+            on_pair=lambda r, c: advance(per_pair.get((r, c), 0)),
+            **group.matrix_options(),
+        )  # fmt: skip
         for t in group.tasks:
             yield t, mats[t.measure][(t.pair.x_layer, t.pair.y_layer)]
         return
@@ -368,7 +376,9 @@ def _compute(job: Job, group: _Group) -> Iterator[tuple[_Task, Any]]:
         log.info("%s %s", t.measure, t.pair)
         x = job.layer_path(t.pair.x_store, t.pair.x_layer)
         y = job.layer_path(t.pair.y_store, t.pair.y_layer)
-        yield t, _function(t.measure)(x, y, **call_options(t.options))
+        result = _function(t.measure)(x, y, **call_options(t.options))
+        advance(1)
+        yield t, result
 
 
 def _versions() -> dict[str, str]:
@@ -478,7 +488,7 @@ def _run(
         bar.update(len(rows))
         for group in _groups(job, todo):
             report.passes += 1 if group.matrix else len(group.tasks)
-            for t, result in _compute(job, group):
+            for t, result in _compute(job, group, bar.update):
                 p = t.pair
                 attrs = {
                     "pair": [f"{p.x_store}/{p.x_layer}", f"{p.y_store}/{p.y_layer}"],
@@ -501,7 +511,6 @@ def _run(
                     "computed_at": _now(),
                 }
                 report.computed += 1
-                bar.update(1)
                 if not group.matrix:  # pair by pair: each result as it completes
                     write_table(job.output, ordered())
             write_table(job.output, ordered())  # a matrix pass: its results together

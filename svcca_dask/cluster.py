@@ -226,6 +226,9 @@ def connect(
         raise ValueError(f"unknown cluster spec {text!r}: give {_SPECS}")
     try:
         client = Client(cluster, security=security)
+        from ._quiet_close import QuietClose
+
+        client.register_plugin(QuietClose())
     except BaseException:
         cluster.close()
         raise

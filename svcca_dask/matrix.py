@@ -103,6 +103,7 @@ def similarity_matrix(
     max_width: int = DEFAULT_MAX_FEATURES,
     split_every: int = 8,
     return_results: bool = True,
+    on_pair: Callable[[Hashable, Hashable], None] | None = None,
     **options: Any,
 ) -> SimilarityMatrix:
     """Every layer of ``xs`` against every layer of ``ys``, reading each layer once.
@@ -135,6 +136,9 @@ def similarity_matrix(
     return_results : bool, default True
         Keep every pair's full result (weights, directions): these hold
         ``O(n_features * k)`` floats per pair. ``False`` keeps only ``scores``.
+    on_pair : callable, optional
+        Called as ``on_pair(row, column)`` when a pair is done, tile row by
+        tile row (a progress hook).
     **options
         Options of the measure: ``keep`` and ``epsilon`` (svcca), ``epsilon``
         (cca), ``epsilon`` and ``side`` (pwcca).
@@ -181,7 +185,7 @@ def similarity_matrix(
         )
     return similarity_matrices(
         xs, ys, measures=(measure,), conv=conv, layout=layout, max_width=max_width,
-        split_every=split_every, return_results=return_results, **options,
+        split_every=split_every, return_results=return_results, on_pair=on_pair, **options,
     )[measure]
 
 
@@ -202,6 +206,7 @@ def similarity_matrices(
     max_width: int = DEFAULT_MAX_FEATURES,
     split_every: int = 8,
     return_results: bool = True,
+    on_pair: Callable[[Hashable, Hashable], None] | None = None,
     **options: Any,
 ) -> dict[str, SimilarityMatrix]:
     """Several measures' layer x layer matrices from the same single pass.
@@ -212,9 +217,14 @@ def similarity_matrices(
     Parameters
     ----------
     xs, ys, conv, layout, max_width, split_every, return_results
-        As for :func:`similarity_matrix`.
+        As for :func:`similarity_matrix`. ``max_width`` is an upper bound: where
+        the memory plan (:mod:`svcca_dask.memory`) needs it, tiles are narrower.
     measures : sequence of str, default ("svcca",)
         Measures to compute (names as :func:`similarity_matrix`'s ``measure``).
+    on_pair : callable, optional
+        Called as ``on_pair(row, column)`` when every measure of that pair is
+        done: after the pass of its tile row, so that a progress bar advances
+        tile row by tile row rather than once at the end.
     **options
         Options of the measures; each measure receives those it takes
         (``keep``: svcca; ``epsilon``: svcca, cca, pwcca; ``side``: pwcca).
@@ -363,6 +373,8 @@ def similarity_matrices(
                     flagged.setdefault(m, []).append(notes[0])
                 if return_results:
                     results[m][(rows[r], cols[c])] = res
+            if on_pair is not None:
+                on_pair(rows[r], cols[c])
     for m, notes in flagged.items():  # one warning per measure, not one per pair
         warn_notes([f"{m}: {len(notes)} of {len(xs) * len(ys)} pairs, e.g. {notes[0]}"])
     return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -284,10 +285,27 @@ def _prepare(x: ArrayLike, y: ArrayLike, *, conv: Any, layout: Any) -> _Pair:
     yr = features_4d(yd, y_layout, mode) if y_layout else yd
     if mode == "samples":  # a 2-D side (e.g. logits) holds for every position of its image
         if x_layout is None:
-            xr = repeat_rows(xr, int(np.prod(spatial_shape(yd, y_layout)[1:])))  # type: ignore[arg-type]
+            xr = _repeated(xr, int(np.prod(spatial_shape(yd, y_layout)[1:])), "x")  # type: ignore[arg-type]
         if y_layout is None:
-            yr = repeat_rows(yr, int(np.prod(spatial_shape(xd, x_layout)[1:])))  # type: ignore[arg-type]
+            yr = _repeated(yr, int(np.prod(spatial_shape(xd, x_layout)[1:])), "y")  # type: ignore[arg-type]
     return _Pair(xr, yr, False, (x_layout, y_layout))
+
+
+def _repeated(side: Any, reps: int, name: str) -> Any:
+    """A 2-D side against ``conv="samples"``: each image's row at each of the
+    other layer's ``reps`` positions, said in a warning (the samples are then
+    not independent, and the sample-size check counts every position)."""
+    n = int(side.shape[0])
+    warnings.warn(
+        f"conv='samples' against a 2-D {name}: its row for each of the {n} images is "
+        f"repeated at each of the other layer's {reps} spatial positions, so the {n * reps} "
+        f"samples hold only {n} distinct rows of {name} and the score says how well single "
+        "positions match a per-image target. conv='dft' (its DC frequency: spatial sums) or "
+        "conv='mean' compares per image.",
+        UserWarning,
+        stacklevel=4,
+    )
+    return repeat_rows(side, reps)
 
 
 def _check_width(xd: Any, yd: Any, max_features: int) -> None:

@@ -53,6 +53,7 @@ __all__ = [
     "moments_chunk",
     "moments_combine",
     "pair_stats",
+    "persist",
 ]
 
 
@@ -496,6 +497,17 @@ def compute(*graphs: Any) -> tuple[Any, ...]:
 
     with threadpool_limits(limits=1, user_api="blas"), _blosc_threads(1):
         return dask.compute(*graphs)
+
+
+def persist(*graphs: Any) -> tuple[Any, ...]:
+    """``dask.persist`` as :func:`compute` runs it: the results stay lazy objects
+    (held by the workers on a cluster) for a later pass that builds on them."""
+    if current_client() is not None:
+        return dask.persist(*graphs)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"), _blosc_threads(1):
+        return dask.persist(*graphs)
 
 
 @contextlib.contextmanager

@@ -177,6 +177,38 @@ def test_connect_local_prints_dashboard_and_closes(capsys):
     assert cluster.status.name == "closed"  # the cluster we started is shut down
 
 
+def test_no_heartbeat_traceback_from_a_closing_worker():
+    """The race at shutdown (a heartbeat in flight meets the closed scheduler):
+    its traceback is dropped once the worker closes, kept while it runs."""
+    import logging
+
+    from svcca_dask._quiet_close import HEARTBEAT_FAILED
+
+    seen: list[str] = []
+
+    class Record(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    log = logging.getLogger("distributed.worker")
+    handler = Record(level=logging.ERROR)
+    log.addHandler(handler)
+    try:
+        with connect(
+            "local", n_workers=1, threads_per_worker=1, processes=False,
+            dashboard_address="127.0.0.1:0", quiet=True,
+        ) as conn:  # fmt: skip
+            (worker,) = conn.cluster.workers.values()
+            assert "svcca-dask-quiet-close" in worker.plugins
+            log.error("%s.", HEARTBEAT_FAILED)  # a running worker's failure is shown
+        assert worker.status.name == "closed"
+        log.error("%s.", HEARTBEAT_FAILED)  # the closed worker's is not
+        log.error("another error")
+    finally:
+        log.removeHandler(handler)
+    assert seen == [f"{HEARTBEAT_FAILED}.", "another error"]
+
+
 def test_connect_local_processes_listen_on_loopback():
     with connect(
         "local", n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0", quiet=True

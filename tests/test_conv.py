@@ -481,7 +481,11 @@ def test_samples_and_mean_against_in_memory():
     )
     # a 2-D side with conv="samples": the same row for every position of its image
     logits = rng.standard_normal((60, 2))
-    r = sd.cca(x, logits, conv="samples", layout="NCHW")
+    with pytest.warns(
+        UserWarning, match=r"conv='samples' against a 2-D y: its row for each of the 60 images "
+        r"is repeated at each of the other layer's 25 spatial positions"
+    ):
+        r = sd.cca(x, logits, conv="samples", layout="NCHW")
     np.testing.assert_allclose(
         r.coefficients, ref_cca(xs, np.repeat(logits, 25, axis=0))[0], atol=1e-8
     )

@@ -349,3 +349,25 @@ def test_several_measures_share_one_pass():
         sd.similarity_matrices(raw, measures=["svcca", "cka"], side="y")
     with pytest.raises(TypeError, match="measure='cka' takes no option keep"):
         sd.similarity_matrix(raw, measure="cka", keep=0.9)
+
+
+def test_on_pair_reports_every_pair_once_tile_row_by_tile_row():
+    from dask.callbacks import Callback
+
+    rng = np.random.default_rng(0)
+    xs = {f"l{i}": rng.standard_normal((300, 4)) for i in range(6)}
+    events: list = []
+
+    class Passes(Callback):
+        def _start(self, dsk):
+            events.append("pass")
+
+    with Passes():
+        m = sd.similarity_matrix(
+            xs, measure="cka", max_width=8, on_pair=lambda r, c: events.append((r, c))
+        )
+    assert m.tile_rows > 1
+    pairs = [e for e in events if e != "pass"]
+    assert sorted(pairs) == sorted(itertools.product(xs, xs))
+    last_pass = len(events) - 1 - events[::-1].index("pass")
+    assert events.index(pairs[0]) < last_pass  # the first pairs are done before the last pass

@@ -191,8 +191,8 @@ def test_killed_run_leaves_whole_results_and_resumes(root, monkeypatch):
     real = runner._compute
     calls = {"n": 0}
 
-    def dies(job_, group):
-        for item in real(job_, group):
+    def dies(job_, group, advance):
+        for item in real(job_, group, advance):
             calls["n"] += 1
             if calls["n"] == 5:
                 raise KeyboardInterrupt("killed")

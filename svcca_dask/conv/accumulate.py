@@ -20,7 +20,7 @@ from dask.delayed import delayed
 from .._lapack import unpack
 from ..input import ArrayLike, open_source
 from ..io.chunks import _ChunkGetter, _stored_chunks, _StoredChunk
-from ..stats import compute, current_client, moments_combine
+from ..stats import compute, current_client, moments_combine, persist
 from .buffers import _Recycler, release_free_memory
 from .layout import _open_pair, _shape_of
 from .plan import (
@@ -308,10 +308,25 @@ class _DFTRun:
             fn, sl, scale, accs, args, plan=self.plan, idx=band
         )
 
-    def _run(self, graphs: Any, scale: Any, *, last: bool) -> Any:
-        """Compute one band; its arrays are then free for the next band (or dropped)."""
+    def _pass(self, band: np.ndarray) -> tuple[list[Any], Any]:
+        """The pass over the data for one band: its lane accumulators and the
+        scales, held (on the workers of a cluster) for the per-frequency work.
+        Two ``compute`` calls rather than one, so that progress shows the pass
+        (images) and the per-frequency phase (blocks of frequencies) each as its
+        own bar; the accumulators are held through both either way."""
+        accs, scale = self._graph(band)
         try:
-            out, scale_value = compute(graphs, scale)
+            accs, scale = persist(accs, scale)
+        except BaseException:
+            self.arrays = _Recycler()
+            raise
+        return accs, scale
+
+    def _run(self, tasks: Any, scale: Any, *, last: bool) -> Any:
+        """The per-frequency work of one band; its arrays are then free for the
+        next band (or dropped)."""
+        try:
+            out, scale_value = compute(tasks, scale)
         finally:
             if last:
                 self.arrays = _Recycler()
@@ -325,7 +340,7 @@ class _DFTRun:
         """``fn(block_stats, *args)`` on every block of every band (one pass per band)."""
         collected = []
         for i, band in enumerate(self.bands):
-            accs, scale = self._graph(band)
+            accs, scale = self._pass(band)
             tasks = [self._apply(accs, scale, band, sl, fn, *args) for sl in self._blocks(band)]
             collected += self._run(tasks, scale, last=i == len(self.bands) - 1)
         return _Parts.join(collected)
@@ -335,7 +350,7 @@ class _DFTRun:
         collected = []
         start = 0
         for i, band in enumerate(self.bands):
-            accs, scale = self._graph(band)
+            accs, scale = self._pass(band)
             tasks = []
             for sl in self._blocks(band):
                 part = {k: v[start + sl.start : start + sl.stop] for k, v in per_freq.items()}
@@ -347,7 +362,7 @@ class _DFTRun:
     def stats(self) -> DFTStats:
         """All statistics in one pass (one band), gathered on the client."""
         (band,) = self.bands
-        accs, scale = self._graph(band)
+        accs, scale = self._pass(band)
         block = delayed(_block_stats, pure=False)
         tasks = [block(sl, scale, *accs, plan=self.plan, idx=band) for sl in self._blocks(band)]
         return _concat_stats(self._run(tasks, scale, last=True))

@@ -368,7 +368,7 @@ def _svcca_one_pass(
 ) -> DFTSVCCAResult:
     """SVCCA in one graph: eigenvalues per block, the global choice, the CCA per block."""
     (band,) = run.bands
-    accs, scale = run._graph(band)
+    accs, scale = run._pass(band)
     blocks = run._blocks(band)
     eig = [run._apply(accs, scale, band, sl, _eig_part) for sl in blocks]
     joined = delayed(_Parts.join, pure=False)(eig)
