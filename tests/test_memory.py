@@ -126,3 +126,32 @@ def test_dft_refuses_a_limit_below_one_frequency_before_any_pass(monkeypatch):
         r"about .* MiB, more than the DFT memory limit of 0.0 MiB\. Raise DFT\(memory_limit",
     ):
         sd.cca(x, y, conv=sd.DFT(memory_limit=1_000, lanes=1), layout="NCHW")
+
+
+def test_the_issues_flattened_layer_is_refused_in_seconds(monkeypatch):
+    """512 images of a 256 x 56 x 56 layer flattened (802,816 features), keep=0.99:
+    it ran 10 minutes to 21 GB before the plan; now refused before any pass
+(``python benchmarks/bench_memory.py`` prints how long the refusal takes)."""
+    import svcca_dask.svd as svd
+
+    monkeypatch.setattr(svd, "_svd_compute", _no_pass)
+    x = da.zeros((512, 256, 56, 56), chunks=(32, 256, 56, 56), dtype=np.float32)  # never read
+    with dask.config.set({"svcca_dask.memory_limit": "12GiB"}), pytest.raises(
+        MemoryError, match=r"x: the randomized SVD of 512 samples x 802816 features with 128 "
+        r"directions would hold about 17.8\d GiB"
+    ):
+        sd.svcca(x, x + 1, keep=0.99, conv="flatten", layout="NCHW")  # no pass: _no_pass
+
+
+def test_cli_prints_the_refusal_on_one_line_and_exits_1(tmp_path, capsys):
+    from pipeline.cli import main
+    from svcca_dask.store import create_store
+
+    s = create_store(tmp_path / "a.zarr")
+    s.append("fc", np.random.default_rng(0).standard_normal((200, 300)))
+    path = str(tmp_path / "a.zarr" / "fc")
+    with dask.config.set({"svcca_dask.memory_limit": "1MiB"}):
+        assert main(["compare", path, path, "--measure", "cka", "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("svcca-dask compare: ") and "more than the memory budget" in err
+    assert len(err.splitlines()) == 1
