@@ -1,8 +1,9 @@
 """Memory plans: what a computation holds at its peak, counted before any pass.
 
 Every path counts its peak from the shapes and chunkings alone, before it reads
-any data, against one budget (:func:`svcca_dask._config.memory_budget`: the Dask
-config value ``svcca_dask.memory_limit``, else half of physical memory). Over
+any data, against one budget (:func:`budget`: the Dask config value
+``svcca_dask.memory_limit``, else half of physical memory; on a cluster at most
+its smallest worker's memory limit). Over
 budget, a path that has a mode that fits runs in it (a matrix splits into
 narrower tiles, the DFT path into more frequency bands); one that has not is
 refused up front with :class:`MemoryError`, the numbers and what to change.
@@ -30,6 +31,7 @@ from ._config import cpu_count, memory_budget
 from .stats import current_client, task_grid
 
 __all__ = [
+    "budget",
     "check_peak",
     "covariance_bytes",
     "fan_in",
@@ -56,6 +58,35 @@ def scheduler_threads() -> int:
     return max(1, int(dask.config.get("num_workers", None) or cpu_count()))
 
 
+def _threads_per_process() -> int:
+    """Threads whose tasks share one process's memory: one worker's on a
+    cluster (the largest), else the threaded scheduler's."""
+    client = current_client()
+    if client is not None:
+        return max(client.nthreads().values(), default=1)
+    return scheduler_threads()
+
+
+def budget() -> int:
+    """The memory budget of a plan: :func:`~svcca_dask._config.memory_budget`, and
+    on a cluster at most the smallest worker's memory limit (where limits are set).
+
+    On a cluster a plan counts what one worker holds (its threads' tasks and a
+    tree's partials in flight) plus the client's finalization, against the
+    smaller of the two machines' budgets: conservative by the finalization."""
+    limit = memory_budget()
+    client = current_client()
+    if client is not None:
+        limits = [
+            int(w.get("memory_limit") or 0)
+            for w in client.scheduler_info().get("workers", {}).values()
+        ]
+        limits = [v for v in limits if v > 0]
+        if limits:
+            limit = min(limit, min(limits))
+    return limit
+
+
 def reduction_bytes(
     partials: Sequence[int], *, tasks: int, split_every: int, chunk_bytes: int
 ) -> int:
@@ -75,7 +106,7 @@ def reduction_bytes(
     if not partials:
         return 0
     in_flight = min(tasks, split_every) + 1
-    threads = scheduler_threads()
+    threads = _threads_per_process()
     largest = max(partials)
     return int(
         sum(partials) * in_flight
@@ -97,8 +128,8 @@ def covariance_bytes(trees: Sequence[Sequence[Any]], *, split_every: int) -> int
 
 
 def fits(peak: int) -> bool:
-    """Whether ``peak`` bytes fit the memory budget."""
-    return peak <= memory_budget()
+    """Whether ``peak`` bytes fit the memory budget (:func:`budget`)."""
+    return peak <= budget()
 
 
 def fan_in(peak_of: Callable[[int], int], split_every: int) -> int:
@@ -123,17 +154,18 @@ def check_peak(peak: int, *, what: str, remedies: str) -> None:
     """
     from dask.utils import format_bytes
 
-    budget = memory_budget()
-    if peak <= budget:
+    limit = budget()
+    if peak <= limit:
         return
-    source = (
-        "the Dask config value svcca_dask.memory_limit"
-        if dask.config.get("svcca_dask.memory_limit", None) is not None
-        else "half of physical memory; the Dask config value svcca_dask.memory_limit sets it"
-    )
+    if limit < memory_budget():
+        source = "the smallest worker memory limit of the cluster"
+    elif dask.config.get("svcca_dask.memory_limit", None) is not None:
+        source = "the Dask config value svcca_dask.memory_limit"
+    else:
+        source = "half of physical memory; the Dask config value svcca_dask.memory_limit sets it"
     raise MemoryError(
         f"{what} would hold about {format_bytes(peak)} at its peak, more than the memory "
-        f"budget of {format_bytes(budget)} ({source}). {remedies}"
+        f"budget of {format_bytes(limit)} ({source}). {remedies}"
     )
 
 

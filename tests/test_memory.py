@@ -155,3 +155,19 @@ def test_cli_prints_the_refusal_on_one_line_and_exits_1(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("svcca-dask compare: ") and "more than the memory budget" in err
     assert len(err.splitlines()) == 1
+
+
+def test_on_a_cluster_the_plan_is_one_workers():
+    from svcca_dask.cluster import connect
+
+    with connect(
+        "local", n_workers=2, threads_per_worker=3, processes=False, memory_limit="300MiB",
+        dashboard_address="127.0.0.1:0", quiet=True,
+    ):  # fmt: skip
+        assert memory.budget() == min(300 * 2**20, memory_budget())
+        assert memory._threads_per_process() == 3  # one worker's threads share its memory
+        assert memory.scheduler_threads() == 6
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((500, 3000))
+        with pytest.raises(MemoryError, match="the smallest worker memory limit of the cluster"):
+            sd.linear_cka(da.from_array(x), da.from_array(x) * 2, max_features=20_000, split_every=2)
