@@ -122,6 +122,13 @@ def _add_compare(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=None,
                    help="--svd randomized: seed of the random test matrix (default 0)")
     p.add_argument(
+        "--debiased",
+        action="store_const",
+        const=True,
+        default=None,
+        help="--measure cka: debiased CKA (unbiased HSIC; unrelated layers score near 0)",
+    )
+    p.add_argument(
         "--cluster",
         default=None,
         help="run on a Dask cluster: 'local' or a scheduler address (default: threads)",
@@ -244,7 +251,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     names = (
         "keep", "epsilon", "conv", "dft_memory_limit", "svd",
-        "n_components", "n_power_iter", "n_oversamples", "seed",
+        "n_components", "n_power_iter", "n_oversamples", "seed", "debiased",
     )  # fmt: skip
     options: dict[str, Any] = {
         k: getattr(args, k) for k in names if getattr(args, k) is not None

@@ -62,6 +62,7 @@ OPTIONS: dict[str, str] = {
     "conv": "a conv-layer reduction: 'dft' (the measures' default), 'samples', 'mean' or 'flatten'",
     "layout": "'NCHW' or 'NHWC' (default: from the store's dimension names)",
     "side": "'x', 'y' or 'smaller' (PWCCA)",
+    "debiased": "true or false: debiased CKA (unbiased HSIC estimates)",
     "svd": "SVCCA's SVD step: 'auto' (default), 'covariance', 'randomized' or 'tsqr'",
     "dft_memory_limit": "conv='dft': bytes or a size like '2GiB' for the statistics (DFT memory_limit)",
     "n_components": "svd='randomized': directions computed first (int >= 1)",
@@ -469,6 +470,7 @@ def _check_option(key: str, value: Any, where: str) -> None:
         "n_power_iter": lambda: whole(0),
         "n_oversamples": lambda: whole(0),
         "seed": lambda: whole(-(2**63)),
+        "debiased": lambda: isinstance(value, bool),
     }
     try:
         ok = checks[key]() is not False if key in checks else simple[key]()

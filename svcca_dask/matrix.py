@@ -80,8 +80,8 @@ MATRIX_MEASURES: dict[str, tuple[str, ...]] = {
     "svcca": ("keep", "epsilon"),
     "cca": ("epsilon",),
     "pwcca": ("epsilon", "side"),
-    "cka": (),
-    "linear_cka": (),
+    "cka": ("debiased",),
+    "linear_cka": ("debiased",),
 }
 
 _FROM_STATS: dict[str, Callable[..., Any]] = {
@@ -141,7 +141,8 @@ def similarity_matrix(
         tile row (a progress hook).
     **options
         Options of the measure: ``keep`` and ``epsilon`` (svcca), ``epsilon``
-        (cca), ``epsilon`` and ``side`` (pwcca).
+        (cca), ``epsilon`` and ``side`` (pwcca), ``debiased`` (cka: then the
+        whole co-moment of each tile is accumulated, with the per-sample norms).
 
     Returns
     -------
@@ -227,7 +228,8 @@ def similarity_matrices(
         tile row by tile row rather than once at the end.
     **options
         Options of the measures; each measure receives those it takes
-        (``keep``: svcca; ``epsilon``: svcca, cca, pwcca; ``side``: pwcca).
+        (``keep``: svcca; ``epsilon``: svcca, cca, pwcca; ``side``: pwcca;
+        ``debiased``: cka).
 
     Returns
     -------
@@ -255,6 +257,9 @@ def similarity_matrices(
         keep_pair(options["keep"])
     if "side" in options:
         check_side(options["side"])
+    debiased = options.get("debiased", False)
+    if not isinstance(debiased, bool):
+        raise TypeError(f"debiased must be True or False, got {debiased!r}")
     if ys is None:
         ys = xs
     for side, layers in (("xs", xs), ("ys", ys)):
@@ -305,7 +310,8 @@ def similarity_matrices(
     # disjoint sides (two networks, two checkpoints): accumulate only the needed
     # blocks; otherwise every block of the joint co-moment is needed or nearly
     row_set = set(row_idx)
-    blockwise = not (row_set & set(col_idx))
+    # debiased CKA's per-sample norms are merged with the whole co-moment
+    blockwise = not (row_set & set(col_idx)) and not debiased
     plan, split_every = _memory_plan(
         row_idx, col_idx, arrays, row_set if blockwise else None,
         max_width=max_width, split_every=split_every,
@@ -335,7 +341,11 @@ def similarity_matrices(
                 n_x = sum(k in row_set for k in tile)
                 graphs.append(_cross_graph(tile_arrays, n_x, names=names, split_every=split_every))
             else:
-                graphs.append(accumulate_graph(tile_arrays, names=names, split_every=split_every))
+                graphs.append(
+                    accumulate_graph(
+                        tile_arrays, names=names, split_every=split_every, norms=debiased
+                    )
+                )
         outs = compute(*graphs)
         n_tiles += len(tile_row)
         if blockwise:

@@ -152,12 +152,18 @@ class CKAResult:
     Attributes
     ----------
     score : float
-        ``||Sxy||_F^2 / (||Sxx||_F ||Syy||_F)``, in [0, 1].
+        ``||Sxy||_F^2 / (||Sxx||_F ||Syy||_F)``, in [0, 1]; with ``debiased``
+        the same ratio of unbiased HSIC estimates (Song et al. 2012), which
+        can be slightly negative for unrelated layers (its expectation is then
+        0, where the plain one is biased upwards at few samples).
     n_samples : int
+    debiased : bool
+        Whether ``score`` is debiased CKA.
     """
 
     score: float
     n_samples: int
+    debiased: bool = False
 
 
 

@@ -32,6 +32,7 @@ covariances and arbitrary-order statistical moments. Sandia SAND2008-6212.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -74,12 +75,17 @@ class Moments:
         transpose for complex input), float64.
     sizes : tuple of int
         Feature count of each stacked array, in order; ``sum(sizes) == d``.
+    norms : ndarray, shape (L, L), optional
+        With ``norms=True`` accumulation: ``N.T @ N`` where ``N[i, l]`` is the
+        squared norm of sample ``i`` of array ``l``, centred (what debiased
+        CKA needs besides the co-moment).
     """
 
     n: int
     mean: np.ndarray
     comoment: np.ndarray
     sizes: tuple[int, ...]
+    norms: np.ndarray | None = None
 
     @property
     def offsets(self) -> tuple[int, ...]:
@@ -110,6 +116,10 @@ class PairStats:
     x_mean, y_mean : ndarray, shape (dx,), (dy,)
     sxx, sxy, syy : ndarray
         Sample covariance blocks (ddof=1), float64.
+    norms : ndarray, shape (2, 2), optional
+        Sums of products of the centred samples' squared norms,
+        ``[[sum a a, sum a b], [sum b a, sum b b]]`` with ``a_i = |x_i - x_mean|^2``
+        and ``b_i = |y_i - y_mean|^2`` (accumulated with ``norms=True``).
     """
 
     n: int
@@ -118,6 +128,7 @@ class PairStats:
     sxx: np.ndarray
     sxy: np.ndarray
     syy: np.ndarray
+    norms: np.ndarray | None = None
 
 
 def pair_stats(m: Moments, i: int = 0, j: int = 1) -> PairStats:
@@ -129,6 +140,7 @@ def pair_stats(m: Moments, i: int = 0, j: int = 1) -> PairStats:
         sxx=m.cov(i, i),
         sxy=m.cov(i, j),
         syy=m.cov(j, j),
+        norms=None if m.norms is None else m.norms[np.ix_([i, j], [i, j])],
     )
 
 
@@ -142,6 +154,7 @@ def moments_chunk(
     row_start: int = 0,
     regions: Sequence[Region] | None = None,
     chunk_starts: Sequence[Sequence[int]] | None = None,
+    norms: bool = False,
 ) -> dict[str, Any]:
     """Partial statistics of one row chunk of several arrays.
 
@@ -162,12 +175,18 @@ def moments_chunk(
     chunk_starts : sequence of sequence of int, optional
         Per array, the first rows of its stored chunks that overlap these rows
         (a task may read several): error messages name the stored chunk.
+    norms : bool
+        Also the sums of products of each array's centred per-sample squared
+        norms (``"q"``, ``(L, L)``) and of those norms with the centred
+        features (``"v"``, ``(L, d)``, what moving the centre needs): the
+        statistics of debiased CKA. Not with ``regions``.
 
     Returns
     -------
     dict
         ``{"n": m, "mean": (d,), "m2": (d, d)}`` in float64; with ``regions``,
-        ``"m2"`` is a list of blocks and ``"regions"`` the regions.
+        ``"m2"`` is a list of blocks and ``"regions"`` the regions; with
+        ``norms``, ``"q"``, ``"v"`` and ``"edges"`` (the arrays' column ranges).
 
     Raises
     ------
@@ -187,15 +206,18 @@ def moments_chunk(
     m = blocks[0].shape[0]
     width = sum(b.shape[1] for b in blocks)
     step = max(1, _config.DEFAULT_CHUNK_BYTES // (8 * max(width, 1)))
+    if norms and regions is not None:
+        raise ValueError("norms=True needs the whole co-moment (no regions)")
     if m > 1.5 * step:
         pieces = [
             _piece_moments(
-                [b[a : a + step] for b in blocks], names, row_start + a, regions, chunk_starts
+                [b[a : a + step] for b in blocks], names, row_start + a, regions, chunk_starts,
+                norms,
             )
             for a in range(0, m, step)
-        ]
+        ]  # fmt: skip
         return moments_combine(pieces)
-    return _piece_moments(blocks, names, row_start, regions, chunk_starts)
+    return _piece_moments(blocks, names, row_start, regions, chunk_starts, norms)
 
 
 def _piece_moments(
@@ -204,6 +226,7 @@ def _piece_moments(
     row_start: int,
     regions: Sequence[Region] | None,
     chunk_starts: Sequence[Sequence[int]] | None = None,
+    norms: bool = False,
 ) -> dict[str, Any]:
     m = blocks[0].shape[0]
     widths = [b.shape[1] for b in blocks]
@@ -236,7 +259,58 @@ def _piece_moments(
     out = {"n": m, "mean": mean, "m2": m2}
     if regions is not None:
         out["regions"] = tuple(regions)
+    if norms:
+        out.update(_norm_moments(buf, widths, blocks, names))
     return out
+
+
+def _norm_moments(
+    buf: np.ndarray, widths: Sequence[int], blocks: Sequence[np.ndarray], names: Sequence[str] | None
+) -> dict[str, Any]:
+    """The per-sample squared norms' statistics of a centred chunk (see
+    :func:`moments_chunk`); fourth powers that overflow are an error."""
+    edges = tuple(itertools.pairwise(np.cumsum([0, *widths]).tolist()))
+    sq = np.empty((buf.shape[0], len(edges)))
+    for k, (a, b) in enumerate(edges):
+        sq[:, k] = np.einsum("ij,ij->i", buf[:, a:b], buf[:, a:b])
+    with np.errstate(over="ignore", invalid="ignore"):
+        q = sq.T @ sq
+    if not np.all(np.isfinite(q)):
+        k = int(np.flatnonzero(~np.isfinite(q).all(axis=0))[0])
+        name = names[k] if names is not None else f"array {k}"
+        top = float(np.max(np.abs(np.asarray(blocks[k], dtype=np.float64)), initial=0.0))
+        raise ValueError(
+            f"{name} has values up to {top:.3g}: the squares of its per-sample squared norms "
+            "(debiased CKA's statistics) overflow float64. Divide the activations by a "
+            "constant first (every measure is invariant to a layer's scale)."
+        )
+    return {"q": q, "v": sq.T @ buf, "edges": edges}
+
+
+def _shift_norms(part: dict[str, Any], delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A part's ``q`` and ``v`` about its mean moved by ``-delta`` (the merged
+    mean is ``part mean - delta``).
+
+    With ``Z`` the part's centred rows, ``N`` its per-sample squared norms,
+    ``D`` the ``(d, L)`` block-diagonal matrix of ``delta``'s array blocks,
+    ``e_l = |delta_l|^2`` and ``t_l`` the traces of the own co-moment blocks:
+    ``N' = N + 2 Z D + 1 e^T``, so ``q' = q + 2 (v D + (v D)^T) + 4 D^T M2 D +
+    t e^T + e t^T + n e e^T`` and ``v' = v + t delta^T + 2 (M2 D)^T + n e delta^T``
+    (``Z`` sums to zero). Exact; ``delta`` is small next to the spread, so it
+    stays accurate where raw fourth moments would cancel.
+    """
+    edges, m2, n = part["edges"], part["m2"], part["n"]
+    dm = np.zeros((delta.shape[0], len(edges)))
+    for k, (a, b) in enumerate(edges):
+        dm[a:b, k] = delta[a:b]
+    e = np.sum(dm * dm, axis=0)
+    t = np.array([np.trace(m2[a:b, a:b]) for a, b in edges])
+    m2d = m2 @ dm
+    vd = part["v"] @ dm
+    q = part["q"] + 2 * (vd + vd.T) + 4 * (dm.T @ m2d) + np.outer(t, e) + np.outer(e, t)
+    q += n * np.outer(e, e)
+    v = part["v"] + np.outer(t, delta) + 2 * m2d.T + n * np.outer(e, delta)
+    return q, v
 
 
 def _check_range(
@@ -319,16 +393,25 @@ def moments_combine(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     acc = parts[0]
     regions = acc.get("regions")
     n, mean, m2 = acc["n"], acc["mean"], _copy(acc["m2"])
+    norms = "q" in acc
+    if norms:
+        q, v, edges = acc["q"], acc["v"], acc["edges"]
     for p in parts[1:]:
         nb = p["n"]
         if nb == 0:
             continue
         if n == 0:
             n, mean, m2 = nb, p["mean"], _copy(p["m2"])
+            if norms:
+                q, v = p["q"], p["v"]
             continue
         tot = n + nb
         d = p["mean"] - mean
         f = n * nb / tot
+        if norms:  # both parts' norms about the merged mean, before m2 changes
+            qa, va = _shift_norms({"q": q, "v": v, "m2": m2, "n": n, "edges": edges}, -d * (nb / tot))
+            qb, vb = _shift_norms(p, d * (n / tot))
+            q, v = qa + qb, va + vb
         if regions is None:
             m2 += p["m2"]
             # outer(d, conj(d)) per leading batch index (one per frequency on the DFT path)
@@ -342,6 +425,8 @@ def moments_combine(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out = {"n": n, "mean": mean, "m2": m2}
     if regions is not None:
         out["regions"] = regions
+    if norms:
+        out.update(q=q, v=v, edges=edges)
     return out
 
 
@@ -365,12 +450,14 @@ def accumulate_graph(
     names: Sequence[str] | None = None,
     split_every: int = 8,
     regions: Sequence[Region] | None = None,
+    norms: bool = False,
 ) -> Delayed:
     """The lazy statistics of column-stacked dask arrays (one task per row chunk).
 
     See :func:`accumulate`; this returns the :class:`~dask.delayed.Delayed`
     dict so that several statistics can be computed in one ``dask.compute``.
-    ``regions`` restricts the co-moment to some blocks (see :func:`moments_chunk`).
+    ``regions`` restricts the co-moment to some blocks, ``norms`` adds the
+    per-sample norms' statistics (see :func:`moments_chunk`).
     """
     if split_every < 2:
         raise ValueError(f"split_every must be at least 2, got {split_every}")
@@ -390,7 +477,7 @@ def accumulate_graph(
         ]
         parts.append(
             chunk(*[blocks[i] for blocks in per_array], names=names, row_start=s0,
-                  regions=regions, chunk_starts=own)
+                  regions=regions, chunk_starts=own, norms=norms)
         )  # fmt: skip
     return _tree(parts, split_every)
 
@@ -400,6 +487,7 @@ def accumulate(
     *,
     names: Sequence[str] | None = None,
     split_every: int = 8,
+    norms: bool = False,
 ) -> Moments:
     """Statistics of column-stacked 2-D dask arrays in one pass.
 
@@ -412,6 +500,8 @@ def accumulate(
         Names for error messages.
     split_every : int
         Fan-in of the tree reduction.
+    norms : bool
+        Also :attr:`Moments.norms` (debiased CKA's statistics).
 
     Returns
     -------
@@ -427,7 +517,7 @@ def accumulate(
     threaded scheduler with BLAS limited to one thread per task (Dask threads
     times BLAS threads would oversubscribe the cores).
     """
-    graph = accumulate_graph(arrays, names=names, split_every=split_every)
+    graph = accumulate_graph(arrays, names=names, split_every=split_every, norms=norms)
     (out,) = compute(graph)
     return to_moments(out, arrays)
 
@@ -435,7 +525,9 @@ def accumulate(
 def to_moments(out: dict[str, Any], arrays: Sequence[Any]) -> Moments:
     """Wrap a computed statistics dict of :func:`accumulate_graph` as :class:`Moments`."""
     sizes = tuple(int(a.shape[1]) for a in arrays)
-    return Moments(n=int(out["n"]), mean=out["mean"], comoment=out["m2"], sizes=sizes)
+    return Moments(
+        n=int(out["n"]), mean=out["mean"], comoment=out["m2"], sizes=sizes, norms=out.get("q")
+    )
 
 
 def _row_target(arrays: Sequence[Any]) -> int | None:
