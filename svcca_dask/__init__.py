@@ -13,10 +13,11 @@ DFT path's statistics and ``*_from_dft_stats``), :mod:`svcca_dask.svd`,
 :mod:`svcca_dask.rules`, :mod:`svcca_dask.store`.
 """
 
+from .cka import linear_cka
 from .cluster import Connection, connect
 from .conv import DFT, conv_features
 from .matrix import similarity_matrices, similarity_matrix
-from .measures import cca, linear_cka, pwcca, svcca
+from .measures import cca, pwcca, svcca
 from .results import (
     CCAResult,
     CKAResult,

@@ -55,11 +55,12 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ._config import DEFAULT_MAX_FEATURES, cpu_count
+from .cka import cka_from_stats
 from .conv.features import conv_features
 from .conv.plan import DFT
 from .input import ArrayLike, as_dask
 from .linalg import inv_sqrt_psd, top_eigh
-from .measures import cca_from_stats, cka_from_stats, pwcca_from_stats, svcca_from_stats
+from .measures import cca_from_stats, pwcca_from_stats, svcca_from_stats
 from .memory import check_peak, fan_in, fits, reduction_bytes
 from .results import SimilarityMatrix
 from .rules import check_epsilon, check_side, keep_pair, warn_notes

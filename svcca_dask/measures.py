@@ -1,4 +1,4 @@
-"""CCA, SVCCA, PWCCA and linear CKA from one pass of co-moment statistics."""
+"""CCA, SVCCA and PWCCA from one pass of co-moment statistics (linear CKA: :mod:`svcca_dask.cka`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from .linalg import cca_from_cov, top_eigh
 from .memory import plan_covariance
 from .results import (
     CCAResult,
-    CKAResult,
     DFTCCAResult,
     DFTPWCCAResult,
     DFTSVCCAResult,
@@ -41,8 +40,6 @@ from .svd import SVD_METHODS, RandomizedSVD, projected_stats, reduce_pair
 __all__ = [
     "cca",
     "cca_from_stats",
-    "cka_from_stats",
-    "linear_cka",
     "pwcca",
     "pwcca_from_stats",
     "svcca",
@@ -206,65 +203,6 @@ def pwcca_from_stats(
     alpha = alpha / alpha.sum()
     f["score"] = float(np.sum(alpha * f["coefficients"]))
     return PWCCAResult(**f, weights=alpha, side=side)
-
-
-def cka_from_stats(
-    p: PairStats, *, names: tuple[str, str] = ("x", "y"), debiased: bool = False
-) -> CKAResult:
-    """Linear CKA of a pair from its covariance statistics (see :func:`linear_cka`).
-
-    Each block is divided by its side's largest variance first (CKA does not
-    change, and the squared norms stay in float64's range for any scale of
-    the activations). ``debiased`` needs ``p.norms`` (accumulated with
-    ``norms=True``).
-    """
-    ax = float(np.max(np.diagonal(p.sxx), initial=0.0))
-    ay = float(np.max(np.diagonal(p.syy), initial=0.0))
-    for top, name in ((ax, names[0]), (ay, names[1])):
-        if not top > 0:
-            raise ValueError(
-                f"{name} has no live feature: every feature has zero variance, and linear "
-                "CKA is undefined for a constant layer"
-            )
-    if debiased:
-        return CKAResult(score=_debiased_cka(p, ax, ay, names), n_samples=p.n, debiased=True)
-    nx, ny = np.linalg.norm(p.sxx / ax), np.linalg.norm(p.syy / ay)
-    score = float(np.linalg.norm(p.sxy / np.sqrt(ax) / np.sqrt(ay)) ** 2 / (nx * ny))
-    return CKAResult(score=min(max(score, 0.0), 1.0), n_samples=p.n)
-
-
-def _debiased_cka(p: PairStats, ax: float, ay: float, names: tuple[str, str]) -> float:
-    """Debiased linear CKA from feature-space statistics.
-
-    With centred data, ``K = X X^T`` and ``a_i = K_ii``, the unbiased HSIC of
-    Song et al. (2012) is, times ``n (n - 3)``: ``||X^T Y||_F^2 - n / (n - 2)
-    sum_i a_i b_i + tr(K) tr(L) / ((n - 1)(n - 2))`` (the diagonal-free Gram
-    terms reduce to these because ``K 1 = 0``), which is the form of Kornblith
-    et al.'s ``feature_space_linear_cka(debiased=True)``; no ``n x n`` matrix.
-    Each side is scaled by its largest variance first, as the plain CKA.
-    """
-    if p.norms is None:
-        raise ValueError("debiased CKA needs the per-sample norms (accumulate with norms=True)")
-    n = p.n
-    if n < 4:
-        raise ValueError(f"debiased CKA needs at least 4 samples, got {n}")
-    s = (n - 1) / np.array([ax, np.sqrt(ax * ay), ay])  # co-moment blocks, each side scaled
-    cxx, cxy, cyy = p.sxx * s[0], p.sxy * s[1], p.syy * s[2]
-    q = p.norms / np.outer([ax, ay], [ax, ay])
-    tx, ty = float(np.trace(cxx)), float(np.trace(cyy))
-
-    def hsic(c: np.ndarray, qab: float, ta: float, tb: float) -> float:
-        return float(np.sum(c * c) - n / (n - 2) * qab + ta * tb / ((n - 1) * (n - 2)))
-
-    hxy = hsic(cxy, q[0, 1], tx, ty)
-    hxx, hyy = hsic(cxx, q[0, 0], tx, tx), hsic(cyy, q[1, 1], ty, ty)
-    for h, name in ((hxx, names[0]), (hyy, names[1])):
-        if not h > 0:
-            raise ValueError(
-                f"the unbiased HSIC of {name} with itself is {h:.3g}, not positive: "
-                f"{n} samples are too few for debiased CKA of this layer"
-            )
-    return hxy / np.sqrt(hxx * hyy)
 
 
 # --------------------------------------------------------------------------- #
@@ -651,57 +589,3 @@ def pwcca(
         )
     p = _pair_stats(pair, split_every=split_every, max_features=max_features)
     return _warned(pwcca_from_stats(p, epsilon=epsilon, side=side))
-
-
-def linear_cka(
-    x: ArrayLike,
-    y: ArrayLike,
-    *,
-    conv: ConvOption = "dft",
-    layout: str | tuple[str | None, str | None] | None = None,
-    split_every: int = 8,
-    max_features: int = DEFAULT_MAX_FEATURES,
-    debiased: bool = False,
-) -> CKAResult:
-    """Linear CKA (Kornblith et al. 2019) from one pass of covariance statistics.
-
-    ``CKA = ||S_xy||_F^2 / (||S_xx||_F ||S_yy||_F)`` with the centred
-    covariance blocks (the feature-space form of the HSIC ratio with linear kernels).
-    ``debiased=True``: the same ratio of unbiased HSIC estimates (Song et al.
-    2012; Kornblith et al.'s debiased CKA), from the same one pass, which also
-    accumulates each sample's centred squared norm (products of those, and with
-    the features, merged exactly as the means move): no ``n x n`` Gram matrix.
-
-    Parameters
-    ----------
-    x, y : array-like, shape (n_samples, n_features)
-        As for :func:`cca`.
-    conv, layout, split_every, max_features
-        As for :func:`cca`. With ``conv="dft"``: ``sum_f m_f ||S_xy(f)||^2 /
-        sqrt(sum_f m_f ||S_xx(f)||^2 sum_f m_f ||S_yy(f)||^2)`` over the
-        frequencies of the band with multiplicity ``m_f``: the CKA of the
-        flattened (band-limited) layers without the covariances between
-        different frequencies, which vanish for translation-invariant data
-        (then it equals ``conv="flatten"``, by Parseval).
-
-    debiased : bool, default False
-        Debiased CKA: unbiased where the plain one is biased upwards at few
-        samples (unrelated layers score near 0, possibly below). Not with
-        ``conv="dft"`` (use ``"mean"``, ``"samples"`` or ``"flatten"``).
-
-    Returns
-    -------
-    CKAResult
-    """
-    if not isinstance(debiased, bool):
-        raise TypeError(f"debiased must be True or False, got {debiased!r}")
-    pair = _prepare(x, y, conv=conv, layout=layout)  # lazy: nothing read yet
-    if debiased and pair.dft:
-        raise ValueError(
-            "debiased=True is not available with conv='dft' (its per-frequency "
-            "statistics have no per-sample norms); use conv='mean', 'samples' or 'flatten'"
-        )
-    if pair.dft:
-        return dft_measure("cka", pair.x, pair.y, conv=conv, layout=pair.layouts)  # type: ignore[no-any-return]
-    p = _pair_stats(pair, split_every=split_every, max_features=max_features, norms=debiased)
-    return cka_from_stats(p, debiased=debiased)
