@@ -76,9 +76,9 @@ def _add_compare(subparsers: Any) -> None:
     p.add_argument("y", help="second layer, e.g. acts_b.zarr/layer3")
     p.add_argument(
         "--measure",
-        choices=("svcca", "pwcca", "cca", "cka"),
+        choices=("svcca", "pwcca", "cca", "cka", "shape"),
         default="svcca",
-        help="similarity measure (default: svcca)",
+        help="similarity measure (default: svcca); shape: a distance (lower is more alike)",
     )
     p.add_argument(
         "--keep",
@@ -128,6 +128,10 @@ def _add_compare(subparsers: Any) -> None:
         default=None,
         help="--measure cka: debiased CKA (unbiased HSIC; unrelated layers score near 0)",
     )
+    p.add_argument("--alpha", type=float, default=None,
+                   help="--measure shape: 0 any invertible map (CCA) ... 1 rotations (default 1)")
+    p.add_argument("--metric", choices=("angular", "euclidean"), default=None,
+                   help="--measure shape: the distance (default angular, in [0, pi])")
     p.add_argument(
         "--cluster",
         default=None,
@@ -251,7 +255,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     names = (
         "keep", "epsilon", "conv", "dft_memory_limit", "svd",
-        "n_components", "n_power_iter", "n_oversamples", "seed", "debiased",
+        "n_components", "n_power_iter", "n_oversamples", "seed", "debiased", "alpha", "metric",
     )  # fmt: skip
     options: dict[str, Any] = {
         k: getattr(args, k) for k in names if getattr(args, k) is not None

@@ -53,7 +53,13 @@ __all__ = [
 ]
 
 #: Job measure name -> ``svcca_dask`` function name.
-MEASURES: dict[str, str] = {"svcca": "svcca", "pwcca": "pwcca", "cca": "cca", "cka": "linear_cka"}
+MEASURES: dict[str, str] = {
+    "svcca": "svcca",
+    "pwcca": "pwcca",
+    "cca": "cca",
+    "cka": "linear_cka",
+    "shape": "shape_distance",
+}
 
 #: Options a job may set, and what each must be.
 OPTIONS: dict[str, str] = {
@@ -63,6 +69,8 @@ OPTIONS: dict[str, str] = {
     "layout": "'NCHW' or 'NHWC' (default: from the store's dimension names)",
     "side": "'x', 'y' or 'smaller' (PWCCA)",
     "debiased": "true or false: debiased CKA (unbiased HSIC estimates)",
+    "alpha": "a number in [0, 1]: the shape metric's alignment (0 CCA, 1 Procrustes)",
+    "metric": "'angular' or 'euclidean' (the shape metric's distance)",
     "svd": "SVCCA's SVD step: 'auto' (default), 'covariance', 'randomized' or 'tsqr'",
     "dft_memory_limit": "conv='dft': bytes or a size like '2GiB' for the statistics (DFT memory_limit)",
     "n_components": "svd='randomized': directions computed first (int >= 1)",
@@ -451,6 +459,7 @@ def _check_option(key: str, value: Any, where: str) -> None:
     from svcca_dask import DFT
     from svcca_dask.conv import CONV_MODES, LAYOUTS
     from svcca_dask.rules import check_epsilon, check_side, keep_pair
+    from svcca_dask.shape import check_shape
     from svcca_dask.svd import SVD_METHODS
 
     def whole(low: int) -> bool:
@@ -461,6 +470,7 @@ def _check_option(key: str, value: Any, where: str) -> None:
         "epsilon": lambda: check_epsilon(value),
         "side": lambda: check_side(value),
         "dft_memory_limit": lambda: DFT(memory_limit=value),
+        "alpha": lambda: check_shape(value, "angular"),
     }
     simple = {
         "conv": lambda: isinstance(value, str) and value in CONV_MODES,
@@ -471,6 +481,7 @@ def _check_option(key: str, value: Any, where: str) -> None:
         "n_oversamples": lambda: whole(0),
         "seed": lambda: whole(-(2**63)),
         "debiased": lambda: isinstance(value, bool),
+        "metric": lambda: value in ("angular", "euclidean"),
     }
     try:
         ok = checks[key]() is not False if key in checks else simple[key]()

@@ -29,6 +29,7 @@ from .results import (
     SVCCAResult,
 )
 from .rules import SampleSizeWarning
+from .shape import shape_distance
 from .store import (
     ActivationStore,
     IncompleteLayerError,
@@ -61,7 +62,6 @@ __all__ = [
     "SVCCAResult",
     "SampleSizeWarning",
     "SimilarityMatrix",
-    "__version__",
     "cca",
     "connect",
     "conv_features",
@@ -72,6 +72,7 @@ __all__ = [
     "pwcca",
     "read_layer",
     "select_layers",
+    "shape_distance",
     "similarity_matrices",
     "similarity_matrix",
     "svcca",

@@ -64,6 +64,7 @@ from .measures import cca_from_stats, pwcca_from_stats, svcca_from_stats
 from .memory import check_peak, fan_in, fits, reduction_bytes
 from .results import SimilarityMatrix
 from .rules import check_epsilon, check_side, keep_pair, warn_notes
+from .shape import check_shape, shape_from_stats
 from .stats import (
     PairStats,
     Region,
@@ -83,6 +84,7 @@ MATRIX_MEASURES: dict[str, tuple[str, ...]] = {
     "pwcca": ("epsilon", "side"),
     "cka": ("debiased",),
     "linear_cka": ("debiased",),
+    "shape": ("alpha", "metric"),
 }
 
 _FROM_STATS: dict[str, Callable[..., Any]] = {
@@ -91,6 +93,7 @@ _FROM_STATS: dict[str, Callable[..., Any]] = {
     "pwcca": pwcca_from_stats,
     "cka": cka_from_stats,
     "linear_cka": cka_from_stats,
+    "shape": shape_from_stats,
 }
 
 
@@ -118,9 +121,9 @@ def similarity_matrix(
         The column layers; ``None`` or ``xs`` itself compares ``xs`` with
         itself. A layer present on both sides (the same array, path or Dask
         array) is read and stacked once.
-    measure : {"svcca", "cca", "pwcca", "cka", "linear_cka"}, default "svcca"
+    measure : {"svcca", "cca", "pwcca", "cka", "linear_cka", "shape"}, default "svcca"
         The measure of each pair (see :func:`svcca`, :func:`cca`,
-        :func:`pwcca`, :func:`linear_cka`). For several measures from the same
+        :func:`pwcca`, :func:`linear_cka`, :func:`shape_distance`: a distance). For several measures from the same
         pass, use :func:`similarity_matrices`.
     conv : {"samples", "mean", "flatten"}, optional
         Reduction of 4-D conv layers to 2-D features, per layer, as the
@@ -143,7 +146,8 @@ def similarity_matrix(
     **options
         Options of the measure: ``keep`` and ``epsilon`` (svcca), ``epsilon``
         (cca), ``epsilon`` and ``side`` (pwcca), ``debiased`` (cka: then the
-        whole co-moment of each tile is accumulated, with the per-sample norms).
+        whole co-moment of each tile is accumulated, with the per-sample norms),
+        ``alpha`` and ``metric`` (shape).
 
     Returns
     -------
@@ -230,7 +234,7 @@ def similarity_matrices(
     **options
         Options of the measures; each measure receives those it takes
         (``keep``: svcca; ``epsilon``: svcca, cca, pwcca; ``side``: pwcca;
-        ``debiased``: cka).
+        ``debiased``: cka; ``alpha``, ``metric``: shape).
 
     Returns
     -------
@@ -258,6 +262,8 @@ def similarity_matrices(
         keep_pair(options["keep"])
     if "side" in options:
         check_side(options["side"])
+    if "alpha" in options or "metric" in options:
+        check_shape(options.get("alpha", 1.0), options.get("metric", "angular"))
     debiased = options.get("debiased", False)
     if not isinstance(debiased, bool):
         raise TypeError(f"debiased must be True or False, got {debiased!r}")

@@ -21,6 +21,7 @@ __all__ = [
     "DFTSVCCAResult",
     "PWCCAResult",
     "SVCCAResult",
+    "ShapeResult",
     "SimilarityMatrix",
 ]
 
@@ -165,6 +166,35 @@ class CKAResult:
     n_samples: int
     debiased: bool = False
 
+
+
+@dataclass(frozen=True)
+class ShapeResult:
+    """A linear shape metric (Williams et al. 2021): the distance between two
+    layers after the best alignment of the family ``alpha`` allows.
+
+    Attributes
+    ----------
+    score : float
+        The distance: angular in ``[0, pi]`` (``arccos`` of the aligned
+        representations' Frobenius correlation) or euclidean (the Frobenius
+        norm of their difference); 0 for layers equal up to the alignment.
+        A distance, not a similarity: lower is more alike.
+    alpha : float
+        0: any invertible linear map (CCA), 1: rotations only (Procrustes).
+    metric : {"angular", "euclidean"}
+    n_samples : int
+    """
+
+    score: float
+    alpha: float
+    metric: str
+    n_samples: int
+
+    @property
+    def distance(self) -> float:
+        """The same number as ``score``, under the name of what it is."""
+        return self.score
 
 
 @dataclass(frozen=True)

@@ -85,3 +85,34 @@ def debiased_linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     y = np.asarray(y, dtype=np.float64) - np.mean(y, axis=0)
     k, g = x @ x.T, y @ y.T
     return hsic(k, g) / np.sqrt(hsic(k, k) * hsic(g, g))
+
+
+def shape_distance(x: np.ndarray, y: np.ndarray, alpha: float, metric: str) -> float:
+    """Williams et al.'s (2021) linear shape metric in data space, by its
+    definition: centre, zero-pad the narrower layer, partially whiten each
+    (``Z = V diag(alpha + (1 - alpha) lam^-1/2) V^T`` of ``X^T X``, eigenvalues
+    clipped at 1e-7, rescaled to keep the total variance), rotate onto each other
+    (orthogonal Procrustes), and take the angle or the distance between them."""
+    x = np.asarray(x, dtype=np.float64) - np.mean(x, axis=0)
+    y = np.asarray(y, dtype=np.float64) - np.mean(y, axis=0)
+    width = max(x.shape[1], y.shape[1])
+    x = np.pad(x, ((0, 0), (0, width - x.shape[1])))
+    y = np.pad(y, ((0, 0), (0, width - y.shape[1])))
+
+    def whiten(a: np.ndarray) -> np.ndarray:
+        if alpha > 1 - 1e-7:
+            return a
+        lam, v = np.linalg.eigh(a.T @ a)
+        lam = np.maximum(lam, 1e-7)
+        d = alpha + (1 - alpha) * lam**-0.5
+        new = np.sum(alpha**2 * lam + 2 * alpha * (1 - alpha) * lam**0.5 + (1 - alpha) ** 2)
+        d *= np.sqrt(np.sum(lam) / new)
+        return a @ ((v * d) @ v.T)
+
+    xw, yw = whiten(x), whiten(y)
+    u, _, vt = np.linalg.svd(xw.T @ yw)
+    tx, ty = xw @ u, yw @ vt.T
+    if metric == "angular":
+        c = np.sum(tx * ty) / (np.linalg.norm(tx) * np.linalg.norm(ty))
+        return float(np.arccos(np.clip(c, -1.0, 1.0)))
+    return float(np.linalg.norm(tx - ty))

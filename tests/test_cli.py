@@ -205,6 +205,11 @@ def test_cli_choices_are_the_librarys():
     from svcca_dask.svd import SVD_METHODS
 
     assert cli.CONV_MODES == CONV_MODES and cli.SVD_METHODS == SVD_METHODS
+    from pipeline.jobs import MEASURES
+
+    compare = build_parser()._subparsers._group_actions[0].choices["compare"]
+    (measure,) = [a for a in compare._actions if a.dest == "measure"]
+    assert set(measure.choices) == set(MEASURES)  # the CLI offers every job measure
 
 
 def test_compare_refuses_bad_options_before_reading(stores, capsys, monkeypatch):
