@@ -128,6 +128,9 @@ def _add_compare(subparsers: Any) -> None:
         default=None,
         help="--measure cka: debiased CKA (unbiased HSIC; unrelated layers score near 0)",
     )
+    p.add_argument("--folds", type=int, default=None, metavar="K",
+                   help="cca, svcca, pwcca: held-out score over K sample blocks (directions "
+                   "fit on the other K - 1)")
     p.add_argument("--alpha", type=float, default=None,
                    help="--measure shape: 0 any invertible map (CCA) ... 1 rotations (default 1)")
     p.add_argument("--metric", choices=("angular", "euclidean"), default=None,
@@ -255,7 +258,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     names = (
         "keep", "epsilon", "conv", "dft_memory_limit", "svd",
-        "n_components", "n_power_iter", "n_oversamples", "seed", "debiased", "alpha", "metric",
+        "n_components", "n_power_iter", "n_oversamples", "seed", "debiased", "alpha", "metric", "folds",
     )  # fmt: skip
     options: dict[str, Any] = {
         k: getattr(args, k) for k in names if getattr(args, k) is not None

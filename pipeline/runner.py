@@ -139,6 +139,8 @@ def _result_arrays(result: Any) -> dict[str, np.ndarray]:
         arrays["coefficients"] = np.asarray(result.coefficients)
     if hasattr(result, "weights"):
         arrays["weights"] = np.asarray(result.weights)
+    if getattr(result, "fold_scores", None) is not None:
+        arrays["fold_scores"] = np.asarray(result.fold_scores)
     return arrays
 
 
@@ -225,6 +227,9 @@ def compare_pair(
             out[attr] = int(value) if np.ndim(value) == 0 else np.asarray(value).tolist()
     if hasattr(result, "weights"):
         out["weights"] = np.asarray(result.weights).tolist()
+    if getattr(result, "fold_scores", None) is not None:  # folds=: score is held out
+        out["fold_scores"] = np.asarray(result.fold_scores).tolist()
+        out["in_sample_score"] = float(result.in_sample_score)
     out["warnings"] = list(getattr(result, "warnings", ()))
     return out
 
@@ -273,6 +278,12 @@ class _Group:
         """Whether every measure's pairs are the same full layer x layer product."""
         if self.conv_layers and self.conv == "dft":
             return False  # the per-frequency (DFT) statistics depend on the pair
+        from svcca_dask.matrix import MATRIX_MEASURES
+
+        takes = {o for m in self.measures for o in MATRIX_MEASURES[m]}
+        takes |= {"conv", "dft_memory_limit", "layout"}
+        if any(k not in takes for t in self.tasks for k in t.options):
+            return False  # an option only the pair measures take (folds, svd, ...)
         pairs = {(t.pair.x_layer, t.pair.y_layer) for t in self.tasks}
         rows = {x for x, _ in pairs}
         cols = {y for _, y in pairs}

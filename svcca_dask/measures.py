@@ -13,6 +13,7 @@ from .conv.features import CONV_MODES, features_4d, repeat_rows
 from .conv.layout import open_conv, spatial_shape
 from .conv.measures import dft_measure
 from .conv.plan import DFT
+from .folds import check_folds, fold_stats, held_out
 from .input import ArrayLike, check_pair, is_zarr_array, open_source
 from .linalg import cca_from_cov, top_eigh
 from .memory import plan_covariance
@@ -327,6 +328,7 @@ def cca(
     layout: str | tuple[str | None, str | None] | None = None,
     split_every: int = 8,
     max_features: int = DEFAULT_MAX_FEATURES,
+    folds: int | None = None,
 ) -> CCAResult | DFTCCAResult:
     """Canonical correlation analysis of two layers in one pass over the data.
 
@@ -358,6 +360,12 @@ def cca(
         Fan-in of the tree reduction over row chunks.
     max_features : int, default DEFAULT_MAX_FEATURES
         Largest ``n_features_x + n_features_y`` accepted (memory is ``d**2``).
+    folds : int, optional
+        Held-out scores (:mod:`svcca_dask.folds`): ``score`` becomes the mean
+        over ``folds`` contiguous sample blocks of the held-out correlations of
+        directions fit on the other blocks (``fold_scores`` each,
+        ``in_sample_score`` the usual score), from the same single pass. Not
+        with ``conv="dft"``.
 
     Returns
     -------
@@ -373,16 +381,42 @@ def cca(
     ``n_samples``.
     """
     check_epsilon(epsilon)
+    check_folds(folds)
     pair = _prepare(x, y, conv=conv, layout=layout)
     if pair.dft:
+        _no_folds(folds)
         return _warned(
             dft_measure("cca", pair.x, pair.y, conv=conv, layout=pair.layouts, epsilon=epsilon)
         )
+    if folds is not None:
+        return _held_out(pair, folds, split_every, max_features,
+                         lambda p: cca_from_stats(p, epsilon=epsilon))  # fmt: skip
     return _warned(
         cca_from_stats(
             _pair_stats(pair, split_every=split_every, max_features=max_features), epsilon=epsilon
         )
     )
+
+
+def _no_folds(folds: int | None) -> None:
+    if folds is not None:
+        raise ValueError(
+            "folds= is not available with conv='dft'; use conv='mean', 'samples' or 'flatten'"
+        )
+
+
+def _held_out(
+    pair: _Pair, folds: int, split_every: int, max_features: int, fit: Any
+) -> Any:
+    """A measure with held-out scores (:mod:`svcca_dask.folds`), one pass."""
+    _check_width(pair.x, pair.y, max_features)
+    full, splits = fold_stats(
+        pair.x, pair.y, folds=folds, split_every=split_every,
+        what=f"the covariance path of {int(pair.x.shape[0])} samples x "
+        f"({int(pair.x.shape[1])} + {int(pair.y.shape[1])}) features in {folds} folds",
+        remedies=_WIDE_REMEDIES,
+    )  # fmt: skip
+    return held_out(fit, full, splits)
 
 
 def svcca(
@@ -396,6 +430,7 @@ def svcca(
     layout: str | tuple[str | None, str | None] | None = None,
     split_every: int = 8,
     max_features: int = DEFAULT_MAX_FEATURES,
+    folds: int | None = None,
 ) -> SVCCAResult | DFTSVCCAResult:
     """SVCCA (Raghu et al. 2017): CCA of each layer's top singular directions.
 
@@ -426,8 +461,9 @@ def svcca(
         max_features``, else per side: its own covariance when its width is
         at most ``max_features``, else randomized. ``conv="dft"`` always uses
         the per-frequency covariances (``"auto"`` or ``"covariance"``).
-    epsilon, conv, layout, split_every, max_features
-        As for :func:`cca`. ``max_features`` is also the threshold of ``svd="auto"``.
+    epsilon, conv, layout, split_every, max_features, folds
+        As for :func:`cca`. ``max_features`` is also the threshold of ``svd="auto"``;
+        ``folds`` needs the covariance path (each fold's SVD fit on the others).
 
     Returns
     -------
@@ -445,14 +481,25 @@ def svcca(
     """
     keep_pair(keep)
     check_epsilon(epsilon)
+    check_folds(folds)
     pair = _prepare(x, y, conv=conv, layout=layout)
     methods = _svd_methods(svd, pair, max_features)
     if pair.dft:
+        _no_folds(folds)
         return _warned(
             dft_measure(
                 "svcca", pair.x, pair.y, conv=conv, layout=pair.layouts, epsilon=epsilon, keep=keep
             )
         )
+    if folds is not None:
+        if methods is not None:
+            raise ValueError(
+                "folds= fits each fold's SVD from the covariance of one pass: it needs the "
+                f"covariance path (dx + dy <= max_features={max_features}, svd='auto' or "
+                "'covariance')"
+            )
+        return _held_out(pair, folds, split_every, max_features,
+                         lambda p: svcca_from_stats(p, keep=keep, epsilon=epsilon))  # fmt: skip
     if methods is None:
         p = _pair_stats(pair, split_every=split_every, max_features=max_features)
         return _warned(svcca_from_stats(p, keep=keep, epsilon=epsilon))
@@ -545,6 +592,7 @@ def pwcca(
     layout: str | tuple[str | None, str | None] | None = None,
     split_every: int = 8,
     max_features: int = DEFAULT_MAX_FEATURES,
+    folds: int | None = None,
 ) -> PWCCAResult | DFTPWCCAResult:
     """Projection-weighted CCA (Morcos, Raghu & Bengio 2018).
 
@@ -561,8 +609,9 @@ def pwcca(
     side : {"x", "y", "smaller"}, default "x"
         Whose neurons the variates are projected on; ``"smaller"`` picks the
         side with fewer live features.
-    epsilon, conv, layout, split_every, max_features
-        As for :func:`cca`. With ``conv="dft"`` the weights are computed per
+    epsilon, conv, layout, split_every, max_features, folds
+        As for :func:`cca` (with ``folds``, the held-out fold's correlations are
+        weighted by the projection weights fit on the others). With ``conv="dft"`` the weights are computed per
         frequency (projections on each channel's coefficient there) and
         pooled: ``score = sum alpha_fi rho_fi / sum alpha_fi`` over all
         frequencies with multiplicity, so frequencies that carry more of the
@@ -580,12 +629,17 @@ def pwcca(
     """
     check_epsilon(epsilon)
     check_side(side)
+    check_folds(folds)
     pair = _prepare(x, y, conv=conv, layout=layout)
     if pair.dft:
+        _no_folds(folds)
         return _warned(
             dft_measure(
                 "pwcca", pair.x, pair.y, conv=conv, layout=pair.layouts, epsilon=epsilon, side=side
             )
         )
+    if folds is not None:
+        return _held_out(pair, folds, split_every, max_features,
+                         lambda p: pwcca_from_stats(p, epsilon=epsilon, side=side))  # fmt: skip
     p = _pair_stats(pair, split_every=split_every, max_features=max_features)
     return _warned(pwcca_from_stats(p, epsilon=epsilon, side=side))

@@ -54,6 +54,11 @@ class CCAResult:
     warnings : tuple of str
         What makes the score unreliable (too few samples for the directions
         compared, :class:`svcca_dask.rules.SampleSizeWarning`); empty if nothing.
+    fold_scores : ndarray, shape (folds,), optional
+        With ``folds=``: each fold's held-out score (directions fit on the
+        other folds); ``score`` is their mean (:mod:`svcca_dask.folds`).
+    in_sample_score : float, optional
+        With ``folds=``: the score fit and scored on all samples.
     """
 
     score: float
@@ -68,6 +73,8 @@ class CCAResult:
     x_dropped: np.ndarray
     y_dropped: np.ndarray
     warnings: tuple[str, ...] = ()
+    fold_scores: np.ndarray | None = None
+    in_sample_score: float | None = None
 
     def transform(self, x: np.ndarray, *, side: Literal["x", "y"] = "x") -> np.ndarray:
         """Canonical variates of in-memory data ``(n, n_features)`` of one side."""

@@ -60,8 +60,9 @@ def sample_size_note(n: int, directions: int, *, where: str = "") -> str | None:
     return (
         f"{n} samples for {directions} canonical directions{where} (fewer than "
         f"{MIN_SAMPLES_PER_DIRECTION} per direction): canonical correlations come out "
-        "near 1 with so few samples, even for unrelated layers. Use more samples, or "
-        "compare fewer directions (svcca with a smaller keep; conv='mean' for conv layers)."
+        "near 1 with so few samples, even for unrelated layers. Use more samples, "
+        "compare fewer directions (svcca with a smaller keep; conv='mean' for conv layers), "
+        "or score held out (folds=5: directions fit on other samples than they are scored on)."
     )
 
 
