@@ -90,7 +90,8 @@ def _add_compare(subparsers: Any) -> None:
         "--epsilon",
         type=float,
         default=None,
-        help="dead-feature threshold and ridge, finite and >= 0 (default 1e-10)",
+        help="google/svcca's dead-feature threshold and ridge, finite and >= 0 (default: "
+        "none: no ridge, rank-revealing whitening; 1e-10 reproduces google/svcca)",
     )
     p.add_argument(
         "--conv",

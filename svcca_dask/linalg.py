@@ -7,22 +7,31 @@ input, so the per-frequency CCA of the DFT path is the same code.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["cca_from_cov", "inv_sqrt_psd", "top_eigh"]
+__all__ = ["RANK_RTOL", "cca_from_cov", "inv_sqrt_psd", "top_eigh", "whitening"]
+
+#: Whitening without a ridge (``epsilon=None``, the default) drops the directions
+#: whose eigenvalue is below this fraction of the largest: rank-revealing, so a
+#: layer against itself or an invertible map of itself scores 1 to rounding.
+RANK_RTOL = 1e-10
 
 
-def inv_sqrt_psd(c: np.ndarray) -> np.ndarray:
+def inv_sqrt_psd(c: np.ndarray, *, rtol: float | None = None) -> np.ndarray:
     """Inverse square root of Hermitian positive semi-definite matrices via ``eigh``.
 
-    Eigenvalues below ``d * eps * max(eigenvalue)`` are treated as zero and get
-    a zero inverse (as ``pinv`` does), so the result is finite for singular input.
+    Eigenvalues below ``max(d * eps, rtol) * max(eigenvalue)`` are treated as
+    zero and get a zero inverse (as ``pinv`` does), so the result is finite for
+    singular input.
 
     Parameters
     ----------
     c : ndarray, shape (..., d, d)
+    rtol : float, optional
+        A relative tolerance above rounding (``RANK_RTOL`` when no ridge is added).
 
     Returns
     -------
@@ -30,7 +39,8 @@ def inv_sqrt_psd(c: np.ndarray) -> np.ndarray:
     """
     w, v = np.linalg.eigh(c)
     top = np.max(w, axis=-1, keepdims=True)
-    tol = c.shape[-1] * np.finfo(np.float64).eps * np.maximum(top, 0.0)
+    rel = max(c.shape[-1] * np.finfo(np.float64).eps, rtol or 0.0)
+    tol = rel * np.maximum(top, 0.0)
     safe = np.where(w > tol, w, 1.0)
     inv = np.where(w > tol, 1.0 / np.sqrt(safe), 0.0)
     return (v * inv[..., None, :]) @ np.swapaxes(v.conj(), -1, -2)
@@ -47,12 +57,20 @@ def top_eigh(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(w[..., ::-1], 0.0, None), v[..., ::-1]
 
 
+def whitening(epsilon: float | None) -> Callable[[np.ndarray], np.ndarray]:
+    """The inverse square root :func:`cca_from_cov` whitens with: rank-revealing
+    (:data:`RANK_RTOL`) without a ridge, else :func:`inv_sqrt_psd` as it is."""
+    if epsilon is None:
+        return functools.partial(inv_sqrt_psd, rtol=RANK_RTOL)
+    return inv_sqrt_psd
+
+
 def cca_from_cov(
     sxx: np.ndarray,
     sxy: np.ndarray,
     syy: np.ndarray,
     *,
-    epsilon: float = 1e-10,
+    epsilon: float | None = None,
     inv_sqrt: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Canonical correlations and weights from covariance blocks.
@@ -68,11 +86,13 @@ def cca_from_cov(
     sxx : ndarray, shape (..., dx, dx)
     sxy : ndarray, shape (..., dx, dy)
     syy : ndarray, shape (..., dy, dy)
-    epsilon : float
-        Ridge added to the scaled diagonals.
+    epsilon : float, optional
+        Ridge added to the scaled diagonals (google/svcca: 1e-10). None (the
+        default): no ridge; directions below :data:`RANK_RTOL` of the largest
+        eigenvalue are dropped instead, so ``cca(x, x)`` is 1 to rounding.
     inv_sqrt : callable, optional
-        Replaces :func:`inv_sqrt_psd` (a layer x layer matrix passes a memoized
-        one, so that pairs sharing a layer share its whitening).
+        Replaces :func:`whitening` of ``epsilon`` (a layer x layer matrix passes
+        a memoized one, so that pairs sharing a layer share its whitening).
 
     Returns
     -------
@@ -80,7 +100,7 @@ def cca_from_cov(
         Canonical correlations, descending, clipped to [0, 1]; ``k = min(dx, dy)``.
     a : ndarray, shape (..., dx, k)
         Weights of x: the variates ``(x - mean_x) @ a`` have unit variance
-        (up to ``epsilon``) and correlate pairwise with ``(y - mean_y) @ b`` by ``rho``.
+        (up to the ridge) and correlate pairwise with ``(y - mean_y) @ b`` by ``rho``.
     b : ndarray, shape (..., dy, k)
         Weights of y.
     """
@@ -90,9 +110,10 @@ def cca_from_cov(
     ymax = np.where(ymax > 0, ymax, 1.0)
     eye_x = np.eye(sxx.shape[-1])
     eye_y = np.eye(syy.shape[-1])
-    isq = inv_sqrt or inv_sqrt_psd
-    ix = isq(sxx / xmax + epsilon * eye_x)
-    iy = isq(syy / ymax + epsilon * eye_y)
+    isq = inv_sqrt or whitening(epsilon)
+    ridge = 0.0 if epsilon is None else epsilon
+    ix = isq(sxx / xmax + ridge * eye_x)
+    iy = isq(syy / ymax + ridge * eye_y)
     whitened = ix @ (sxy / np.sqrt(xmax * ymax)) @ iy
     u, s, vh = np.linalg.svd(whitened, full_matrices=False)
     k = min(sxx.shape[-1], syy.shape[-1])

@@ -59,7 +59,7 @@ from .cka import cka_from_stats
 from .conv.features import conv_features
 from .conv.plan import DFT
 from .input import ArrayLike, as_dask
-from .linalg import inv_sqrt_psd, top_eigh
+from .linalg import top_eigh, whitening
 from .measures import cca_from_stats, pwcca_from_stats, svcca_from_stats
 from .memory import check_peak, fan_in, fits, reduction_bytes
 from .results import SimilarityMatrix
@@ -325,7 +325,7 @@ def similarity_matrices(
     )  # fmt: skip
     # pairs that share a layer share its eigendecomposition and its whitening
     # (the whitening of a layer's live covariance is the same for every measure)
-    shared_eigh, shared_inv_sqrt = _Shared(top_eigh), _Shared(inv_sqrt_psd)
+    shared_eigh, shared_inv_sqrt = _Shared(top_eigh), _Shared(whitening(options.get("epsilon")))
     per_measure: dict[str, dict[str, Any]] = {}
     for m in measures:
         opts = {k: v for k, v in options.items() if k in MATRIX_MEASURES[m]}

@@ -29,6 +29,7 @@ from .rules import (
     check_epsilon,
     check_keep,
     check_side,
+    dead_threshold,
     keep_count,
     keep_pair,
     live_features,
@@ -52,9 +53,9 @@ __all__ = [
 # from statistics
 
 
-def _live(s: np.ndarray, epsilon: float, name: str) -> np.ndarray:
+def _live(s: np.ndarray, epsilon: float | None, name: str) -> np.ndarray:
     """Live features of a covariance block by the dead-feature rule (:mod:`svcca_dask.rules`)."""
-    return live_features(np.diagonal(s), epsilon, name)
+    return live_features(np.diagonal(s), dead_threshold(epsilon), name)
 
 
 def _expand(w: np.ndarray, idx: np.ndarray, d: int) -> np.ndarray:
@@ -68,7 +69,7 @@ def _dropped(live: np.ndarray, d: int) -> np.ndarray:
 
 
 def _cca_fields(
-    p: PairStats, epsilon: float, names: tuple[str, str], inv_sqrt: Any = None
+    p: PairStats, epsilon: float | None, names: tuple[str, str], inv_sqrt: Any = None
 ) -> dict[str, Any]:
     check_epsilon(epsilon)
     dx, dy = p.sxx.shape[0], p.syy.shape[0]
@@ -104,7 +105,7 @@ def _warned(result: Any) -> Any:
 def cca_from_stats(
     p: PairStats,
     *,
-    epsilon: float = 1e-10,
+    epsilon: float | None = None,
     names: tuple[str, str] = ("x", "y"),
     inv_sqrt: Any = None,
 ) -> CCAResult:
@@ -130,7 +131,7 @@ def svcca_from_stats(
     p: PairStats,
     *,
     keep: float | int | tuple[float | int, float | int] = 0.99,
-    epsilon: float = 1e-10,
+    epsilon: float | None = None,
     names: tuple[str, str] = ("x", "y"),
     eigh: Any = top_eigh,
     inv_sqrt: Any = None,
@@ -184,7 +185,7 @@ def svcca_from_stats(
 def pwcca_from_stats(
     p: PairStats,
     *,
-    epsilon: float = 1e-10,
+    epsilon: float | None = None,
     side: Literal["x", "y", "smaller"] = "x",
     names: tuple[str, str] = ("x", "y"),
     inv_sqrt: Any = None,
@@ -323,7 +324,7 @@ def cca(
     x: ArrayLike,
     y: ArrayLike,
     *,
-    epsilon: float = 1e-10,
+    epsilon: float | None = None,
     conv: ConvOption = "dft",
     layout: str | tuple[str | None, str | None] | None = None,
     split_every: int = 8,
@@ -340,10 +341,15 @@ def cca(
         google/svcca code takes ``(neurons, datapoints)``: transpose those.)
     y : array-like, shape (n_samples, n_features_y)
         Activations of the second layer over the same samples.
-    epsilon : float, default 1e-10
-        Features whose variance, scaled by the block's largest entry, is below
-        ``epsilon`` are dropped as dead; ``epsilon`` is also the ridge added to
-        the scaled covariance diagonals (as in google/svcca).
+    epsilon : float, optional
+        None (the default): features whose variance is below 1e-10 of the
+        largest are dropped as dead, no ridge is added, and whitening drops the
+        directions below 1e-10 of the largest eigenvalue (rank-revealing), so
+        a layer against itself or an invertible map of itself scores 1 to
+        rounding. A number: google/svcca's rule, that threshold and also a
+        ridge added to the scaled covariance diagonals (``epsilon=1e-10``
+        reproduces google/svcca). ``conv="dft"`` always adds the ridge (1e-10
+        for None) for its batched Cholesky factorizations.
     conv : {"dft", "samples", "mean", "flatten"} or DFT, default "dft"
         How 4-D conv layers ``(n, C, H, W)`` / ``(n, H, W, C)`` are compared;
         ignored when both inputs are 2-D. ``"dft"``: the SVCCA paper's per-channel
@@ -386,7 +392,10 @@ def cca(
     if pair.dft:
         _no_folds(folds)
         return _warned(
-            dft_measure("cca", pair.x, pair.y, conv=conv, layout=pair.layouts, epsilon=epsilon)
+            dft_measure(
+                "cca", pair.x, pair.y, conv=conv, layout=pair.layouts,
+                epsilon=dead_threshold(epsilon),
+            )
         )
     if folds is not None:
         return _held_out(pair, folds, split_every, max_features,
@@ -424,7 +433,7 @@ def svcca(
     y: ArrayLike,
     *,
     keep: float | int | tuple[float | int, float | int] = 0.99,
-    epsilon: float = 1e-10,
+    epsilon: float | None = None,
     svd: Literal["auto", "covariance", "randomized", "tsqr"] | RandomizedSVD = "auto",
     conv: ConvOption = "dft",
     layout: str | tuple[str | None, str | None] | None = None,
@@ -488,7 +497,8 @@ def svcca(
         _no_folds(folds)
         return _warned(
             dft_measure(
-                "svcca", pair.x, pair.y, conv=conv, layout=pair.layouts, epsilon=epsilon, keep=keep
+                "svcca", pair.x, pair.y, conv=conv, layout=pair.layouts,
+                epsilon=dead_threshold(epsilon), keep=keep,
             )
         )
     if folds is not None:
@@ -544,7 +554,7 @@ def _svcca_two_stage(
     *,
     methods: tuple[str, str],
     keep: Any,
-    epsilon: float,
+    epsilon: float | None,
     split_every: int,
     options: RandomizedSVD,
     max_features: int,
@@ -586,7 +596,7 @@ def pwcca(
     x: ArrayLike,
     y: ArrayLike,
     *,
-    epsilon: float = 1e-10,
+    epsilon: float | None = None,
     side: Literal["x", "y", "smaller"] = "x",
     conv: ConvOption = "dft",
     layout: str | tuple[str | None, str | None] | None = None,
@@ -635,7 +645,8 @@ def pwcca(
         _no_folds(folds)
         return _warned(
             dft_measure(
-                "pwcca", pair.x, pair.y, conv=conv, layout=pair.layouts, epsilon=epsilon, side=side
+                "pwcca", pair.x, pair.y, conv=conv, layout=pair.layouts,
+                epsilon=dead_threshold(epsilon), side=side,
             )
         )
     if folds is not None:

@@ -31,11 +31,13 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "DEFAULT_EPSILON",
     "MIN_SAMPLES_PER_DIRECTION",
     "SampleSizeWarning",
     "check_epsilon",
     "check_keep",
     "check_side",
+    "dead_threshold",
     "keep_count",
     "keep_pair",
     "live_features",
@@ -126,14 +128,27 @@ def keep_pair(keep: Any) -> tuple[Any, Any]:
     return pair[0], pair[1]
 
 
+#: The dead-feature threshold (relative to the largest variance) when ``epsilon``
+#: is None, the default; also the ridge of ``conv="dft"`` then (google/svcca's).
+DEFAULT_EPSILON = 1e-10
+
+
+def dead_threshold(epsilon: float | None) -> float:
+    """The dead-feature threshold ``epsilon`` stands for (:data:`DEFAULT_EPSILON` for None)."""
+    return DEFAULT_EPSILON if epsilon is None else float(epsilon)
+
+
 def check_epsilon(epsilon: Any) -> None:
-    """``epsilon`` (the dead-feature threshold and ridge) must be a finite number >= 0."""
+    """``epsilon`` must be None (the default: no ridge, rank-revealing whitening) or
+    a finite number >= 0 (google/svcca's dead-feature threshold and ridge)."""
+    if epsilon is None:
+        return
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.integer, np.floating)):
-        raise TypeError(f"epsilon must be a number >= 0 (default 1e-10), got {epsilon!r}")
+        raise TypeError(f"epsilon must be a number >= 0 or None (the default), got {epsilon!r}")
     if not (np.isfinite(epsilon) and epsilon >= 0):
         raise ValueError(
-            f"epsilon must be finite and >= 0 (default 1e-10; 0: no ridge, only exactly "
-            f"constant features dropped), got {epsilon!r}"
+            f"epsilon must be finite and >= 0 (google/svcca's 1e-10; 0: no ridge, only "
+            f"exactly constant features dropped) or None (the default), got {epsilon!r}"
         )
 
 

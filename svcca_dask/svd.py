@@ -58,7 +58,7 @@ import numpy as np
 
 from .linalg import top_eigh
 from .memory import check_peak, plan_covariance
-from .rules import check_keep, keep_count, live_features
+from .rules import check_keep, dead_threshold, keep_count, live_features
 from .stats import accumulate, accumulate_graph, compute, current_client, to_moments
 
 __all__ = ["SVD_METHODS", "RandomizedSVD", "SideSVD", "projected_stats", "reduce_pair"]
@@ -189,7 +189,7 @@ def reduce_pair(
     methods: tuple[str, str],
     keep: tuple[float | int, float | int],
     options: RandomizedSVD,
-    epsilon: float,
+    epsilon: float | None,
     names: tuple[str, str],
     split_every: int = 8,
 ) -> tuple[SideSVD, SideSVD]:
@@ -233,7 +233,7 @@ def reduce_pair(
             mean, var = np.asarray(res[0]), np.asarray(res[1])
         total = float(np.sum(var))
         _raise_if_not_finite(a, total, name)
-        live = live_features(var, epsilon, name)
+        live = live_features(var, dead_threshold(epsilon), name)
         if method == "covariance":
             sub = cov[np.ix_(live, live)]
             w, v = top_eigh(sub)
@@ -249,7 +249,8 @@ def reduce_pair(
         k = _n_keep(w_all, total, kp)
         if k is None:  # float keep beyond what the computed directions explain
             k = w_all.size
-        k = max(1, min(k, int(np.count_nonzero(w_all > epsilon * max(float(w_all[0]), 0.0))) or 1))
+        tiny = dead_threshold(epsilon) * max(float(w_all[0]), 0.0)
+        k = max(1, min(k, int(np.count_nonzero(w_all > tiny)) or 1))
         out.append(
             SideSVD(
                 method=method,

@@ -116,3 +116,26 @@ def shape_distance(x: np.ndarray, y: np.ndarray, alpha: float, metric: str) -> f
         c = np.sum(tx * ty) / (np.linalg.norm(tx) * np.linalg.norm(ty))
         return float(np.arccos(np.clip(c, -1.0, 1.0)))
     return float(np.linalg.norm(tx - ty))
+
+
+def google_cca(x: np.ndarray, y: np.ndarray, epsilon: float) -> np.ndarray:
+    """The canonical correlations as google/svcca's ``cca_core.get_cca_similarity``
+    computes them (its algorithm, written here from its description): ``np.cov``
+    of the stacked data, each block divided by its largest absolute entry (the
+    cross block by the geometric mean), features whose scaled variance is below
+    ``epsilon`` removed, ``epsilon`` added to the diagonals, ``pinv`` then an
+    eigh square root, the SVD of the whitened cross-covariance."""
+    sxx, sxy, syy = _blocks(x, y)
+    xmax, ymax = np.max(np.abs(sxx)), np.max(np.abs(syy))
+    sxx, syy, sxy = sxx / xmax, syy / ymax, sxy / np.sqrt(xmax * ymax)
+    kx, ky = np.abs(np.diagonal(sxx)) >= epsilon, np.abs(np.diagonal(syy)) >= epsilon
+    sxx, syy, sxy = sxx[np.ix_(kx, kx)], syy[np.ix_(ky, ky)], sxy[np.ix_(kx, ky)]
+
+    def sqrt_psd(a: np.ndarray) -> np.ndarray:
+        w, v = np.linalg.eigh(a)
+        return (v * np.sqrt(w)) @ v.T
+
+    ix = sqrt_psd(np.linalg.pinv(sxx + epsilon * np.eye(len(sxx))))
+    iy = sqrt_psd(np.linalg.pinv(syy + epsilon * np.eye(len(syy))))
+    s = np.linalg.svd(ix @ sxy @ iy, compute_uv=False)
+    return s[: min(len(sxx), len(syy))]

@@ -323,7 +323,9 @@ def test_pairs_share_each_layers_eigh_and_whitening(measure, monkeypatch):
         return wrapped
 
     monkeypatch.setattr(matrix, "top_eigh", counting("eigh", linalg.top_eigh))
-    monkeypatch.setattr(matrix, "inv_sqrt_psd", counting("whiten", linalg.inv_sqrt_psd))
+    monkeypatch.setattr(
+        matrix, "whitening", lambda eps: counting("whiten", linalg.whitening(eps))
+    )
     xs = _layers("a", [5, 8, 3])
     ys = _layers("b", [6, 4], seed=1)
     m = sd.similarity_matrix(xs, ys, measure=measure)

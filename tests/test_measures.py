@@ -243,3 +243,34 @@ def test_scale_beyond_float64_range_is_a_clear_error(scale):
     for measure in (sd.cca, sd.linear_cka):
         with pytest.raises(ValueError, match=r"(overflow|underflow) float64.*a constant first"):
             measure(scale * x, y)
+
+
+def test_default_scores_self_and_invertible_maps_one_to_rounding():
+    """No ridge by default: rank-revealing whitening instead (the ridge of
+    epsilon=1e-10 gives 1 - 1e-10 for cca(x, x), 1 - 5e-9 for an invertible map)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5000, 40)) + 3
+    w = rng.standard_normal((40, 40))
+    for y in (x, x @ w, x[:, ::-1] * 1e3 + 7):
+        assert sd.cca(x, y).score == pytest.approx(1.0, abs=1e-12)
+        assert sd.pwcca(x, y).score == pytest.approx(1.0, abs=1e-12)
+        assert sd.svcca(x, y, keep=40).score == pytest.approx(1.0, abs=1e-12)
+    ridge = sd.cca(x, x @ w, epsilon=1e-10).score
+    assert 1 - ridge > 1e-11  # the ridge is what kept the old default below 1
+    m = sd.similarity_matrix({"a": x, "b": x @ w}, measure="cca")
+    np.testing.assert_allclose(m.scores, 1.0, atol=1e-12)
+    # a rank-deficient layer: its null directions are dropped, not amplified
+    y = np.hstack([x, x[:, :5] + x[:, 5:10]])
+    assert sd.cca(x, y).score == pytest.approx(1.0, abs=1e-12)
+
+
+def test_epsilon_reproduces_google_svcca():
+    from reference import google_cca
+
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((2000, 8))
+    x = z @ rng.standard_normal((8, 30)) + rng.standard_normal((2000, 30)) + 50
+    y = z @ rng.standard_normal((8, 20)) + 2 * rng.standard_normal((2000, 20))
+    got = sd.cca(x, y, epsilon=1e-10).coefficients
+    np.testing.assert_allclose(got, google_cca(x, y, 1e-10), rtol=0, atol=1e-14)
+    np.testing.assert_allclose(sd.cca(x, y).coefficients, got, atol=1e-8)  # default: close
