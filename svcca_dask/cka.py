@@ -83,6 +83,7 @@ def linear_cka(
     split_every: int = 8,
     max_features: int = DEFAULT_MAX_FEATURES,
     debiased: bool = False,
+    mask: ArrayLike | None = None,
 ) -> CKAResult:
     """Linear CKA (Kornblith et al. 2019) from one pass of covariance statistics.
 
@@ -97,7 +98,7 @@ def linear_cka(
     ----------
     x, y : array-like, shape (n_samples, n_features)
         As for :func:`cca`.
-    conv, layout, split_every, max_features
+    conv, layout, split_every, max_features, mask
         As for :func:`cca`. With ``conv="dft"``: ``sum_f m_f ||S_xy(f)||^2 /
         sqrt(sum_f m_f ||S_xx(f)||^2 sum_f m_f ||S_yy(f)||^2)`` over the
         frequencies of the band with multiplicity ``m_f``: the CKA of the
@@ -116,7 +117,7 @@ def linear_cka(
     """
     if not isinstance(debiased, bool):
         raise TypeError(f"debiased must be True or False, got {debiased!r}")
-    pair = _prepare(x, y, conv=conv, layout=layout)  # lazy: nothing read yet
+    pair = _prepare(x, y, conv=conv, layout=layout, mask=mask)  # lazy: nothing read yet
     if debiased and pair.dft:
         raise ValueError(
             "debiased=True is not available with conv='dft' (its per-frequency "

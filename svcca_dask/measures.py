@@ -38,6 +38,7 @@ from .rules import (
 )
 from .stats import PairStats, accumulate, pair_stats
 from .svd import SVD_METHODS, RandomizedSVD, projected_stats, reduce_pair
+from .tokens import is_token_layer, prepare_tokens
 
 __all__ = [
     "cca",
@@ -236,11 +237,20 @@ def _check_conv(conv: Any) -> str:
     return conv
 
 
-def _prepare(x: ArrayLike, y: ArrayLike, *, conv: Any, layout: Any) -> _Pair:
-    """Open both inputs; reduce 4-D ones per ``conv`` (2-D inputs ignore it)."""
+def _prepare(
+    x: ArrayLike, y: ArrayLike, *, conv: Any, layout: Any, mask: ArrayLike | None = None
+) -> _Pair:
+    """Open both inputs; reduce 4-D ones per ``conv`` (2-D inputs ignore it), and
+    3-D token layers per ``conv`` and ``mask`` (:mod:`svcca_dask.tokens`)."""
     mode = _check_conv(conv)
     lx, ly = layout if isinstance(layout, tuple) else (layout, layout)
     x, y = open_source(x, "x"), open_source(y, "y")
+    if is_token_layer(x) or is_token_layer(y):
+        xt, yt = prepare_tokens(x, y, mode, (lx, ly), mask)
+        check_pair(xt, yt)
+        return _Pair(xt, yt, False, (None, None))
+    if mask is not None:
+        raise ValueError("mask= applies to token layers (n, T, d); neither x nor y is one")
     xd, x_layout = open_conv(x, lx, name="x")
     yd, y_layout = open_conv(y, ly, name="y")
     check_pair(xd, yd)
@@ -330,6 +340,7 @@ def cca(
     split_every: int = 8,
     max_features: int = DEFAULT_MAX_FEATURES,
     folds: int | None = None,
+    mask: ArrayLike | None = None,
 ) -> CCAResult | DFTCCAResult:
     """Canonical correlation analysis of two layers in one pass over the data.
 
@@ -372,6 +383,10 @@ def cca(
         directions fit on the other blocks (``fold_scores`` each,
         ``in_sample_score`` the usual score), from the same single pass. Not
         with ``conv="dft"``.
+    mask : array-like of bool, shape (n_samples, n_tokens), optional
+        Token layers ``(n, T, d)`` (layout ``"NTC"``; ``conv="samples"`` or
+        ``"mean"``): the tokens kept, e.g. an attention mask; padding is
+        excluded from both sides (:mod:`svcca_dask.tokens`).
 
     Returns
     -------
@@ -388,7 +403,7 @@ def cca(
     """
     check_epsilon(epsilon)
     check_folds(folds)
-    pair = _prepare(x, y, conv=conv, layout=layout)
+    pair = _prepare(x, y, conv=conv, layout=layout, mask=mask)
     if pair.dft:
         _no_folds(folds)
         return _warned(
@@ -440,6 +455,7 @@ def svcca(
     split_every: int = 8,
     max_features: int = DEFAULT_MAX_FEATURES,
     folds: int | None = None,
+    mask: ArrayLike | None = None,
 ) -> SVCCAResult | DFTSVCCAResult:
     """SVCCA (Raghu et al. 2017): CCA of each layer's top singular directions.
 
@@ -470,7 +486,7 @@ def svcca(
         max_features``, else per side: its own covariance when its width is
         at most ``max_features``, else randomized. ``conv="dft"`` always uses
         the per-frequency covariances (``"auto"`` or ``"covariance"``).
-    epsilon, conv, layout, split_every, max_features, folds
+    epsilon, conv, layout, split_every, max_features, folds, mask
         As for :func:`cca`. ``max_features`` is also the threshold of ``svd="auto"``;
         ``folds`` needs the covariance path (each fold's SVD fit on the others).
 
@@ -491,7 +507,7 @@ def svcca(
     keep_pair(keep)
     check_epsilon(epsilon)
     check_folds(folds)
-    pair = _prepare(x, y, conv=conv, layout=layout)
+    pair = _prepare(x, y, conv=conv, layout=layout, mask=mask)
     methods = _svd_methods(svd, pair, max_features)
     if pair.dft:
         _no_folds(folds)
@@ -603,6 +619,7 @@ def pwcca(
     split_every: int = 8,
     max_features: int = DEFAULT_MAX_FEATURES,
     folds: int | None = None,
+    mask: ArrayLike | None = None,
 ) -> PWCCAResult | DFTPWCCAResult:
     """Projection-weighted CCA (Morcos, Raghu & Bengio 2018).
 
@@ -619,7 +636,7 @@ def pwcca(
     side : {"x", "y", "smaller"}, default "x"
         Whose neurons the variates are projected on; ``"smaller"`` picks the
         side with fewer live features.
-    epsilon, conv, layout, split_every, max_features, folds
+    epsilon, conv, layout, split_every, max_features, folds, mask
         As for :func:`cca` (with ``folds``, the held-out fold's correlations are
         weighted by the projection weights fit on the others). With ``conv="dft"`` the weights are computed per
         frequency (projections on each channel's coefficient there) and
@@ -640,7 +657,7 @@ def pwcca(
     check_epsilon(epsilon)
     check_side(side)
     check_folds(folds)
-    pair = _prepare(x, y, conv=conv, layout=layout)
+    pair = _prepare(x, y, conv=conv, layout=layout, mask=mask)
     if pair.dft:
         _no_folds(folds)
         return _warned(

@@ -106,6 +106,7 @@ def shape_distance(
     layout: str | tuple[str | None, str | None] | None = None,
     split_every: int = 8,
     max_features: int = DEFAULT_MAX_FEATURES,
+    mask: ArrayLike | None = None,
 ) -> ShapeResult:
     """Linear shape distance (Williams et al. 2021), netrep's ``LinearMetric``.
 
@@ -128,8 +129,8 @@ def shape_distance(
     conv : {"mean", "samples", "flatten"}, default "mean"
         Reduction of conv layers (``"dft"`` is not available: a shape metric
         of the pooled frequencies is not netrep's).
-    layout, split_every, max_features
-        As for :func:`svcca_dask.cca`.
+    layout, split_every, max_features, mask
+        As for :func:`svcca_dask.cca` (token layers: ``conv="samples"`` or ``"mean"``).
 
     Returns
     -------
@@ -137,7 +138,7 @@ def shape_distance(
         ``score`` is the distance: lower is more alike.
     """
     check_shape(alpha, metric)
-    pair = _prepare(x, y, conv=conv, layout=layout)  # lazy: nothing read yet
+    pair = _prepare(x, y, conv=conv, layout=layout, mask=mask)  # lazy: nothing read yet
     if pair.dft:
         raise ValueError(
             "shape_distance takes conv='mean' (the default), 'samples' or 'flatten', not 'dft'"

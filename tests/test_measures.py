@@ -187,7 +187,7 @@ def test_bad_inputs_raise_clear_errors(measure, tmp_path):
         measure(x[:1], x[:1])
     with pytest.raises(ValueError, match=r"y must be 2-D( or 4-D)?, got shape \(100,\).*reshape"):
         measure(x, x[:, 0])
-    with pytest.raises(ValueError, match=r"x must be 2-D( or 4-D)?, got shape \(100, 2, 2\)"):
+    with pytest.raises(ValueError, match=r"token layers \(n, T, d\) take conv='samples'"):
         measure(x.reshape(100, 2, 2), x)
     with pytest.raises(TypeError, match="y must hold real numbers, got dtype <U1"):
         measure(x, np.full((100, 2), "a"))
