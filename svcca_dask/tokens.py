@@ -75,15 +75,14 @@ def _check_layout(x: Any, layout: str | None, name: str) -> None:
 
 def _whole(arr: da.Array) -> da.Array:
     """Chunked along samples only."""
-    return arr.rechunk({i: -1 for i in range(1, arr.ndim)}) if any(
-        len(c) > 1 for c in arr.chunks[1:]
-    ) else arr
+    if all(len(c) == 1 for c in arr.chunks[1:]):
+        return arr
+    return arr.rechunk({i: -1 for i in range(1, arr.ndim)})
 
 
 def _mask_of(mask: ArrayLike, like: da.Array) -> da.Array:
-    m = as_dask(open_source(mask, "mask"), name="mask", ndim=2) if not isinstance(
-        mask, da.Array
-    ) else mask
+    """The ``(n, T)`` boolean mask, chunked as the token layer ``like``."""
+    m = as_dask(open_source(mask, "mask"), name="mask", ndim=2)
     if m.dtype != bool:
         raise TypeError(f"mask must be boolean (True keeps a token), got dtype {m.dtype}")
     if tuple(m.shape) != tuple(like.shape[:2]):
@@ -128,11 +127,10 @@ def token_features(
     if arr.ndim == 2:
         if mode == "mean":
             return arr
-        reps = counts if counts is not None else None
-        if reps is None:
+        if counts is None:
             raise ValueError("a 2-D side against a token layer needs the token counts")
-        sizes = tuple(int(reps[a:b].sum()) for a, b in _bounds(arr.chunks[0]))
-        blocks = da.from_array(reps, chunks=(arr.chunks[0],))
+        sizes = tuple(int(counts[a:b].sum()) for a, b in _bounds(arr.chunks[0]))
+        blocks = da.from_array(counts, chunks=(arr.chunks[0],))
         return da.map_blocks(
             _repeat, arr, blocks[:, None],
             dtype=arr.dtype, chunks=(sizes, arr.chunks[1]),
@@ -177,14 +175,12 @@ def prepare_tokens(
             _check_layout(v, lay, name)
         sides.append(v)
     counts = None
-    if mode == "samples":
-        n, t = next(tuple(v.shape[:2]) for v in sides if is_token_layer(v))
+    if mode == "samples":  # each sequence's kept tokens: the rows of each chunk
+        tokens = _whole(as_dask(next(v for v in sides if is_token_layer(v)), name="x", ndim=3))
         if mask is not None:
-            like = _whole(as_dask(next(v for v in sides if is_token_layer(v)), name="x",
-                                  ndim=3))  # fmt: skip
-            (counts,) = compute(_mask_of(mask, like).sum(axis=1))
+            (counts,) = compute(_mask_of(mask, tokens).sum(axis=1))
         else:
-            counts = np.full(int(n), int(t))
+            counts = np.full(int(tokens.shape[0]), int(tokens.shape[1]))
     return (
         token_features(sides[0], mode, mask=mask, name="x", counts=counts),
         token_features(sides[1], mode, mask=mask, name="y", counts=counts),
