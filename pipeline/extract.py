@@ -21,6 +21,7 @@ import numpy as np
 
 from svcca_dask.store import (
     LABELS,
+    MASK,
     ActivationStore,
     create_store,
     default_dims,
@@ -89,22 +90,40 @@ def resolve_layers(model: Any, layers: str | Sequence[str]) -> list[str]:
     )
 
 
-def _split_batch(batch: Any) -> tuple[Any, Any]:
-    """``(inputs, labels or None)`` of one batch."""
+_LABEL_KEYS = ("label", "labels", "y", "target")
+
+
+def _split_batch(batch: Any) -> tuple[Any, Any, Any]:
+    """``(inputs, labels or None, token mask or None)`` of one batch.
+
+    A dict batch with ``input_ids`` is a Hugging Face style one: every key but
+    the labels goes to the model as a keyword, and its ``attention_mask`` is
+    the token mask."""
     if isinstance(batch, (tuple, list)):
         if len(batch) == 0:
             raise ValueError("an empty batch: give inputs or (inputs, labels)")
-        return batch[0], (batch[1] if len(batch) > 1 else None)
+        return batch[0], (batch[1] if len(batch) > 1 else None), None
     if isinstance(batch, dict):
+        labels = next((batch[k] for k in _LABEL_KEYS if k in batch), None)
+        mask = batch.get("attention_mask")
+        if "input_ids" in batch:
+            return {k: v for k, v in batch.items() if k not in _LABEL_KEYS}, labels, mask
         for key in ("input", "inputs", "x", "image", "pixel_values"):
             if key in batch:
-                return batch[key], next(
-                    (batch[k] for k in ("label", "labels", "y", "target") if k in batch), None
-                )
+                return batch[key], labels, mask
         raise ValueError(
-            f"a dict batch needs an 'input' (or 'x', 'image') key; got {sorted(batch)}"
+            f"a dict batch needs an 'input' (or 'x', 'image', 'input_ids') key; got {sorted(batch)}"
         )
-    return batch, None
+    return batch, None, None
+
+
+def _dims_of(arr: np.ndarray, tokens: Any) -> tuple[str, ...]:
+    """A layer's dimension names: ``(sample, token, feature)`` for a 3-D output
+    of a model fed a token mask with as many tokens, else :func:`default_dims`
+    (``(sample, channel, length)`` for other 3-D outputs: Conv1d's)."""
+    if tokens is not None and arr.ndim == 3 and arr.shape[1] == tokens.shape[1]:
+        return ("sample", "token", "feature")
+    return default_dims(arr.ndim)
 
 
 def _n_samples(inputs: Any) -> int:
@@ -374,7 +393,7 @@ def extract_activations(
     s.update_provenance(**prov)
 
     arrays = [n for n in s.layer_names() if n in names or n.split(".call")[0] in names]
-    tracked = arrays + ([LABELS] if LABELS in s else [])
+    tracked = arrays + [n for n in (LABELS, MASK) if n in s]
     done = min((s.complete_samples(n) for n in tracked), default=0)
     if any(not any(a == n or a.startswith(f"{n}.call") for a in arrays) for n in names):
         done = 0  # a layer never written: start over (its array gets the first samples)
@@ -408,7 +427,7 @@ def extract_activations(
     try:
         with torch.inference_mode():
             for batch in batches:
-                inputs, ys = _split_batch(batch)
+                inputs, ys, tokens = _split_batch(batch)
                 b = _n_samples(inputs)
                 if seen == 0:
                     _check_same_data(s, inputs, resuming=done > 0)
@@ -424,6 +443,13 @@ def extract_activations(
                 del out
                 outputs = hooks.take()
                 wrote = False
+                if tokens is not None:  # the token mask, buffered and resumed like a layer
+                    mk = np.asarray(tokens.cpu() if hasattr(tokens, "cpu") else tokens) != 0
+                    if MASK not in created:
+                        s.create_mask(mk.shape[1], expected_samples=dataset_size)
+                        s.set_writing([MASK], True)
+                        created.add(MASK)
+                    wrote = pending.add(MASK, mk[skip:]) or wrote
                 for name, t in outputs.items():
                     if t.ndim == 0 or t.shape[0] != b:
                         raise ValueError(
@@ -436,7 +462,7 @@ def extract_activations(
                             name,
                             sample_shape=arr.shape[1:],
                             dtype=np_dtype,
-                            dims=dims.get(name.split(".call")[0], default_dims(arr.ndim)),
+                            dims=dims.get(name.split(".call")[0], _dims_of(arr, tokens)),
                             chunk_samples=chunk_samples,
                             expected_samples=dataset_size,
                         )
@@ -499,7 +525,7 @@ def _keep_what_was_computed(
             s.append_labels(np.concatenate(label_parts))
     except Exception:  # the store itself failed: the rerun resumes from what is counted
         log.warning("could not write the buffered batches of %s", s.path, exc_info=True)
-    names = s.layer_names() + ([LABELS] if LABELS in s else [])
+    names = s.layer_names() + [n for n in (LABELS, MASK) if n in s]
     if remove_if_empty and not any(s.complete_samples(n) for n in names):
         shutil.rmtree(s.path, ignore_errors=True)
 
@@ -507,7 +533,7 @@ def _keep_what_was_computed(
 def _first_sample_hash(inputs: Any) -> str:
     torch = _torch()
     if isinstance(inputs, dict):
-        inputs = inputs[sorted(inputs)[0]]
+        inputs = inputs["input_ids"] if "input_ids" in inputs else inputs[sorted(inputs)[0]]
     first = torch.as_tensor(inputs[0]).detach().cpu().contiguous().numpy()
     return hashlib.sha256(first.tobytes() + str(first.shape).encode()).hexdigest()
 

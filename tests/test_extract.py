@@ -414,3 +414,42 @@ def test_a_failed_start_leaves_no_store(tmp_path):
         extract_activations(Broken(), [torch.zeros(3, 4)], tmp_path / "c.zarr", layers=["fc"],
                             progress=False)  # fmt: skip
     assert not (tmp_path / "c.zarr").exists()
+
+
+class _TokenModel(nn.Module):
+    """A Hugging Face style model: keyword inputs, (batch, tokens, hidden) outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(40, 8)
+        self.lin = nn.Linear(8, 6)
+
+    def forward(self, input_ids, attention_mask):
+        return self.lin(torch.tanh(self.emb(input_ids))) * attention_mask[..., None]
+
+
+def _token_batches(n=48, t=7, batch=12):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 40, (n, t), generator=g)
+    lengths = torch.randint(2, t + 1, (n,), generator=g)
+    mask = (torch.arange(t)[None, :] < lengths[:, None]).long()
+    return [
+        {"input_ids": ids[i : i + batch], "attention_mask": mask[i : i + batch],
+         "labels": torch.arange(i, i + batch) % 3}
+        for i in range(0, n, batch)
+    ], mask.bool().numpy()  # fmt: skip
+
+
+def test_token_batches_store_the_attention_mask_and_token_dims(tmp_path):
+    batches, mask = _token_batches()
+    path = tmp_path / "tok.zarr"
+    s = extract_activations(_TokenModel(), batches, path, layers=["emb", "lin"], progress=False)
+    assert s.layer_names() == ["emb", "lin"]  # the mask is not a layer
+    np.testing.assert_array_equal(s.read("attention_mask").data.compute(), mask)
+    emb = s.read("emb").data.compute()
+    lin = s.read("lin").data.compute()
+    assert s.info("emb").dims == ("sample", "token", "feature")
+    got = sd.cca(f"{path}/emb", f"{path}/lin", conv="samples", mask=f"{path}/attention_mask")
+    want = sd.cca(emb[mask], lin[mask])
+    np.testing.assert_allclose(got.coefficients, want.coefficients, atol=1e-10)
+    np.testing.assert_array_equal(s.labels().compute(), np.arange(48) % 3)

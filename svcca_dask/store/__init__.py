@@ -17,6 +17,7 @@ from .activation import (
 from .format import (
     FORMAT,
     LABELS,
+    MASK,
     IncompleteLayerError,
     check_complete,
     default_dims,
@@ -27,6 +28,7 @@ from .select import select_layers
 __all__ = [
     "FORMAT",
     "LABELS",
+    "MASK",
     "ActivationStore",
     "IncompleteLayerError",
     "LayerData",

@@ -28,6 +28,7 @@ from .format import (
     FORMAT,
     FORMAT_VERSION,
     LABELS,
+    MASK,
     check_complete,
     default_dims,
     dims_of,
@@ -189,10 +190,11 @@ class ActivationStore:
         self.group.attrs.update({"provenance": prov})
 
     def layer_names(self) -> list[str]:
-        """Names of the layer arrays (``labels`` excluded), sorted."""
+        """Names of the layer arrays (``labels`` and the token mask excluded), sorted."""
         return sorted(
-            k for k, a in self.group.arrays() if k != LABELS and meta_of(a).get("kind") != "labels"
-        )
+            k for k, a in self.group.arrays()
+            if k not in (LABELS, MASK) and meta_of(a).get("kind") not in ("labels", "mask")
+        )  # fmt: skip
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self.group
@@ -479,6 +481,18 @@ class ActivationStore:
                 kind="labels",
             )
         return self.append(LABELS, labels)
+
+    def create_mask(self, tokens: int, *, expected_samples: int | None = None) -> None:
+        """Create the ``(n, tokens)`` boolean token mask (:data:`MASK`); fill it
+        with :meth:`append` like a layer (the measures take it as ``mask=``)."""
+        self.create_layer(
+            MASK,
+            sample_shape=(int(tokens),),
+            dtype=np.dtype(bool),
+            dims=("sample", "token"),
+            expected_samples=expected_samples,
+            kind="mask",
+        )
 
     def set_writing(
         self, names: Sequence[str], writing: bool, *, expected_samples: Any = ...

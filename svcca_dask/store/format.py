@@ -22,6 +22,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "LABELS",
+    "MASK",
     "IncompleteLayerError",
     "check_complete",
     "default_dims",
@@ -37,6 +38,9 @@ FORMAT_VERSION = 1
 ATTR = "svcca_dask"
 #: Name of the optional labels array.
 LABELS = "labels"
+#: Name of the optional token mask (an extraction whose batches carry an
+#: ``attention_mask``): ``(n, T)`` booleans, True for a real token.
+MASK = "attention_mask"
 
 class IncompleteLayerError(ValueError):
     """A layer has unfinished writes or missing chunks, so reading it would give wrong data."""
@@ -100,7 +104,7 @@ def check_complete(arr: Any, *, name: str = "array") -> None:
         still writing it (or was interrupted), or chunks are missing.
     """
     meta = meta_of(arr)
-    if meta.get("kind") not in ("layer", "labels"):
+    if meta.get("kind") not in ("layer", "labels", "mask"):
         return
     where = f"{name} ({arr.store}{'/' + arr.path if arr.path else ''})"
     rows = int(arr.shape[0])
