@@ -129,6 +129,9 @@ def _add_compare(subparsers: Any) -> None:
         default=None,
         help="--measure cka: debiased CKA (unbiased HSIC; unrelated layers score near 0)",
     )
+    p.add_argument("--missing-chunks", choices=("error", "fill"), default=None,
+                   help="a chunk a plain Zarr array never stored: error (default: refused, "
+                   "naming the rows) or fill (Zarr's fill value, for write_empty_chunks=False)")
     p.add_argument("--folds", type=int, default=None, metavar="K",
                    help="cca, svcca, pwcca: held-out score over K sample blocks (directions "
                    "fit on the other K - 1)")
@@ -259,7 +262,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     names = (
         "keep", "epsilon", "conv", "dft_memory_limit", "svd",
-        "n_components", "n_power_iter", "n_oversamples", "seed", "debiased", "alpha", "metric", "folds",
+        "n_components", "n_power_iter", "n_oversamples", "seed", "debiased", "alpha", "metric", "folds", "missing_chunks",
     )  # fmt: skip
     options: dict[str, Any] = {
         k: getattr(args, k) for k in names if getattr(args, k) is not None

@@ -72,6 +72,7 @@ OPTIONS: dict[str, str] = {
     "alpha": "a number in [0, 1]: the shape metric's alignment (0 CCA, 1 Procrustes)",
     "metric": "'angular' or 'euclidean' (the shape metric's distance)",
     "folds": "an int >= 2: held-out scores over that many sample blocks (cca, svcca, pwcca)",
+    "missing_chunks": "'error' (default) or 'fill': what a chunk a plain Zarr array never stored means",
     "svd": "SVCCA's SVD step: 'auto' (default), 'covariance', 'randomized' or 'tsqr'",
     "dft_memory_limit": "conv='dft': bytes or a size like '2GiB' for the statistics (DFT memory_limit)",
     "n_components": "svd='randomized': directions computed first (int >= 1)",
@@ -484,6 +485,7 @@ def _check_option(key: str, value: Any, where: str) -> None:
         "debiased": lambda: isinstance(value, bool),
         "metric": lambda: value in ("angular", "euclidean"),
         "folds": lambda: whole(2),
+        "missing_chunks": lambda: value in ("error", "fill"),
     }
     try:
         ok = checks[key]() is not False if key in checks else simple[key]()

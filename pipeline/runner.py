@@ -281,7 +281,7 @@ class _Group:
         from svcca_dask.matrix import MATRIX_MEASURES
 
         takes = {o for m in self.measures for o in MATRIX_MEASURES[m]}
-        takes |= {"conv", "dft_memory_limit", "layout"}
+        takes |= {"conv", "dft_memory_limit", "layout", "missing_chunks"}
         if any(k not in takes for t in self.tasks for k in t.options):
             return False  # an option only the pair measures take (folds, svd, ...)
         pairs = {(t.pair.x_layer, t.pair.y_layer) for t in self.tasks}

@@ -7,7 +7,7 @@ import numpy as np
 
 from ._config import DEFAULT_MAX_FEATURES
 from .conv.measures import dft_measure
-from .input import ArrayLike
+from .input import ArrayLike, reads_inputs
 from .measures import ConvOption, _pair_stats, _prepare
 from .results import CKAResult
 from .stats import PairStats
@@ -74,6 +74,7 @@ def _debiased_cka(p: PairStats, ax: float, ay: float, names: tuple[str, str]) ->
     return hxy / np.sqrt(hxx * hyy)
 
 
+@reads_inputs
 def linear_cka(
     x: ArrayLike,
     y: ArrayLike,

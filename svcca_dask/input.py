@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import dask.array as da
 import numpy as np
 
 from ._config import rows_per_chunk
-from .store.format import check_complete
+from .store.format import check_complete, missing_chunks_mode
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 __all__ = ["ArrayLike", "as_dask", "check_pair", "is_zarr_array", "open_source", "open_zarr_array"]
 
@@ -156,3 +161,31 @@ def check_pair(x: da.Array, y: da.Array, *, names: tuple[str, str] = ("x", "y"))
             f"samples first): got {x.shape[0]} and {y.shape[0]}. "
             "The original google/svcca code takes (neurons, datapoints): transpose such arrays."
         )
+
+
+def reads_inputs(fn: _F) -> _F:
+    """Give a measure the keyword-only option ``missing_chunks="error" | "fill"``:
+    what a chunk a plain Zarr input never stored means, for every input the call
+    opens (:func:`svcca_dask.store.format.missing_chunks_mode`). ``"error"`` (what
+    None means, unless an enclosing call set it) refuses such an input before any
+    computation, naming the rows;
+    ``"fill"`` reads Zarr's fill value there, as Zarr does (arrays written with
+    ``write_empty_chunks=False`` skip chunks equal to it)."""
+    sig = inspect.signature(fn)
+    option = inspect.Parameter(
+        "missing_chunks", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="str | None"
+    )
+
+    @functools.wraps(fn)
+    def measure(*args: Any, missing_chunks: str | None = None, **kwargs: Any) -> Any:
+        if missing_chunks is None:  # "error", or what an enclosing call set
+            return fn(*args, **kwargs)
+        with missing_chunks_mode(missing_chunks):
+            return fn(*args, **kwargs)
+
+    params = list(sig.parameters.values())
+    at = next((i for i, p in enumerate(params) if p.kind is p.VAR_KEYWORD), len(params))
+    measure.__signature__ = sig.replace(  # type: ignore[attr-defined]
+        parameters=[*params[:at], option, *params[at:]]
+    )
+    return measure  # type: ignore[return-value]

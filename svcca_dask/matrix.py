@@ -58,7 +58,7 @@ from ._config import DEFAULT_MAX_FEATURES, cpu_count
 from .cka import cka_from_stats
 from .conv.features import conv_features
 from .conv.plan import DFT
-from .input import ArrayLike, as_dask
+from .input import ArrayLike, as_dask, reads_inputs
 from .linalg import top_eigh, whitening
 from .measures import cca_from_stats, pwcca_from_stats, svcca_from_stats
 from .memory import check_peak, fan_in, fits, reduction_bytes
@@ -97,6 +97,7 @@ _FROM_STATS: dict[str, Callable[..., Any]] = {
 }
 
 
+@reads_inputs
 def similarity_matrix(
     xs: Mapping[Hashable, ArrayLike],
     ys: Mapping[Hashable, ArrayLike] | None = None,
@@ -202,6 +203,7 @@ def _check_measure(measure: Any) -> None:
         )
 
 
+@reads_inputs
 def similarity_matrices(
     xs: Mapping[Hashable, ArrayLike],
     ys: Mapping[Hashable, ArrayLike] | None = None,

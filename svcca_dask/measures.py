@@ -14,7 +14,7 @@ from .conv.layout import open_conv, spatial_shape
 from .conv.measures import dft_measure
 from .conv.plan import DFT
 from .folds import check_folds, fold_stats, held_out
-from .input import ArrayLike, check_pair, is_zarr_array, open_source
+from .input import ArrayLike, check_pair, is_zarr_array, open_source, reads_inputs
 from .linalg import cca_from_cov, top_eigh
 from .memory import plan_covariance
 from .results import (
@@ -99,7 +99,7 @@ def _cca_fields(
 
 def _warned(result: Any) -> Any:
     """``result``, its ``warnings`` issued as :class:`SampleSizeWarning` from the user's call."""
-    warn_notes(getattr(result, "warnings", ()), stacklevel=4)
+    warn_notes(getattr(result, "warnings", ()), stacklevel=5)  # user, reads_inputs, measure
     return result
 
 
@@ -292,7 +292,7 @@ def _repeated(side: Any, reps: int, name: str) -> Any:
         "positions match a per-image target. conv='dft' (its DC frequency: spatial sums) or "
         "conv='mean' compares per image.",
         UserWarning,
-        stacklevel=4,
+        stacklevel=5,  # _repeated, _prepare, the measure, reads_inputs, the user
     )
     return repeat_rows(side, reps)
 
@@ -330,6 +330,7 @@ def _pair_stats(
     return pair_stats(m)
 
 
+@reads_inputs
 def cca(
     x: ArrayLike,
     y: ArrayLike,
@@ -443,6 +444,7 @@ def _held_out(
     return held_out(fit, full, splits)
 
 
+@reads_inputs
 def svcca(
     x: ArrayLike,
     y: ArrayLike,
@@ -608,6 +610,7 @@ def _svcca_two_stage(
     )
 
 
+@reads_inputs
 def pwcca(
     x: ArrayLike,
     y: ArrayLike,

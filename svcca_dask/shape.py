@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ._config import DEFAULT_MAX_FEATURES
-from .input import ArrayLike
+from .input import ArrayLike, reads_inputs
 from .measures import ConvOption, _pair_stats, _prepare
 from .results import ShapeResult
 from .stats import PairStats
@@ -96,6 +96,7 @@ def shape_from_stats(
     return ShapeResult(score=score, alpha=alpha, metric=metric, n_samples=p.n)
 
 
+@reads_inputs
 def shape_distance(
     x: ArrayLike,
     y: ArrayLike,

@@ -74,6 +74,9 @@ class LayerInfo:
         Samples the writer announced (the dataset's size), if it knew.
     writing : bool
         True while an extraction that has not finished owns the layer.
+    missing_chunks : int
+        Chunks never stored (Zarr would read fill values there): 0 for a
+        complete layer.
     """
 
     name: str
@@ -86,12 +89,14 @@ class LayerInfo:
     complete_samples: int
     expected_samples: int | None
     writing: bool
+    missing_chunks: int = 0
 
     @property
     def complete(self) -> bool:
-        """Whether every sample is written and no writer is still at work."""
+        """Whether every sample and chunk is written and no writer is still at work."""
         return (
             not self.writing
+            and self.missing_chunks == 0
             and self.complete_samples == self.shape[0]
             and (self.expected_samples is None or self.expected_samples == self.shape[0])
         )
@@ -110,6 +115,8 @@ class LayerInfo:
         state = (
             "complete"
             if self.complete
+            else f"INCOMPLETE ({self.missing_chunks} chunks missing)"
+            if self.missing_chunks and not self.writing
             else (
                 f"INCOMPLETE ({self.complete_samples} of "
                 f"{self.expected_samples if self.expected_samples is not None else self.shape[0]}"
@@ -231,6 +238,7 @@ class ActivationStore:
             complete_samples=int(meta.get("complete_samples", arr.shape[0])),
             expected_samples=None if expected is None else int(expected),
             writing=bool(meta.get("writing", False)),
+            missing_chunks=int(arr.nchunks - arr.nchunks_initialized) if arr.shape[0] else 0,
         )
 
     def layers(self) -> list[LayerInfo]:

@@ -14,7 +14,10 @@ is NaN here).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import contextvars
+import itertools
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 __all__ = [
@@ -23,12 +26,15 @@ __all__ = [
     "FORMAT_VERSION",
     "LABELS",
     "MASK",
+    "MISSING_CHUNKS",
     "IncompleteLayerError",
     "check_complete",
     "default_dims",
     "dims_of",
     "is_activation_store",
     "meta_of",
+    "missing_chunk_rows",
+    "missing_chunks_mode",
 ]
 
 #: Format marker in the group's attributes (``attrs["svcca_dask"]["format"]``).
@@ -86,10 +92,84 @@ def is_activation_store(group: Any) -> bool:
     return isinstance(meta, Mapping) and meta.get("format") == FORMAT
 
 
+#: What a chunk a plain Zarr array never stored means (``missing_chunks=``):
+#: ``"error"`` (the default: refused before any computation, naming the rows) or
+#: ``"fill"`` (Zarr's fill value, as Zarr reads it: arrays written with
+#: ``write_empty_chunks=False``, Zarr's default, skip chunks equal to it).
+MISSING_CHUNKS = ("error", "fill")
+
+_MISSING_MODE: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "svcca_dask_missing_chunks", default="error"
+)
+
+
+@contextlib.contextmanager
+def missing_chunks_mode(mode: str) -> Iterator[None]:
+    """Inputs opened inside read a plain array's missing chunks per ``mode``."""
+    if mode not in MISSING_CHUNKS:
+        raise ValueError(f"missing_chunks must be 'error' or 'fill', got {mode!r}")
+    token = _MISSING_MODE.set(mode)
+    try:
+        yield
+    finally:
+        _MISSING_MODE.reset(token)
+
+
+def missing_chunk_rows(arr: Any) -> list[tuple[int, int]] | None:
+    """Row ranges ``[start, stop)`` of a Zarr array where a chunk was never
+    stored (empty when none is missing; None where some are but which cannot be
+    told: sharded arrays). One listing of the array's keys."""
+    if arr.nchunks_initialized >= arr.nchunks:
+        return []
+    if getattr(arr, "shards", None) is not None:
+        return None
+    from zarr.core.sync import sync
+
+    async def listed() -> set[str]:
+        return {k async for k in arr.store.list_prefix(arr.path)}
+
+    present = sync(listed())
+    prefix = f"{arr.path}/" if arr.path else ""
+    grid = [range(-(-int(s) // int(c))) for s, c in zip(arr.shape, arr.chunks, strict=True)]
+    missing = sorted({
+        coords[0] for coords in itertools.product(*grid)
+        if prefix + arr.metadata.encode_chunk_key(coords) not in present
+    })  # fmt: skip
+    step, rows = int(arr.chunks[0]), int(arr.shape[0])
+    ranges: list[tuple[int, int]] = []
+    for i in missing:
+        a, b = i * step, min((i + 1) * step, rows)
+        if ranges and ranges[-1][1] == a:
+            ranges[-1] = (ranges[-1][0], b)
+        else:
+            ranges.append((a, b))
+    return ranges
+
+
+def _check_plain(arr: Any, where: str) -> None:
+    if _MISSING_MODE.get() == "fill" or not arr.shape or not arr.shape[0]:
+        return
+    ranges = missing_chunk_rows(arr)
+    if ranges == []:
+        return
+    shown = "some rows" if ranges is None else "rows " + ", ".join(
+        f"{a}-{b - 1}" for a, b in ranges[:5]
+    ) + (" ..." if len(ranges) > 5 else "")
+    raise IncompleteLayerError(
+        f"{where} has no stored chunk for {shown} ({arr.nchunks - arr.nchunks_initialized} "
+        f"of {arr.nchunks} chunks): Zarr would read its fill value ({arr.fill_value}) there "
+        "and the score would be wrong. Write those chunks, or, if the array was written "
+        "with write_empty_chunks=False (Zarr skips chunks equal to the fill value), pass "
+        "missing_chunks='fill'."
+    )
+
+
 def check_complete(arr: Any, *, name: str = "array") -> None:
     """Refuse a store layer that an interrupted write or missing chunks left incomplete.
 
-    Arrays without the activation-store layer attributes pass unchecked.
+    A plain Zarr array (without the activation-store layer attributes) is
+    refused where a chunk was never stored, unless inside
+    ``missing_chunks_mode("fill")`` (the measures' ``missing_chunks="fill"``).
 
     Parameters
     ----------
@@ -104,9 +184,10 @@ def check_complete(arr: Any, *, name: str = "array") -> None:
         still writing it (or was interrupted), or chunks are missing.
     """
     meta = meta_of(arr)
-    if meta.get("kind") not in ("layer", "labels", "mask"):
-        return
     where = f"{name} ({arr.store}{'/' + arr.path if arr.path else ''})"
+    if meta.get("kind") not in ("layer", "labels", "mask"):
+        _check_plain(arr, where)  # a plain Zarr array: only its chunks can be checked
+        return
     rows = int(arr.shape[0])
     done = int(meta.get("complete_samples", 0))
     expected = meta.get("expected_samples")
