@@ -321,8 +321,11 @@ def _layers(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     infos = store.layers()
     if args.json:
-        print(json.dumps([i.to_dict() for i in infos], indent=2))
+        print(json.dumps([{**i.to_dict(), "plain": store.plain} for i in infos], indent=2))
         return 0
+    kind = ("a plain Zarr group: completeness read from its chunks" if store.plain
+            else "an activation store: completeness recorded by its writer")  # fmt: skip
+    print(f"{args.store}: {kind}")
     if not infos:
         print(f"{args.store}: no layers")
     for info in infos:

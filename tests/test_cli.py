@@ -83,8 +83,9 @@ def test_usage_error_exit_2(capsys):
 def test_layers(stores, capsys):
     assert main(["layers", str(stores / "a.zarr")]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("conv  shape=120x2x3x3  dims=(sample, channel, height, width)")
-    assert out[1].startswith("fc  shape=120x6  dims=(sample, neuron)")
+    assert out[0].endswith("a.zarr: an activation store: completeness recorded by its writer")
+    assert out[1].startswith("conv  shape=120x2x3x3  dims=(sample, channel, height, width)")
+    assert out[2].startswith("fc  shape=120x6  dims=(sample, neuron)")
     assert main(["layers", str(stores / "a.zarr"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info[1]["name"] == "fc" and info[1]["chunks"][1] == 6 and info[1]["complete"]

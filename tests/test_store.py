@@ -160,8 +160,9 @@ def test_errors_are_clear(tmp_path, rng):
     with pytest.raises(ValueError, match="dims"):
         s.create_layer("c", sample_shape=(2, 3), dims=("sample", "neuron"))
     zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
-    with pytest.raises(ValueError, match="activation-store marker"):
-        open_store(tmp_path / "g.zarr")
+    assert open_store(tmp_path / "g.zarr").plain  # a plain group opens read-only
+    with pytest.raises(ValueError, match=r"plain Zarr group .*activation-store marker"):
+        open_store(tmp_path / "g.zarr", mode="r+")
     with pytest.raises(FileNotFoundError, match="no activation store"):
         open_store(tmp_path / "missing.zarr")
     assert create_store(tmp_path / "a.zarr", overwrite=True).layer_names() == []

@@ -157,6 +157,23 @@ def _human(n: int) -> str:
 
 
 
+def _stored_version(arr: Any) -> str:
+    """What changes when a plain array's stored chunks do: in a local folder the
+    latest modification time and the total size of its files; elsewhere the
+    stored bytes and chunk count (a same-size rewrite there needs ``--force``)."""
+    from zarr.storage import LocalStore
+
+    if isinstance(arr.store, LocalStore):
+        root = os.path.join(str(arr.store.root), arr.path)
+        latest = size = 0
+        for folder, _, files in os.walk(root):
+            for f in files:
+                st = os.stat(os.path.join(folder, f))
+                latest, size = max(latest, st.st_mtime_ns), size + st.st_size
+        return f"{latest}-{size}"
+    return f"{arr.nbytes_stored()}-{arr.nchunks_initialized}"
+
+
 class ActivationStore:
     """An activation store: a Zarr v3 group with one array per layer.
 
@@ -180,9 +197,17 @@ class ActivationStore:
     # metadata
 
     @property
+    def plain(self) -> bool:
+        """True for a plain Zarr group (not made by :func:`create_store`): opened
+        read-only, every array a layer, completeness read from its chunks."""
+        return not is_activation_store(self.group)
+
+    @property
     def store_id(self) -> str:
-        """A random id given at creation; it changes when a store is recreated."""
-        return str(self.group.attrs[ATTR].get("store_id", ""))
+        """A random id given at creation; it changes when a store is recreated
+        (empty for a plain group)."""
+        meta = self.group.attrs.get(ATTR)
+        return str(meta.get("store_id", "")) if isinstance(meta, Mapping) else ""
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -268,6 +293,8 @@ class ActivationStore:
             str(meta.get("write_id", "")),
             str(meta.get("complete_samples", "")),
         ]
+        if self.plain:  # no write id: what changes when its chunks do
+            parts.append(_stored_version(arr))
         return ":".join(parts)
 
     def layer_path(self, name: str) -> str:
@@ -568,20 +595,24 @@ def create_store(
 def open_store(
     path: str | os.PathLike[str] | ActivationStore, *, mode: str = "r"
 ) -> ActivationStore:
-    """Open an activation store.
+    """Open an activation store, or any Zarr group read-only.
+
+    A plain Zarr group (v3, or v2 where zarr reads it), written by other
+    tools, opens with ``mode="r"``: every array is a layer, and a layer is
+    complete when all its chunks are stored (:attr:`ActivationStore.plain`).
 
     Parameters
     ----------
     path : str, path or ActivationStore
     mode : {"r", "r+"}, default "r"
-        ``"r+"`` to append.
+        ``"r+"`` to append (activation stores only).
 
     Raises
     ------
     FileNotFoundError
         If no store is at ``path``.
     ValueError
-        If the Zarr group there is not an activation store.
+        If the Zarr node there is an array, or a plain group opened with "r+".
     """
     import zarr
 
@@ -598,10 +629,11 @@ def open_store(
         ) from err
     if not isinstance(node, zarr.Group):
         raise ValueError(f"{path!r} is a Zarr array, not an activation store (a group)")
-    if not is_activation_store(node):
+    if not is_activation_store(node) and mode != "r":
         raise ValueError(
-            f"{path!r} is a Zarr group without the activation-store marker "
-            f"(attributes[{ATTR!r}]['format'] == {FORMAT!r}); create stores with create_store()"
+            f"{path!r} is a plain Zarr group (without the activation-store marker "
+            f"attributes[{ATTR!r}]['format'] == {FORMAT!r}): it opens read-only (mode='r'); "
+            "write activations with create_store()"
         )
     return ActivationStore(node, path)
 
