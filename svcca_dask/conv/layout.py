@@ -16,6 +16,7 @@ import dask.array as da
 import numpy as np
 
 from ..input import ArrayLike, as_dask, open_zarr_array
+from ..store.format import role_dims
 
 __all__ = ["LAYOUTS", "open_conv", "resolve_layout", "spatial_shape"]
 
@@ -47,7 +48,7 @@ def _dimension_names(x: Any) -> tuple[str, ...] | None:
         names = getattr(x, "dims", None)
     if names is None or any(n is None for n in names):
         return None
-    return tuple(str(n) for n in names)
+    return role_dims(tuple(str(n) for n in names))
 
 
 def _layout_from_names(names: tuple[str, ...], *, name: str) -> str | None:

@@ -34,6 +34,7 @@ from .format import (
     dims_of,
     is_activation_store,
     meta_of,
+    qualified_dims,
 )
 
 __all__ = [
@@ -409,7 +410,7 @@ class ActivationStore:
             chunks=(max(1, int(chunk_samples)), *sample_shape),
             compressors=compressors,
             fill_value=np.nan if dtype.kind == "f" else 0,
-            dimension_names=dims,
+            dimension_names=qualified_dims(name, dims),
             attributes={ATTR: meta},
             config=_WRITE_CONFIG,
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import itertools
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -77,13 +78,36 @@ def meta_of(arr: Any) -> dict[str, Any]:
     return dict(meta) if isinstance(meta, Mapping) else {}
 
 
+def qualified_dims(layer: str, dims: tuple[str, ...]) -> tuple[str, ...]:
+    """The ``dimension_names`` a store writes: ``sample`` as it is (every layer
+    shares it), every other axis prefixed with the layer's name
+    (``("sample", "conv1.channel", "conv1.height", "conv1.width")``), so that
+    ``xarray.open_zarr`` opens a store whose layers' axes differ in size."""
+    return (dims[0], *(f"{layer}.{d}" for d in dims[1:]))
+
+
+def role_dims(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Dimension names without a layer prefix (see :func:`qualified_dims`): the
+    axes' roles, as the measures read them. The prefix is what all axes but
+    the first share up to a ``.`` (``"layer1.0.conv1."``); names written before,
+    or by other tools without such a prefix, come back as they are."""
+    rest = names[1:]
+    if not rest or not all("." in n for n in rest):
+        return names
+    prefix = os.path.commonprefix(list(rest))  # noqa: RUF071 - characters, cut at a "." below
+    prefix = prefix[: prefix.rfind(".") + 1]
+    if not prefix:
+        return names
+    return (names[0], *(n[len(prefix):] for n in rest))
+
+
 def dims_of(arr: Any) -> tuple[str, ...]:
-    """A Zarr array's ``dimension_names``, or :func:`default_dims` where it names none."""
+    """A Zarr array's dimension roles (``dimension_names`` without the layer
+    prefix), or :func:`default_dims` where it names none."""
     names = getattr(arr.metadata, "dimension_names", None)
     if names is None or any(n is None for n in names):
         return default_dims(arr.ndim)
-    return tuple(str(n) for n in names)
-
+    return role_dims(tuple(str(n) for n in names))
 
 
 def is_activation_store(group: Any) -> bool:
