@@ -12,6 +12,7 @@ import dask.array as da
 import numpy as np
 
 from ._config import rows_per_chunk
+from .io.checked import CheckedZarr
 from .store.format import check_complete, missing_chunks_mode
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -89,7 +90,7 @@ def as_dask(x: ArrayLike, *, name: str, ndim: int | tuple[int, ...] = 2) -> da.A
         arr = x
     elif is_zarr_array(x):
         check_complete(x, name=name)
-        arr = da.from_zarr(x)
+        arr = da.from_array(CheckedZarr(x, name), chunks=x.chunks, asarray=False, fancy=False)
     else:
         _check_shape_dtype(x.shape, x.dtype, name=name, allowed=allowed)
         n_feat = int(np.prod(x.shape[1:])) if len(x.shape) > 1 else 1

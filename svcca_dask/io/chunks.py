@@ -18,6 +18,7 @@ import dask.array as da
 import numpy as np
 
 from ..input import ArrayLike
+from .checked import damaged
 
 __all__: list[str] = []
 
@@ -48,10 +49,11 @@ class _StoredChunk:
     """
 
     def __init__(
-        self, path: str, shape: tuple[int, ...], rows: int, dtype: np.dtype, fill: Any
-    ) -> None:
+        self, path: str, shape: tuple[int, ...], rows: int, dtype: np.dtype, fill: Any,
+        *, crc: bool = False,
+    ) -> None:  # fmt: skip
         self.path, self.shape, self.rows = path, shape, int(rows)
-        self.dtype, self.fill = dtype, fill
+        self.dtype, self.fill, self.crc = dtype, fill, crc
 
     def __call__(self) -> np.ndarray:
         from numcodecs import blosc
@@ -61,8 +63,18 @@ class _StoredChunk:
                 raw = fh.read()
         except FileNotFoundError:  # never written: Zarr reads the fill value
             return np.full((self.rows, *self.shape[1:]), self.fill, dtype=self.dtype)
+        if self.crc:  # the crc32c codec: the data, then its CRC32C as little-endian uint32
+            import google_crc32c
+
+            body, stored = raw[:-4], raw[-4:]
+            if len(raw) < 4 or google_crc32c.value(body) != int.from_bytes(stored, "little"):
+                raise damaged(self.path, "its CRC32C checksum does not match its bytes")
+            raw = body
         out = np.empty(self.shape, dtype=self.dtype)
-        blosc.decompress(raw, out)
+        try:
+            blosc.decompress(raw, out)
+        except Exception as err:
+            raise damaged(self.path, f"it does not decode ({err})") from err
         return out[: self.rows]
 
 
@@ -80,12 +92,13 @@ def _stored_chunks(source: ArrayLike, arr: da.Array) -> list[_StoredChunk] | Non
 
     Only where the direct read is exactly Zarr's: format 3 in a
     :class:`zarr.storage.LocalStore`, the codecs ``bytes`` (native byte
-    order) then ``blosc`` and nothing else, a regular grid whole along every
+    order) then ``blosc``, then optionally ``crc32c`` (checked here as Zarr
+    checks it), and nothing else, a regular grid whole along every
     axis but the first, and Dask chunks equal to the stored ones.
     """
     try:
         import zarr
-        from zarr.codecs import BloscCodec, BytesCodec
+        from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
         from zarr.storage import LocalStore
     except ImportError:  # pragma: no cover - zarr is a dependency
         return None
@@ -93,6 +106,9 @@ def _stored_chunks(source: ArrayLike, arr: da.Array) -> list[_StoredChunk] | Non
         return None
     meta = source.metadata
     codecs = tuple(meta.codecs)
+    crc = len(codecs) == 3 and isinstance(codecs[2], Crc32cCodec)
+    if crc:
+        codecs = codecs[:2]
     dtype = np.dtype(source.dtype)
     if (
         not isinstance(source.store, LocalStore)
@@ -116,7 +132,7 @@ def _stored_chunks(source: ArrayLike, arr: da.Array) -> list[_StoredChunk] | Non
     return [
         _StoredChunk(
             os.path.join(root, meta.encode_chunk_key((i, *rest))), chunks, rows, dtype,
-            source.fill_value,
+            source.fill_value, crc=crc,
         )
         for i, rows in enumerate(grid)
     ]  # fmt: skip

@@ -368,7 +368,7 @@ class ActivationStore:
             Zarr v3 compressors; default Blosc-LZ4 with byte shuffle (several
             times faster to decode than Zarr's default Zstd).
         """
-        from zarr.codecs import BloscCodec
+        from zarr.codecs import BloscCodec, Crc32cCodec
 
         if "/" in name or not name or name.startswith("__"):
             raise ValueError(
@@ -394,8 +394,8 @@ class ActivationStore:
             chunk_samples = rows_per_chunk(int(np.prod(sample_shape, dtype=np.int64)))
             if expected_samples:
                 chunk_samples = min(chunk_samples, int(expected_samples))
-        if compressors == "auto":
-            compressors = [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
+        if compressors == "auto":  # a CRC32C of every chunk: damage is an error, never data
+            compressors = [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec()]
         meta: dict[str, Any] = {
             "kind": kind,
             "complete_samples": 0,
