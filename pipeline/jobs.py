@@ -247,6 +247,7 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
     JobError
     """
     from svcca_dask.store import IncompleteLayerError, open_store, select_layers
+    from svcca_dask.store.format import is_url
 
     where = source
     for key in spec:
@@ -254,6 +255,8 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
             raise _unknown_key(key, _TOP_KEYS, where)
 
     def absolute(p: str) -> str:
+        if is_url(p):  # s3://, gs://...: as it is (credentials from the environment)
+            return p
         return os.path.normpath(os.path.join(base_dir, os.path.expanduser(p)))
 
     # output
@@ -295,7 +298,7 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
             raise JobError(f"{where}: stores.{name}: {err}") from None
 
     for name, path in stores.items():
-        if os.path.commonpath([output, path]) == path:
+        if not is_url(path) and os.path.commonpath([output, path]) == path:
             raise JobError(
                 f"{where}: output {spec['output']!r} is inside store {name!r} ({path}); a "
                 "store holds activations only: write the results to a folder of their own"

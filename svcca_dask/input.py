@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import dask.array as da
@@ -13,7 +14,12 @@ import numpy as np
 
 from ._config import rows_per_chunk
 from .io.checked import CheckedZarr
-from .store.format import check_complete, missing_chunks_mode
+from .store.format import (
+    _STORAGE_OPTIONS,
+    check_complete,
+    missing_chunks_mode,
+    storage_kwargs,
+)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -22,8 +28,14 @@ __all__ = ["ArrayLike", "as_dask", "check_pair", "is_zarr_array", "open_source",
 ArrayLike = Any  # numpy.ndarray | dask.array.Array | zarr.Array | str | os.PathLike
 
 
-def open_zarr_array(path: str | os.PathLike[str], *, name: str = "array") -> Any:
-    """Open ``"path/to/store.zarr/array"`` read-only as a :class:`zarr.Array`.
+def open_zarr_array(
+    path: str | os.PathLike[str],
+    *,
+    name: str = "array",
+    storage_options: Mapping[str, Any] | None = None,
+) -> Any:
+    """Open ``"path/to/store.zarr/array"`` (or an fsspec URL such as
+    ``"s3://bucket/store.zarr/array"``) read-only as a :class:`zarr.Array`.
 
     Raises
     ------
@@ -34,7 +46,7 @@ def open_zarr_array(path: str | os.PathLike[str], *, name: str = "array") -> Any
 
     path = os.fspath(path)
     try:
-        node = zarr.open(store=path, mode="r")
+        node = zarr.open(store=path, mode="r", **storage_kwargs(path, storage_options))
     except FileNotFoundError as err:
         raise FileNotFoundError(
             f"{name}: no Zarr array at {path!r}; give 'path/to/store.zarr/layer' "
@@ -171,22 +183,40 @@ def reads_inputs(fn: _F) -> _F:
     None means, unless an enclosing call set it) refuses such an input before any
     computation, naming the rows;
     ``"fill"`` reads Zarr's fill value there, as Zarr does (arrays written with
-    ``write_empty_chunks=False`` skip chunks equal to it)."""
+    ``write_empty_chunks=False`` skip chunks equal to it). Also
+    ``storage_options=``: fsspec options (``endpoint_url``, credentials...) for
+    the inputs given as URLs (``"s3://bucket/store.zarr/layer"``); without them
+    the standard variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``...) apply."""
     sig = inspect.signature(fn)
-    option = inspect.Parameter(
-        "missing_chunks", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="str | None"
-    )
+    options = [
+        inspect.Parameter(
+            "missing_chunks", inspect.Parameter.KEYWORD_ONLY, default=None,
+            annotation="str | None",
+        ),
+        inspect.Parameter(
+            "storage_options", inspect.Parameter.KEYWORD_ONLY, default=None,
+            annotation="Mapping[str, Any] | None",
+        ),
+    ]  # fmt: skip
 
     @functools.wraps(fn)
-    def measure(*args: Any, missing_chunks: str | None = None, **kwargs: Any) -> Any:
-        if missing_chunks is None:  # "error", or what an enclosing call set
-            return fn(*args, **kwargs)
-        with missing_chunks_mode(missing_chunks):
+    def measure(
+        *args: Any,
+        missing_chunks: str | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        with contextlib.ExitStack() as stack:  # None: "error", or what an enclosing call set
+            if missing_chunks is not None:
+                stack.enter_context(missing_chunks_mode(missing_chunks))
+            if storage_options is not None:
+                token = _STORAGE_OPTIONS.set(dict(storage_options))
+                stack.callback(_STORAGE_OPTIONS.reset, token)
             return fn(*args, **kwargs)
 
     params = list(sig.parameters.values())
     at = next((i for i, p in enumerate(params) if p.kind is p.VAR_KEYWORD), len(params))
     measure.__signature__ = sig.replace(  # type: ignore[attr-defined]
-        parameters=[*params[:at], option, *params[at:]]
+        parameters=[*params[:at], *options, *params[at:]]
     )
     return measure  # type: ignore[return-value]

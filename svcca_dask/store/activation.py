@@ -33,8 +33,10 @@ from .format import (
     default_dims,
     dims_of,
     is_activation_store,
+    is_url,
     meta_of,
     qualified_dims,
+    storage_kwargs,
 )
 
 __all__ = [
@@ -187,9 +189,12 @@ class ActivationStore:
     group : zarr.Group
     """
 
-    def __init__(self, group: Any, path: str) -> None:
+    def __init__(
+        self, group: Any, path: str, storage_options: Mapping[str, Any] | None = None
+    ) -> None:
         self.group = group
         self.path = path
+        self.storage_options = dict(storage_options) if storage_options else None
 
     def __repr__(self) -> str:
         return f"ActivationStore({self.path!r}, layers={self.layer_names()!r})"
@@ -555,17 +560,22 @@ def create_store(
     *,
     provenance: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ActivationStore:
     """Create an empty activation store (a Zarr v3 group) at ``path``.
 
     Parameters
     ----------
     path : str or path
-        Directory of the store, e.g. ``"acts.zarr"``.
+        Directory of the store, e.g. ``"acts.zarr"``, or an fsspec URL
+        (``"s3://bucket/acts.zarr"``; the client is an extra: ``[s3]``, ``[gcs]``).
     provenance : mapping, optional
         JSON-serializable provenance to record in the group attributes.
     overwrite : bool, default False
         Replace whatever is at ``path``.
+    storage_options : mapping, optional
+        fsspec options for a URL (``endpoint_url``, credentials); without
+        them the standard variables (``AWS_ENDPOINT_URL``, ...) apply.
 
     Raises
     ------
@@ -575,7 +585,7 @@ def create_store(
     import zarr
 
     path = os.fspath(path)
-    if not overwrite and os.path.exists(path) and os.listdir(path):
+    if not overwrite and not is_url(path) and os.path.exists(path) and os.listdir(path):
         raise FileExistsError(
             f"{path!r} exists; open it with open_store({path!r}, mode='r+') to add to it, or "
             "pass overwrite=True to replace it"
@@ -589,12 +599,18 @@ def create_store(
         },
         "provenance": dict(provenance or {}),
     }
-    group = zarr.open_group(path, mode="w" if overwrite else "w-", zarr_format=3, attributes=attrs)
-    return ActivationStore(group, path)
+    group = zarr.open_group(
+        path, mode="w" if overwrite else "w-", zarr_format=3, attributes=attrs,
+        **storage_kwargs(path, storage_options),
+    )  # fmt: skip
+    return ActivationStore(group, path, storage_options)
 
 
 def open_store(
-    path: str | os.PathLike[str] | ActivationStore, *, mode: str = "r"
+    path: str | os.PathLike[str] | ActivationStore,
+    *,
+    mode: str = "r",
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ActivationStore:
     """Open an activation store, or any Zarr group read-only.
 
@@ -607,6 +623,8 @@ def open_store(
     path : str, path or ActivationStore
     mode : {"r", "r+"}, default "r"
         ``"r+"`` to append (activation stores only).
+    storage_options : mapping, optional
+        fsspec options for a URL path (see :func:`create_store`).
 
     Raises
     ------
@@ -623,7 +641,7 @@ def open_store(
     if mode not in ("r", "r+"):
         raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
     try:
-        node = zarr.open(store=path, mode=mode)
+        node = zarr.open(store=path, mode=mode, **storage_kwargs(path, storage_options))
     except FileNotFoundError as err:
         raise FileNotFoundError(
             f"no activation store at {path!r}; create one with create_store() or svcca-dask extract"
@@ -636,14 +654,23 @@ def open_store(
             f"attributes[{ATTR!r}]['format'] == {FORMAT!r}): it opens read-only (mode='r'); "
             "write activations with create_store()"
         )
-    return ActivationStore(node, path)
+    return ActivationStore(node, path, storage_options)
 
 
-def list_layers(store: str | os.PathLike[str] | ActivationStore) -> list[LayerInfo]:
+def list_layers(
+    store: str | os.PathLike[str] | ActivationStore,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[LayerInfo]:
     """:class:`LayerInfo` (shape, dims, chunking, size) of every layer of ``store``."""
-    return open_store(store).layers()
+    return open_store(store, storage_options=storage_options).layers()
 
 
-def read_layer(store: str | os.PathLike[str] | ActivationStore, layer: str) -> LayerData:
+def read_layer(
+    store: str | os.PathLike[str] | ActivationStore,
+    layer: str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> LayerData:
     """One layer of ``store`` as a Dask array with its dims; refuses an incomplete layer."""
-    return open_store(store).read(layer)
+    return open_store(store, storage_options=storage_options).read(layer)

@@ -33,9 +33,11 @@ __all__ = [
     "default_dims",
     "dims_of",
     "is_activation_store",
+    "is_url",
     "meta_of",
     "missing_chunk_rows",
     "missing_chunks_mode",
+    "storage_kwargs",
 ]
 
 #: Format marker in the group's attributes (``attrs["svcca_dask"]["format"]``).
@@ -137,6 +139,24 @@ def missing_chunks_mode(mode: str) -> Iterator[None]:
         yield
     finally:
         _MISSING_MODE.reset(token)
+
+
+#: The ``storage_options`` of the measure being called (see :func:`reads_inputs`).
+_STORAGE_OPTIONS: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "svcca_dask_storage_options", default=None
+)
+
+
+def is_url(path: str) -> bool:
+    """Whether ``path`` is an fsspec URL (``s3://``, ``gs://``, ``https://``, ...)."""
+    return "://" in path and not path.startswith("file://")
+
+
+def storage_kwargs(path: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Zarr's ``storage_options=`` for ``path``: the given ones, else the calling
+    measure's, for URLs only (the standard ``AWS_*`` variables apply as well)."""
+    opts = storage_options if storage_options is not None else _STORAGE_OPTIONS.get()
+    return {"storage_options": dict(opts)} if opts and is_url(path) else {}
 
 
 def missing_chunk_rows(arr: Any) -> list[tuple[int, int]] | None:
