@@ -128,7 +128,9 @@ def call_options(options: Mapping[str, Any]) -> dict[str, Any]:
         opts["svd"] = RandomizedSVD(**randomized)
     return opts
 
-_TOP_KEYS = ("output", "stores", "layers", "pairs", "measures", "options", "cluster")
+_TOP_KEYS = (
+    "output", "stores", "layers", "pairs", "measures", "options", "cluster", "storage_options"
+)
 
 
 class JobError(ValueError):
@@ -176,6 +178,21 @@ class Job:
     options: dict[str, Any] = field(default_factory=dict)
     cluster: str | dict[str, Any] = "local"
     source: str = "<dict>"
+    storage_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def open(self, store: str) -> Any:
+        """The :class:`~svcca_dask.store.ActivationStore` ``store`` names."""
+        from svcca_dask.store import open_store
+
+        return open_store(self.stores[store], storage_options=self.storage_options.get(store))
+
+    def layer_input(self, store: str, layer: str) -> Any:
+        """What a measure reads for ``store/layer``: the path, or with
+        storage options the Zarr array opened with them (each store its own)."""
+        opts = self.storage_options.get(store)
+        if not opts:
+            return self.layer_path(store, layer)
+        return self.open(store).group[layer]
 
     def layer_path(self, store: str, layer: str) -> str:
         """``"path/to/store.zarr/layer"`` of a store name and layer."""
@@ -192,6 +209,8 @@ class Job:
             "measures": list(self.measures),
             "options": dict(self.options),
             "cluster": self.cluster,
+            # which options each store has, never their values (credentials)
+            "storage_options": {k: sorted(v) for k, v in self.storage_options.items()},
         }
 
 
@@ -284,16 +303,31 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
         raw_stores = named
     if not isinstance(raw_stores, Mapping) or not raw_stores:
         raise JobError(f"{where}: stores must be a table of name = path, got {raw_stores!r}")
+    shared = spec.get("storage_options", {})
+    if not isinstance(shared, Mapping):
+        raise JobError(f"{where}: storage_options must be a table, got {shared!r}")
     stores: dict[str, str] = {}
+    storage: dict[str, dict[str, Any]] = {}
     opened: dict[str, Any] = {}
     for name, p in raw_stores.items():
         if "/" in name or not name:
             raise JobError(f"{where}: store name {name!r} must be non-empty and contain no '/'")
+        own: Any = {}
+        if isinstance(p, Mapping):  # a = { path = "s3://...", storage_options = {...} }
+            unknown = sorted(set(p) - {"path", "storage_options"})
+            if unknown or "path" not in p or not isinstance(p.get("storage_options", {}), Mapping):
+                raise JobError(
+                    f"{where}: stores.{name} as a table takes path and storage_options, "
+                    f"got {sorted(p)}"
+                )
+            p, own = p["path"], p.get("storage_options", {})
         if not isinstance(p, str):
             raise JobError(f"{where}: stores.{name} must be a path string, got {p!r}")
         stores[name] = absolute(p)
+        if is_url(stores[name]) and (shared or own):
+            storage[name] = {**shared, **own}
         try:
-            opened[name] = open_store(stores[name])
+            opened[name] = open_store(stores[name], storage_options=storage.get(name))
         except (FileNotFoundError, ValueError) as err:
             raise JobError(f"{where}: stores.{name}: {err}") from None
 
@@ -456,6 +490,7 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
         options=options,
         cluster=cluster,
         source=source,
+        storage_options=storage,
     )
 
 

@@ -318,9 +318,8 @@ def _result_id(fingerprints: tuple[str, str], measure: str, options: Mapping[str
 
 
 def _plan(job: Job) -> list[_Task]:
-    from svcca_dask.store import open_store
 
-    stores = {name: open_store(path) for name, path in job.stores.items()}
+    stores = {name: job.open(name) for name in job.stores}
     fps: dict[tuple[str, str], str] = {}
 
     def fp(store: str, layer: str) -> str:
@@ -338,9 +337,8 @@ def _plan(job: Job) -> list[_Task]:
 
 
 def _groups(job: Job, tasks: list[_Task]) -> list[_Group]:
-    from svcca_dask.store import open_store
 
-    stores = {name: open_store(path) for name, path in job.stores.items()}
+    stores = {name: job.open(name) for name in job.stores}
     groups: dict[tuple[str, str, str], _Group] = {}
     for t in tasks:
         conv = t.options.get("conv", _default_conv(t.measure))
@@ -368,9 +366,9 @@ def _compute(
         per_pair = Counter((t.pair.x_layer, t.pair.y_layer) for t in group.tasks)
         rows = list(dict.fromkeys(t.pair.x_layer for t in group.tasks))
         cols = list(dict.fromkeys(t.pair.y_layer for t in group.tasks))
-        xs = {r: job.layer_path(group.x_store, r) for r in rows}
+        xs = {r: job.layer_input(group.x_store, r) for r in rows}
         same = group.x_store == group.y_store and rows == cols
-        ys = None if same else {c: job.layer_path(group.y_store, c) for c in cols}
+        ys = None if same else {c: job.layer_input(group.y_store, c) for c in cols}
         log.info(
             "similarity matrices %s: %s (%d x %d)",
             ", ".join(group.measures), group.x_store, len(rows), len(cols),
@@ -385,8 +383,8 @@ def _compute(
         return
     for t in group.tasks:
         log.info("%s %s", t.measure, t.pair)
-        x = job.layer_path(t.pair.x_store, t.pair.x_layer)
-        y = job.layer_path(t.pair.y_store, t.pair.y_layer)
+        x = job.layer_input(t.pair.x_store, t.pair.x_layer)
+        y = job.layer_input(t.pair.y_store, t.pair.y_layer)
         result = _function(t.measure)(x, y, **call_options(t.options))
         advance(1)
         yield t, result

@@ -105,3 +105,27 @@ def test_cli_and_jobs_with_the_environment_variables(s3, tmp_path, monkeypatch):
                    capture_output=True, text=True)  # fmt: skip
     meta = (tmp_path / "out" / "job.json").read_text()
     assert "s3://acts/c.zarr" in meta and s3["secret"] not in meta  # no credentials written
+
+
+def test_a_job_with_storage_options_per_store_and_global(s3, tmp_path):
+    from pipeline.jobs import load_job
+    from pipeline.runner import run_job
+
+    _write(s3, "d")
+    _write(s3, "e")
+    job = tmp_path / "job.toml"
+    job.write_text(
+        'output = "out"\nmeasures = ["cka", "svcca"]\npairs = "same-name"\ncluster = "threads"\n'
+        f'storage_options = {{ endpoint_url = "{s3["endpoint_url"]}", key = "testing" }}\n'
+        "[stores]\n"
+        f'd = {{ path = "s3://acts/d.zarr", storage_options = {{ secret = "{s3["secret"]}" }} }}\n'
+        f'e = {{ path = "s3://acts/e.zarr", storage_options = {{ secret = "{s3["secret"]}" }} }}\n'
+    )  # fmt: skip
+    report = run_job(load_job(job), progress=False)
+    fc = [r for r in report.rows if r["x_layer"] == "fc" and r["measure"] == "cka"]
+    assert fc and fc[0]["score"] == pytest.approx(1.0, abs=1e-8)
+    meta = json.loads((tmp_path / "out" / "job.json").read_text())
+    assert meta["params"]["storage_options"] == {"d": ["endpoint_url", "key", "secret"],
+                                                 "e": ["endpoint_url", "key", "secret"]}  # fmt: skip
+    assert s3["endpoint_url"] not in json.dumps(meta)  # option values are never written
+    assert run_job(load_job(job), progress=False).computed == 0  # idempotent on s3 too
