@@ -296,6 +296,7 @@ def extract_activations(
     overwrite: bool = False,
     progress: bool | None = None,
     provenance: dict[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> ActivationStore:
     """Run ``model`` over ``batches`` and append the named layers' outputs to a store.
 
@@ -348,6 +349,9 @@ def extract_activations(
         terminal.
     provenance : dict, optional
         Extra JSON-serializable provenance to record.
+    storage_options : dict, optional
+        fsspec options when ``store`` is a URL (``"s3://bucket/acts.zarr"``);
+        without them the standard variables (``AWS_ENDPOINT_URL``, ...) apply.
 
     Returns
     -------
@@ -386,8 +390,8 @@ def extract_activations(
         "labels": bool(labels),
     }
     path = store.path if isinstance(store, ActivationStore) else os.fspath(store)
-    fresh = overwrite or not (os.path.isdir(path) and os.listdir(path))
-    s = _open_or_create(path, spec=spec, overwrite=overwrite)
+    fresh = overwrite or not _exists(path, storage_options)
+    s = _open_or_create(path, spec=spec, overwrite=overwrite, storage_options=storage_options)
     prov = {**spec, "dataset_size": dataset_size, "versions": _versions(), **(provenance or {})}
     prov["finished"] = False
     s.update_provenance(**prov)
@@ -527,7 +531,13 @@ def _keep_what_was_computed(
         log.warning("could not write the buffered batches of %s", s.path, exc_info=True)
     names = s.layer_names() + [n for n in (LABELS, MASK) if n in s]
     if remove_if_empty and not any(s.complete_samples(n) for n in names):
-        shutil.rmtree(s.path, ignore_errors=True)
+        if "://" in s.path:  # an object store: remove its keys
+            import fsspec
+
+            fs, root = fsspec.core.url_to_fs(s.path, **(s.storage_options or {}))
+            fs.rm(root, recursive=True)
+        else:
+            shutil.rmtree(s.path, ignore_errors=True)
 
 
 def _first_sample_hash(inputs: Any) -> str:
@@ -603,11 +613,22 @@ class _Pending:
                 self._write(name, self.rows[name])
 
 
-def _open_or_create(path: str, *, spec: dict[str, Any], overwrite: bool) -> ActivationStore:
-    exists = os.path.isdir(path) and bool(os.listdir(path))
-    if overwrite or not exists:
-        return create_store(path, overwrite=overwrite)
-    s = open_store(path, mode="r+")
+def _exists(path: str, storage_options: dict[str, Any] | None) -> bool:
+    """Whether a store (anything) is at ``path``, a folder or a URL."""
+    if "://" not in path:
+        return os.path.isdir(path) and bool(os.listdir(path))
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
+    return bool(fs.exists(f"{root.rstrip('/')}/zarr.json"))
+
+
+def _open_or_create(
+    path: str, *, spec: dict[str, Any], overwrite: bool, storage_options: dict[str, Any] | None
+) -> ActivationStore:
+    if overwrite or not _exists(path, storage_options):
+        return create_store(path, overwrite=overwrite, storage_options=storage_options)
+    s = open_store(path, mode="r+", storage_options=storage_options)
     prev = s.provenance
     for key in ("model_class", "layers", "dtype", "reuse"):
         if key in prev and prev[key] != spec[key]:

@@ -129,3 +129,22 @@ def test_a_job_with_storage_options_per_store_and_global(s3, tmp_path):
                                                  "e": ["endpoint_url", "key", "secret"]}  # fmt: skip
     assert s3["endpoint_url"] not in json.dumps(meta)  # option values are never written
     assert run_job(load_job(job), progress=False).computed == 0  # idempotent on s3 too
+
+
+def test_extraction_to_s3(s3):
+    torch = pytest.importorskip("torch")
+    from pipeline.extract import extract_activations
+
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    data = torch.randn(64, 5, generator=torch.Generator().manual_seed(0))
+    batches = [(data[i : i + 16], torch.zeros(16)) for i in range(0, 64, 16)]
+    s = extract_activations(model, batches, "s3://acts/x.zarr", layers=["0", "2"],
+                            progress=False, storage_options=s3)  # fmt: skip
+    assert s.layer_names() == ["0", "2"]
+    with torch.inference_mode():
+        want = model(data).numpy()
+    got = sd.read_layer("s3://acts/x.zarr", "2", storage_options=s3).data.compute()
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    again = extract_activations(model, batches, "s3://acts/x.zarr", layers=["0", "2"],
+                                progress=False, storage_options=s3)  # fmt: skip
+    assert again.info("2").shape[0] == 64  # resumed: nothing appended twice
