@@ -17,6 +17,11 @@ A job file::
     epsilon = 1e-10
     conv = "mean"                         # conv layers (default: the measures' 'dft')
 
+A store may be a glob (``ckpt = "ckpt/step-*.zarr"``): one store per match,
+named by the match (``step-000100``) and ordered naturally (step-100 before
+step-1000), matched again at every run, so that a rerun picks up new
+checkpoints and, being idempotent, computes only the new pairs.
+
 Pairs: with two or more stores, ``same-name`` pairs each layer with the layer
 of the same name in every other store (store pairs in the order given), and
 ``all`` pairs every selected layer of one store with every selected layer of
@@ -32,9 +37,11 @@ the available ones, and paired layers must have the same number of samples.
 from __future__ import annotations
 
 import difflib
+import glob
 import inspect
 import itertools
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -323,13 +330,16 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
             p, own = p["path"], p.get("storage_options", {})
         if not isinstance(p, str):
             raise JobError(f"{where}: stores.{name} must be a path string, got {p!r}")
-        stores[name] = absolute(p)
-        if is_url(stores[name]) and (shared or own):
-            storage[name] = {**shared, **own}
-        try:
-            opened[name] = open_store(stores[name], storage_options=storage.get(name))
-        except (FileNotFoundError, ValueError) as err:
-            raise JobError(f"{where}: stores.{name}: {err}") from None
+        for store, path in _expand(name, absolute(p), where):
+            if store in stores:
+                raise JobError(f"{where}: two stores are both named {store!r} ({path})")
+            stores[store] = path
+            if is_url(path) and (shared or own):
+                storage[store] = {**shared, **own}
+            try:
+                opened[store] = open_store(path, storage_options=storage.get(store))
+            except (FileNotFoundError, ValueError) as err:
+                raise JobError(f"{where}: stores.{store}: {err}") from None
 
     for name, path in stores.items():
         if not is_url(path) and os.path.commonpath([output, path]) == path:
@@ -492,6 +502,25 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
         source=source,
         storage_options=storage,
     )
+
+
+def _natural(text: str) -> list[Any]:
+    """Sort key that orders numbers by value: step-100 before step-1000."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def _expand(name: str, path: str, where: str) -> list[tuple[str, str]]:
+    """``(store name, path)`` of a job's store entry: itself, or for a glob
+    (``ckpt/step-*.zarr``) one store per match, named by the match and ordered
+    naturally; matched again at every run, so new checkpoints join."""
+    from svcca_dask.store.format import is_url
+
+    if is_url(path) or not any(c in path for c in "*?["):
+        return [(name, path)]
+    matches = sorted(glob.glob(path), key=lambda m: _natural(os.path.basename(m.rstrip("/"))))
+    if not matches:
+        raise JobError(f"{where}: stores.{name} = {path!r} matches no store")
+    return [(os.path.splitext(os.path.basename(m.rstrip("/")))[0], m) for m in matches]
 
 
 def _check_option(key: str, value: Any, where: str) -> None:

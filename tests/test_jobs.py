@@ -186,3 +186,28 @@ def test_randomized_svd_on_dft_conv_layers_is_refused_up_front(stores):
     text = "layers = ['conv1']\n" + BASE + "[options]\nsvd = 'randomized'\n"
     with pytest.raises(JobError, match="conv layer compared with conv='dft'"):
         load_job(write(stores, text))
+
+
+def test_a_store_glob_expands_naturally_and_picks_up_new_checkpoints(tmp_path):
+    from pipeline.runner import run_job
+    from svcca_dask.store import create_store
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((200, 4))
+
+    def checkpoint(step):
+        s = create_store(tmp_path / "ckpt" / f"step-{step}.zarr")
+        s.append("fc", base @ rng.standard_normal((4, 5)))
+
+    for step in (100, 1000, 200):
+        checkpoint(step)
+    spec = {"output": "out", "stores": {"ckpt": "ckpt/step-*.zarr"}, "measures": ["cka"],
+            "pairs": "same-name", "cluster": "threads"}  # fmt: skip
+    job = parse_job(spec, base_dir=str(tmp_path))
+    assert list(job.stores) == ["step-100", "step-200", "step-1000"]  # natural order
+    assert run_job(job, progress=False).computed == 3  # the three store pairs
+    checkpoint(1500)  # training goes on
+    again = run_job(parse_job(spec, base_dir=str(tmp_path)), progress=False)
+    assert again.reused == 3 and again.computed == 3  # only the pairs with the new one
+    with pytest.raises(JobError, match=r"stores\.ckpt = .* matches no store"):
+        parse_job({**spec, "stores": {"ckpt": "none/*.zarr"}}, base_dir=str(tmp_path))
