@@ -28,6 +28,7 @@ from svcca_dask.store import (
     open_store,
     select_layers,
 )
+from svcca_dask.store.format import is_url
 
 from .progress import progress_bar
 
@@ -531,7 +532,7 @@ def _keep_what_was_computed(
         log.warning("could not write the buffered batches of %s", s.path, exc_info=True)
     names = s.layer_names() + [n for n in (LABELS, MASK) if n in s]
     if remove_if_empty and not any(s.complete_samples(n) for n in names):
-        if "://" in s.path:  # an object store: remove its keys
+        if is_url(s.path):  # an object store: remove its keys
             import fsspec
 
             fs, root = fsspec.core.url_to_fs(s.path, **(s.storage_options or {}))
@@ -615,7 +616,7 @@ class _Pending:
 
 def _exists(path: str, storage_options: dict[str, Any] | None) -> bool:
     """Whether a store (anything) is at ``path``, a folder or a URL."""
-    if "://" not in path:
+    if not is_url(path):
         return os.path.isdir(path) and bool(os.listdir(path))
     import fsspec
 

@@ -61,7 +61,7 @@ from .conv.plan import DFT
 from .input import ArrayLike, as_dask, reads_inputs
 from .linalg import top_eigh, whitening
 from .measures import cca_from_stats, pwcca_from_stats, svcca_from_stats
-from .memory import check_peak, fan_in, fits, reduction_bytes
+from .memory import check_peak, covariance_bytes, fan_in, fits
 from .results import SimilarityMatrix
 from .rules import check_epsilon, check_side, keep_pair, warn_notes
 from .shape import check_shape, shape_from_stats
@@ -71,7 +71,6 @@ from .stats import (
     accumulate_graph,
     compute,
     pair_stats,
-    task_grid,
     to_moments,
 )
 
@@ -575,17 +574,16 @@ def _tile_row_bytes(
     """Peak bytes of one tile row's graph: a tree per tile, computed together.
     With ``row_set`` (disjoint sides) a tile's partial holds only its own
     blocks and the cross block (:func:`_cross_regions`)."""
-    partials, tasks, chunk = [], 1, 0
-    for tile in tiles:
-        w = [int(arrays[k].shape[1]) for k in tile]
-        if row_set is None:
-            partials.append(8 * sum(w) ** 2)
-        else:
+    partials = None
+    if row_set is not None:
+        partials = []
+        for tile in tiles:
+            w = [int(arrays[k].shape[1]) for k in tile]
             wx = sum(v for k, v in zip(tile, w, strict=True) if k in row_set)
             partials.append(8 * (sum(v * v for v in w) + wx * (sum(w) - wx)))
-        t, rows = task_grid([arrays[k] for k in tile])
-        tasks, chunk = max(tasks, t), max(chunk, 8 * rows * sum(w))
-    return reduction_bytes(partials, tasks=tasks, split_every=split_every, chunk_bytes=chunk)
+    return covariance_bytes(
+        [[arrays[k] for k in tile] for tile in tiles], split_every=split_every, partials=partials
+    )
 
 
 def _memory_plan(

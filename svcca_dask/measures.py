@@ -406,13 +406,7 @@ def cca(
     check_folds(folds)
     pair = _prepare(x, y, conv=conv, layout=layout, mask=mask)
     if pair.dft:
-        _no_folds(folds)
-        return _warned(
-            dft_measure(
-                "cca", pair.x, pair.y, conv=conv, layout=pair.layouts,
-                epsilon=dead_threshold(epsilon),
-            )
-        )
+        return _warned(_dft("cca", pair, conv, epsilon, folds))
     if folds is not None:
         return _held_out(pair, folds, split_every, max_features,
                          lambda p: cca_from_stats(p, epsilon=epsilon))  # fmt: skip
@@ -423,11 +417,19 @@ def cca(
     )
 
 
-def _no_folds(folds: int | None) -> None:
+def _dft(
+    measure: str, pair: _Pair, conv: Any, epsilon: float | None, folds: int | None, **kw: Any
+) -> Any:
+    """``measure`` of a pair of conv layers with ``conv="dft"`` (its ridge and
+    dead-feature threshold are ``epsilon``'s, 1e-10 for None; no ``folds``)."""
     if folds is not None:
         raise ValueError(
             "folds= is not available with conv='dft'; use conv='mean', 'samples' or 'flatten'"
         )
+    return dft_measure(
+        measure, pair.x, pair.y, conv=conv, layout=pair.layouts,
+        epsilon=dead_threshold(epsilon), **kw,
+    )  # fmt: skip
 
 
 def _held_out(
@@ -512,13 +514,7 @@ def svcca(
     pair = _prepare(x, y, conv=conv, layout=layout, mask=mask)
     methods = _svd_methods(svd, pair, max_features)
     if pair.dft:
-        _no_folds(folds)
-        return _warned(
-            dft_measure(
-                "svcca", pair.x, pair.y, conv=conv, layout=pair.layouts,
-                epsilon=dead_threshold(epsilon), keep=keep,
-            )
-        )
+        return _warned(_dft("svcca", pair, conv, epsilon, folds, keep=keep))
     if folds is not None:
         if methods is not None:
             raise ValueError(
@@ -662,13 +658,7 @@ def pwcca(
     check_folds(folds)
     pair = _prepare(x, y, conv=conv, layout=layout, mask=mask)
     if pair.dft:
-        _no_folds(folds)
-        return _warned(
-            dft_measure(
-                "pwcca", pair.x, pair.y, conv=conv, layout=pair.layouts,
-                epsilon=dead_threshold(epsilon), side=side,
-            )
-        )
+        return _warned(_dft("pwcca", pair, conv, epsilon, folds, side=side))
     if folds is not None:
         return _held_out(pair, folds, split_every, max_features,
                          lambda p: pwcca_from_stats(p, epsilon=epsilon, side=side))  # fmt: skip

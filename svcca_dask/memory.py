@@ -115,16 +115,24 @@ def reduction_bytes(
     )
 
 
-def covariance_bytes(trees: Sequence[Sequence[Any]], *, split_every: int) -> int:
-    """Peak bytes of the joint co-moments of each group of 2-D dask arrays (one
-    tree per group, :func:`svcca_dask.stats.accumulate_graph`), in one graph."""
-    partials, tasks, chunk = [], 1, 0
-    for arrays in trees:
+def covariance_bytes(
+    trees: Sequence[Sequence[Any]],
+    *,
+    split_every: int,
+    partials: Sequence[int] | None = None,
+) -> int:
+    """Peak bytes of the co-moments of each group of 2-D dask arrays (one tree
+    per group, :func:`svcca_dask.stats.accumulate_graph`), in one graph.
+
+    ``partials`` gives each group's partial statistic in bytes: by default the
+    whole ``(d, d)`` float64 co-moment (a matrix's disjoint sides need less)."""
+    sizes, tasks, chunk = [], 1, 0
+    for i, arrays in enumerate(trees):
         d = sum(int(a.shape[1]) for a in arrays)
         t, rows = task_grid(arrays)
-        partials.append(8 * d * d)
+        sizes.append(8 * d * d if partials is None else int(partials[i]))
         tasks, chunk = max(tasks, t), max(chunk, 8 * rows * d)
-    return reduction_bytes(partials, tasks=tasks, split_every=split_every, chunk_bytes=chunk)
+    return reduction_bytes(sizes, tasks=tasks, split_every=split_every, chunk_bytes=chunk)
 
 
 def fits(peak: int) -> bool:

@@ -22,13 +22,12 @@ counts with ``"samples"`` (the row count of each chunk: ``n x T`` booleans).
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import dask.array as da
 import numpy as np
 
-from .input import ArrayLike, as_dask, open_source
+from .input import ArrayLike, as_dask
 from .stats import compute
 
 __all__ = ["TOKEN_LAYOUTS", "is_token_layer", "token_features"]
@@ -73,16 +72,9 @@ def _check_layout(x: Any, layout: str | None, name: str) -> None:
         )
 
 
-def _whole(arr: da.Array) -> da.Array:
-    """Chunked along samples only."""
-    if all(len(c) == 1 for c in arr.chunks[1:]):
-        return arr
-    return arr.rechunk({i: -1 for i in range(1, arr.ndim)})
-
-
 def _mask_of(mask: ArrayLike, like: da.Array) -> da.Array:
     """The ``(n, T)`` boolean mask, chunked as the token layer ``like``."""
-    m = as_dask(open_source(mask, "mask"), name="mask", ndim=2)
+    m = as_dask(mask, name="mask", ndim=2)
     if m.dtype != bool:
         raise TypeError(f"mask must be boolean (True keeps a token), got dtype {m.dtype}")
     if tuple(m.shape) != tuple(like.shape[:2]):
@@ -122,42 +114,39 @@ def token_features(
     ``counts`` (the mask's kept tokens per sequence) is needed for a 2-D side
     with ``"samples"``; :func:`prepare_tokens` computes it once for both sides.
     """
-    arr = _whole(as_dask(x, name=name, ndim=(2, 3)))
+    arr = as_dask(x, name=name, ndim=(2, 3))  # chunked along samples only
     n = int(arr.shape[0])
     if arr.ndim == 2:
         if mode == "mean":
             return arr
         if counts is None:
             raise ValueError("a 2-D side against a token layer needs the token counts")
-        sizes = tuple(int(counts[a:b].sum()) for a, b in _bounds(arr.chunks[0]))
         blocks = da.from_array(counts, chunks=(arr.chunks[0],))
         return da.map_blocks(
             _repeat, arr, blocks[:, None],
-            dtype=arr.dtype, chunks=(sizes, arr.chunks[1]),
+            dtype=arr.dtype, chunks=(_chunk_rows(counts, arr.chunks[0]), arr.chunks[1]),
         )  # fmt: skip
     t, d = int(arr.shape[1]), int(arr.shape[2])
-    if mask is None:
-        keep = da.ones((n, t), dtype=bool, chunks=(arr.chunks[0], t))
-    else:
-        keep = _mask_of(mask, arr)
+    if mask is None:  # every token
+        return arr.mean(axis=1, dtype=np.float64) if mode == "mean" else arr.reshape(n * t, d)
+    keep = _mask_of(mask, arr)
     if mode == "mean":
         starts = da.from_array(np.arange(n), chunks=(arr.chunks[0],))
         return da.map_blocks(
             _masked_mean, arr, keep[:, :, None], starts[:, None, None],
             dtype=np.float64, chunks=(arr.chunks[0], (d,)), drop_axis=1,
         )  # fmt: skip
-    if mask is None:
-        return arr.reshape(n * t, d)
     per_row = counts if counts is not None else compute(keep.sum(axis=1))[0]
-    sizes = tuple(int(per_row[a:b].sum()) for a, b in _bounds(arr.chunks[0]))
     return da.map_blocks(
-        _select, arr, keep[:, :, None], dtype=arr.dtype, chunks=(sizes, (d,)), drop_axis=1
-    )
+        _select, arr, keep[:, :, None], dtype=arr.dtype,
+        chunks=(_chunk_rows(per_row, arr.chunks[0]), (d,)), drop_axis=1,
+    )  # fmt: skip
 
 
-def _bounds(chunks: tuple[int, ...]) -> list[tuple[int, int]]:
-    edges = np.concatenate([[0], np.cumsum(chunks)]).astype(int)
-    return [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
+def _chunk_rows(counts: np.ndarray, chunks: tuple[int, ...]) -> tuple[int, ...]:
+    """Rows each chunk of sequences becomes: the sum of its ``counts``."""
+    starts = np.concatenate([[0], np.cumsum(chunks)[:-1]]).astype(int)
+    return tuple(int(v) for v in np.add.reduceat(np.asarray(counts), starts))
 
 
 def prepare_tokens(
@@ -176,7 +165,7 @@ def prepare_tokens(
         sides.append(v)
     counts = None
     if mode == "samples":  # each sequence's kept tokens: the rows of each chunk
-        tokens = _whole(as_dask(next(v for v in sides if is_token_layer(v)), name="x", ndim=3))
+        tokens = as_dask(next(v for v in sides if is_token_layer(v)), name="x", ndim=3)
         if mask is not None:
             (counts,) = compute(_mask_of(mask, tokens).sum(axis=1))
         else:
