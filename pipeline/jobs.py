@@ -5,6 +5,7 @@ A job file::
     output = "results"                    # folder for the results (required)
     measures = ["svcca", "cka"]           # svcca, pwcca, cca, cka (default: svcca)
     pairs = "same-name"                   # "same-name", "all", or [["a/fc", "b/fc"], ...]
+    against = "last"                      # store pairs: "last", "previous" or a store name
     layers = ["layer*", "fc"]             # names or glob patterns (default: every layer)
     cluster = "local"                     # "local", "threads", "tcp://host:8786", ...
 
@@ -27,6 +28,15 @@ of the same name in every other store (store pairs in the order given), and
 ``all`` pairs every selected layer of one store with every selected layer of
 the other; with one store, ``all`` is its layer x layer matrix (``same-name``
 needs two stores). An explicit list names ``"store/layer"`` on both sides.
+
+``against`` replaces "every pair of stores" by a plan for checkpoint sets:
+``"last"`` pairs each store with the last one (in order; with ``pairs =
+"all"`` the last one with itself too: the final panel of the paper's
+learning-dynamics figure), ``"previous"`` each store with the one before it,
+and a store name each store with that one. When a newer checkpoint becomes
+the last, the results against the old one stay in the table (their
+``y_store`` names it, their ``against`` column the plan); rows of other
+options never do.
 
 Everything is checked up front (:func:`load_job`): a key that is not one of
 the above is an error (with the closest valid key), stores must be complete
@@ -136,7 +146,8 @@ def call_options(options: Mapping[str, Any]) -> dict[str, Any]:
     return opts
 
 _TOP_KEYS = (
-    "output", "stores", "layers", "pairs", "measures", "options", "cluster", "storage_options"
+    "output", "stores", "layers", "pairs", "against", "measures", "options", "cluster",
+    "storage_options",
 )
 
 
@@ -175,6 +186,11 @@ class Job:
     cluster : str or dict
     source : str
         Where the spec came from (a file path, or "<dict>").
+    storage_options : dict of str to dict
+        Store name -> its fsspec options (URL stores only).
+    against : str or None
+        The store-pair plan: "last", "previous", a store name, or None
+        (every pair of stores).
     """
 
     output: str
@@ -186,6 +202,7 @@ class Job:
     cluster: str | dict[str, Any] = "local"
     source: str = "<dict>"
     storage_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    against: str | None = None
 
     def open(self, store: str) -> Any:
         """The :class:`~svcca_dask.store.ActivationStore` ``store`` names."""
@@ -216,6 +233,7 @@ class Job:
             "measures": list(self.measures),
             "options": dict(self.options),
             "cluster": self.cluster,
+            "against": self.against,
             # which options each store has, never their values (credentials)
             "storage_options": {k: sorted(v) for k, v in self.storage_options.items()},
         }
@@ -368,14 +386,21 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
     # pairs
     raw_pairs = spec.get("pairs", "same-name")
     names = list(stores)
+    against = spec.get("against")
+    store_pairs = _store_pairs(names, against, all_pairs=raw_pairs == "all", where=where)
     pairs: list[Pair] = []
+    if isinstance(raw_pairs, list) and against is not None:
+        raise JobError(
+            f"{where}: against = {against!r} plans store pairs for pairs = 'same-name' or "
+            "'all'; an explicit list of pairs names them itself"
+        )
     if raw_pairs == "same-name":
         if len(names) < 2:
             raise JobError(
                 f"{where}: pairs = 'same-name' needs two or more stores; with one store use "
                 "pairs = 'all' (its layer x layer matrix) or an explicit list"
             )
-        for a, b in itertools.combinations(names, 2):
+        for a, b in store_pairs:
             common = [layer for layer in layers[a] if layer in layers[b]]
             pairs.extend(Pair(a, layer, b, layer) for layer in common)
         if not pairs:
@@ -384,9 +409,6 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
                 f"(selected: {', '.join(f'{k}: {v}' for k, v in layers.items())})"
             )
     elif raw_pairs == "all":
-        store_pairs = (
-            [(names[0], names[0])] if len(names) == 1 else itertools.combinations(names, 2)
-        )
         for a, b in store_pairs:
             pairs.extend(Pair(a, la, b, lb) for la in layers[a] for lb in layers[b])
     elif isinstance(raw_pairs, list) and raw_pairs:
@@ -501,7 +523,34 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
         cluster=cluster,
         source=source,
         storage_options=storage,
+        against=against,
     )
+
+
+def _store_pairs(
+    names: list[str], against: Any, *, all_pairs: bool, where: str
+) -> list[tuple[str, str]]:
+    """The ``(x store, y store)`` pairs of a job: every pair in order, or
+    ``against``'s plan (see the module docstring)."""
+    if against is None:
+        if len(names) == 1 and all_pairs:
+            return [(names[0], names[0])]
+        return list(itertools.combinations(names, 2))
+    if not isinstance(against, str) or not against:
+        raise JobError(
+            f"{where}: against must be 'last', 'previous' or a store name, got {against!r}"
+        )
+    if against == "previous":
+        return list(zip(names[1:], names[:-1], strict=True))
+    ref = names[-1] if against == "last" else against
+    if ref not in names:
+        close = difflib.get_close_matches(ref, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise JobError(
+            f"{where}: against = {against!r} is neither 'last', 'previous' nor a store{hint} "
+            f"(stores: {', '.join(names)})"
+        )
+    return [(n, ref) for n in names if n != ref or all_pairs]
 
 
 def _natural(text: str) -> list[Any]:

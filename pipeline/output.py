@@ -62,6 +62,7 @@ COLUMNS = (
     "y_store",
     "y_layer",
     "measure",
+    "against",
     "score",
     "n_samples",
     "n_coefficients",

@@ -66,6 +66,9 @@ class RunReport:
         The results table.
     passes : int
         Computations run (one per similarity matrix or per pair).
+    kept : int
+        Rows of an earlier ``against`` plan kept in the table (against the
+        checkpoint that was last then).
     """
 
     output: str
@@ -73,11 +76,13 @@ class RunReport:
     reused: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)
     passes: int = 0
+    kept: int = 0
 
     def summary(self) -> str:
         """One line for the CLI."""
+        kept = f", {self.kept} kept from earlier references" if self.kept else ""
         return (
-            f"{self.computed} result(s) computed, {self.reused} reused; "
+            f"{self.computed} result(s) computed, {self.reused} reused{kept}; "
             f"table: {os.path.join(self.output, 'results.csv')}"
         )
 
@@ -317,16 +322,22 @@ def _result_id(fingerprints: tuple[str, str], measure: str, options: Mapping[str
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def _plan(job: Job) -> list[_Task]:
-
-    stores = {name: job.open(name) for name in job.stores}
+def _fingerprints(job: Job) -> Callable[[str, str], str]:
+    """``fp(store, layer)``: the layer's fingerprint, each read once."""
+    stores: dict[str, Any] = {}
     fps: dict[tuple[str, str], str] = {}
 
     def fp(store: str, layer: str) -> str:
         if (store, layer) not in fps:
+            if store not in stores:
+                stores[store] = job.open(store)
             fps[(store, layer)] = stores[store].fingerprint(layer)
         return fps[(store, layer)]
 
+    return fp
+
+
+def _plan(job: Job, fp: Callable[[str, str], str]) -> list[_Task]:
     tasks = []
     for measure in job.measures:
         opts = _measure_options(measure, job.options)
@@ -334,6 +345,36 @@ def _plan(job: Job) -> list[_Task]:
             rid = _result_id((fp(p.x_store, p.x_layer), fp(p.y_store, p.y_layer)), measure, opts)
             tasks.append(_Task(p, measure, opts, rid))
     return tasks
+
+
+def _earlier_plans(
+    job: Job, rows: list[dict[str, Any]], current: set[str], fp: Callable[[str, str], str]
+) -> list[dict[str, Any]]:
+    """Rows an earlier run of an ``against`` plan computed that this plan has left
+    (against the checkpoint that was last then): kept when they have this job's
+    measure and options and their inputs are unchanged (or gone: a checkpoint
+    set pruned of old states keeps their results)."""
+    if job.against is None:
+        return []
+    kept = []
+    for r in rows:
+        if r["result_id"] in current or r.get("against") != job.against:
+            continue
+        if r["measure"] not in job.measures:
+            continue
+        opts = _measure_options(r["measure"], job.options)
+        if r["options"] != json.dumps(opts, sort_keys=True):
+            continue  # other options: stale, never mixed in
+        sides = ((r["x_store"], r["x_layer"]), (r["y_store"], r["y_layer"]))
+        if all(s in job.stores for s, _ in sides):
+            try:
+                rid = _result_id((fp(*sides[0]), fp(*sides[1])), r["measure"], opts)
+            except (KeyError, ValueError):
+                continue  # the layer is gone from a store still in the job
+            if rid != r["result_id"]:
+                continue  # its inputs were rewritten
+        kept.append(r)
+    return kept
 
 
 def _groups(job: Job, tasks: list[_Task]) -> list[_Group]:
@@ -463,14 +504,13 @@ def _run(
             group_path, mode="w", zarr_format=3, attributes={"results_format": RESULTS_FORMAT}
         )
 
-    tasks = _plan(job)
-    previous = {} if force else {r["result_id"]: r for r in read_table(job.output)}
-    rows: dict[str, dict[str, Any]] = {}
-    for t in tasks:
-        row = previous.get(t.result_id)
-        if row is not None and has_arrays(group_path, row):
-            rows[t.result_id] = row
-    report = RunReport(output=job.output, reused=len(rows))
+    fp = _fingerprints(job)
+    tasks = _plan(job, fp)
+    table = [] if force else [r for r in read_table(job.output) if has_arrays(group_path, r)]
+    previous = {r["result_id"]: r for r in table}
+    rows = {t.result_id: previous[t.result_id] for t in tasks if t.result_id in previous}
+    earlier = _earlier_plans(job, table, {t.result_id for t in tasks}, fp)
+    report = RunReport(output=job.output, reused=len(rows), kept=len(earlier))
     todo = [t for t in tasks if t.result_id not in rows]
 
     meta_path = os.path.join(job.output, "job.json")
@@ -485,7 +525,7 @@ def _run(
     atomic_json(meta_path, meta)
 
     def ordered() -> list[dict[str, Any]]:
-        return [rows[t.result_id] for t in tasks if t.result_id in rows]
+        return [rows[t.result_id] for t in tasks if t.result_id in rows] + earlier
 
     spec = job.cluster if cluster is None else cluster
     with (
@@ -512,6 +552,7 @@ def _run(
                     "y_store": p.y_store,
                     "y_layer": p.y_layer,
                     "measure": t.measure,
+                    "against": job.against,
                     **_row_fields(result),
                     "options": json.dumps(t.options, sort_keys=True),
                     "result_id": t.result_id,

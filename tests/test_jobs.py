@@ -211,3 +211,26 @@ def test_a_store_glob_expands_naturally_and_picks_up_new_checkpoints(tmp_path):
     assert again.reused == 3 and again.computed == 3  # only the pairs with the new one
     with pytest.raises(JobError, match=r"stores\.ckpt = .* matches no store"):
         parse_job({**spec, "stores": {"ckpt": "none/*.zarr"}}, base_dir=str(tmp_path))
+
+
+def test_against_plans_store_pairs(stores):
+    rng = np.random.default_rng(1)
+    for name in ("c", "d"):
+        create_store(stores / f"{name}.zarr").append("fc", rng.standard_normal((20, 2)))
+    spec = {"output": "out", "layers": "fc",
+            "stores": {n: f"{n}.zarr" for n in "abcd"}}  # fmt: skip
+
+    def store_pairs(**kw):
+        return [(p.x_store, p.y_store) for p in parse_job({**spec, **kw}, base_dir=str(stores)).pairs]
+
+    assert store_pairs(against="last") == [("a", "d"), ("b", "d"), ("c", "d")]
+    assert store_pairs(against="last", pairs="all") == [("a", "d"), ("b", "d"), ("c", "d"), ("d", "d")]
+    assert store_pairs(against="previous") == [("b", "a"), ("c", "b"), ("d", "c")]
+    assert store_pairs(against="b") == [("a", "b"), ("c", "b"), ("d", "b")]
+    assert parse_job({**spec, "against": "last"}, base_dir=str(stores)).params()["against"] == "last"
+    with pytest.raises(JobError, match="did you mean 'b'"):
+        store_pairs(against="bb")
+    with pytest.raises(JobError, match="explicit list of pairs"):
+        store_pairs(against="last", pairs=[["a/fc", "b/fc"]])
+    with pytest.raises(JobError, match="against must be"):
+        store_pairs(against=3)

@@ -375,3 +375,49 @@ def test_output_inside_a_store_is_refused(root):
 
     with pytest.raises(JobError, match="inside store 'a'"):
         job_for(root, output="a.zarr/results")
+
+
+def test_against_last_keeps_results_against_the_old_last_checkpoint(tmp_path):
+    """Training goes on: a new checkpoint becomes 'last'. The rows against the old
+    last one stay, named by their y_store; rows of changed options never do."""
+    from pipeline.jobs import parse_job
+    from pipeline.output import read_table
+    from svcca_dask.store import create_store
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((300, 4))
+
+    def checkpoint(step):
+        s = create_store(tmp_path / "ckpt" / f"step-{step}.zarr")
+        s.append("fc", base @ rng.standard_normal((4, 5)) + 0.1 * rng.standard_normal((300, 5)))
+        s.append("fc2", rng.standard_normal((300, 3)))
+
+    for step in (100, 200, 300):
+        checkpoint(step)
+    spec = {"output": "out", "stores": {"ckpt": "ckpt/step-*.zarr"}, "measures": ["cka"],
+            "against": "last", "cluster": "threads"}  # fmt: skip
+    first = run_job(parse_job(spec, base_dir=str(tmp_path)), progress=False)
+    assert first.computed == 4 and {r["y_store"] for r in first.rows} == {"step-300"}
+    checkpoint(400)
+    second = run_job(parse_job(spec, base_dir=str(tmp_path)), progress=False)
+    assert second.computed == 6 and second.reused == 0 and second.kept == 4
+    table = read_table(str(tmp_path / "out"))
+    by_ref = {ref: sorted(r["x_store"] for r in table if r["y_store"] == ref)
+              for ref in ("step-300", "step-400")}  # fmt: skip
+    assert by_ref == {"step-300": ["step-100"] * 2 + ["step-200"] * 2,
+                      "step-400": ["step-100"] * 2 + ["step-200"] * 2 + ["step-300"] * 2}  # fmt: skip
+    assert {r["against"] for r in table} == {"last"}
+    old = {r["result_id"]: r["score"] for r in first.rows}
+    assert all(old[r["result_id"]] == r["score"] for r in table if r["y_store"] == "step-300")
+    assert "4 kept from earlier references" in second.summary()
+    # a rewritten old checkpoint drops its rows against the old reference
+    import shutil
+
+    shutil.rmtree(tmp_path / "ckpt" / "step-200.zarr")
+    checkpoint(200)
+    third = run_job(parse_job(spec, base_dir=str(tmp_path)), progress=False)
+    assert third.kept == 2 and third.computed == 2  # step-200 against step-400, again
+    # other options: the old reference's rows are stale, never mixed in
+    other = run_job(parse_job({**spec, "options": {"debiased": True}}, base_dir=str(tmp_path)),
+                    progress=False)  # fmt: skip
+    assert other.kept == 0 and {r["y_store"] for r in other.rows} == {"step-400"}
