@@ -21,14 +21,12 @@ from .measures import cca, pwcca, svcca
 from .results import (
     CCAResult,
     CKAResult,
-    DFTCCAResult,
-    DFTPWCCAResult,
-    DFTSVCCAResult,
     PWCCAResult,
     SimilarityMatrix,
     SVCCAResult,
 )
 from .rules import SampleSizeWarning
+from .sensitivity import class_sensitivity
 from .shape import shape_distance
 from .store import (
     ActivationStore,
@@ -51,9 +49,6 @@ __all__ = [
     "CCAResult",
     "CKAResult",
     "Connection",
-    "DFTCCAResult",
-    "DFTPWCCAResult",
-    "DFTSVCCAResult",
     "IncompleteLayerError",
     "LayerData",
     "LayerInfo",
@@ -62,7 +57,9 @@ __all__ = [
     "SVCCAResult",
     "SampleSizeWarning",
     "SimilarityMatrix",
+    "__version__",
     "cca",
+    "class_sensitivity",
     "connect",
     "conv_features",
     "create_store",

@@ -99,7 +99,7 @@ def test_dft_equals_flatten_cca_on_translation_invariant_data(layout, shift):
     flat_r = sd.cca(flat(x), flat(y))
     xi, yi = (x, y) if layout == "NCHW" else (nhwc(x), nhwc(y))
     r = sd.cca(xi, yi, conv="dft", layout=layout)
-    assert isinstance(r, sd.DFTCCAResult)
+    assert isinstance(r, sd.results.DFTCCAResult)
     assert r.coefficients.size == 4 * 4 * 2  # (common H x W) * min(C)
     np.testing.assert_allclose(
         r.coefficients, flat_r.coefficients, atol=1e-8
@@ -239,7 +239,7 @@ def test_live_channels_at_different_frequencies_correlate_with_nothing():
 def test_pwcca_and_side():
     x, y = translation_invariant(cx=4, cy=2)
     r = sd.pwcca(x, y, conv="dft", layout="NCHW")
-    assert isinstance(r, sd.DFTPWCCAResult)
+    assert isinstance(r, sd.results.DFTPWCCAResult)
     assert r.weights.sum() == pytest.approx(1.0)  # normalized
     assert r.weights.shape == r.coefficients.shape
     assert r.score == pytest.approx(float(r.weights @ r.coefficients))
