@@ -6,6 +6,7 @@ A job file::
     measures = ["svcca", "cka"]           # svcca, pwcca, cca, cka (default: svcca)
     pairs = "same-name"                   # "same-name", "all", or [["a/fc", "b/fc"], ...]
     against = "last"                      # store pairs: "last", "previous" or a store name
+    target = "labels"                     # instead of pairs: each layer against each class
     layers = ["layer*", "fc"]             # names or glob patterns (default: every layer)
     cluster = "local"                     # "local", "threads", "tcp://host:8786", ...
 
@@ -37,6 +38,13 @@ and a store name each store with that one. When a newer checkpoint becomes
 the last, the results against the old one stay in the table (their
 ``y_store`` names it, their ``against`` column the plan); rows of other
 options never do.
+
+``target`` replaces pairs by class sensitivity (:func:`svcca_dask.class_sensitivity`):
+each selected layer of every store against each class, ``"labels"`` as
+one-hot indicators of the store's labels, ``"<layer>"`` the columns of a
+``(n, n_classes)`` layer of each store (logits), ``"<store>/<layer>"`` one
+store's layer for all. A row's ``y_layer`` names the class (``labels[3]``,
+``logits[3]``); all of a store's pairs are one pass.
 
 Everything is checked up front (:func:`load_job`): a key that is not one of
 the above is an error (with the closest valid key), stores must be complete
@@ -146,8 +154,8 @@ def call_options(options: Mapping[str, Any]) -> dict[str, Any]:
     return opts
 
 _TOP_KEYS = (
-    "output", "stores", "layers", "pairs", "against", "measures", "options", "cluster",
-    "storage_options",
+    "output", "stores", "layers", "pairs", "against", "target", "measures", "options",
+    "cluster", "storage_options",
 )
 
 
@@ -191,6 +199,11 @@ class Job:
     against : str or None
         The store-pair plan: "last", "previous", a store name, or None
         (every pair of stores).
+    target : str or None
+        Class sensitivity's target ("labels", a layer, "store/layer"), or None.
+    target_columns : dict
+        ``(store, y_layer)`` of each class column -> ``(layer, class)``: the
+        target layer (or ``labels``) it comes from and its class.
     """
 
     output: str
@@ -203,6 +216,8 @@ class Job:
     source: str = "<dict>"
     storage_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     against: str | None = None
+    target: str | None = None
+    target_columns: dict[tuple[str, str], tuple[str, Any]] = field(default_factory=dict)
 
     def open(self, store: str) -> Any:
         """The :class:`~svcca_dask.store.ActivationStore` ``store`` names."""
@@ -234,6 +249,7 @@ class Job:
             "options": dict(self.options),
             "cluster": self.cluster,
             "against": self.against,
+            "target": self.target,
             # which options each store has, never their values (credentials)
             "storage_options": {k: sorted(v) for k, v in self.storage_options.items()},
         }
@@ -387,14 +403,23 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
     raw_pairs = spec.get("pairs", "same-name")
     names = list(stores)
     against = spec.get("against")
+    target = spec.get("target")
     store_pairs = _store_pairs(names, against, all_pairs=raw_pairs == "all", where=where)
     pairs: list[Pair] = []
-    if isinstance(raw_pairs, list) and against is not None:
+    columns: dict[tuple[str, str], tuple[str, Any]] = {}
+    if target is not None:
+        if "pairs" in spec or against is not None:
+            raise JobError(
+                f"{where}: target = {target!r} pairs each layer with each class itself; "
+                "remove pairs and against (or run them as another job)"
+            )
+        pairs, columns = _target_pairs(target, opened, layers, where)
+    elif isinstance(raw_pairs, list) and against is not None:
         raise JobError(
             f"{where}: against = {against!r} plans store pairs for pairs = 'same-name' or "
             "'all'; an explicit list of pairs names them itself"
         )
-    if raw_pairs == "same-name":
+    elif raw_pairs == "same-name":
         if len(names) < 2:
             raise JobError(
                 f"{where}: pairs = 'same-name' needs two or more stores; with one store use "
@@ -461,6 +486,19 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
             raise _unknown_key(key, list(OPTIONS), f"{where}: options")
         _check_option(key, value, where)
     _check_supported(options, measures, where)
+    if target is not None:
+        from svcca_dask.matrix import MATRIX_MEASURES
+
+        takes = {o for m in measures for o in MATRIX_MEASURES[m]} | {
+            "conv", "layout", "missing_chunks"
+        }  # fmt: skip
+        other = sorted(k for k in options if k not in takes)
+        if other or options.get("conv") == "samples":
+            raise JobError(
+                f"{where}: target jobs compute every class in one pass, which takes "
+                f"{', '.join(sorted(takes))} (conv 'dft', 'mean' or 'flatten'); remove "
+                f"{', '.join(other) or 'conv = samples'}"
+            )
 
     # cluster
     cluster = spec.get("cluster", "local")
@@ -475,6 +513,10 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
     used: dict[tuple[str, str], Any] = {}
     for p in pairs:
         for store, layer in ((p.x_store, p.x_layer), (p.y_store, p.y_layer)):
+            if (store, layer) in columns:
+                layer = columns[(store, layer)][0]
+                used[(p.y_store, p.y_layer)] = opened[store].info(layer)
+                continue
             if (store, layer) in used:
                 continue
             info = opened[store].info(layer)
@@ -524,7 +566,59 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
         source=source,
         storage_options=storage,
         against=against,
+        target=target,
+        target_columns=columns,
     )
+
+
+def _target_pairs(
+    target: Any, opened: Mapping[str, Any], layers: Mapping[str, list[str]], where: str
+) -> tuple[list[Pair], dict[tuple[str, str], tuple[str, Any]]]:
+    """Class sensitivity's pairs: each selected layer of each store against each
+    class column of ``target`` (see the module docstring), and the columns."""
+    import numpy as np
+
+    from svcca_dask.store import LABELS
+
+    if not isinstance(target, str) or not target:
+        raise JobError(f"{where}: target must be 'labels', a layer or 'store/layer', got {target!r}")
+    fixed, sep, name = target.rpartition("/")
+    if sep and fixed not in opened:
+        raise JobError(f"{where}: target {target!r}: no store {fixed!r} ({', '.join(opened)})")
+    pairs, columns = [], {}
+    for store in opened:
+        if store == fixed:
+            continue
+        t_store = fixed or store
+        s = opened[t_store]
+        if name not in s:
+            raise JobError(
+                f"{where}: target {target!r}: store {t_store!r} has no "
+                + ("labels" if name == LABELS else f"layer {name!r}")
+                + f" (layers: {', '.join(s.layer_names())})"
+            )
+        info = s.info(name)
+        if name == LABELS or len(info.shape) == 1:
+            values = np.asarray(s.read(name).data.compute())
+            if np.issubdtype(values.dtype, np.floating):
+                raise JobError(f"{where}: target {t_store}/{name} is 1-D float: labels are integers")
+            classes = [v.item() for v in np.unique(values)]
+        elif len(info.shape) == 2:
+            classes = list(range(info.shape[1]))
+        else:
+            raise JobError(
+                f"{where}: target {t_store}/{name} has dims {info.dims}: a target is labels "
+                "(n,) or per-class scores (n, n_classes)"
+            )
+        for layer in layers[store]:
+            if t_store == store and layer == name:
+                continue  # the logits against themselves
+            for c in classes:
+                pairs.append(Pair(store, layer, t_store, f"{name}[{c}]"))
+                columns[(t_store, f"{name}[{c}]")] = (name, c)
+    if not pairs:
+        raise JobError(f"{where}: target {target!r} leaves no layer to compare")
+    return pairs, columns
 
 
 def _store_pairs(

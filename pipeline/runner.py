@@ -261,6 +261,7 @@ class _Group:
     conv: Any
     tasks: list[_Task]
     conv_layers: bool = False  # some layer of the group is 4-D
+    target: bool = False  # class sensitivity: every layer x class in one pass
 
     @property
     def measures(self) -> list[str]:
@@ -281,6 +282,8 @@ class _Group:
     @property
     def matrix(self) -> bool:
         """Whether every measure's pairs are the same full layer x layer product."""
+        if self.target:
+            return True  # every layer against every class (the job checked the options)
         if self.conv_layers and self.conv == "dft":
             return False  # the per-frequency (DFT) statistics depend on the pair
         from svcca_dask.matrix import MATRIX_MEASURES
@@ -328,6 +331,9 @@ def _fingerprints(job: Job) -> Callable[[str, str], str]:
     fps: dict[tuple[str, str], str] = {}
 
     def fp(store: str, layer: str) -> str:
+        if (store, layer) in job.target_columns:  # a class column: its array's, and the class
+            name, c = job.target_columns[(store, layer)]
+            return f"{fp(store, name)}[{c!r}]"
         if (store, layer) not in fps:
             if store not in stores:
                 stores[store] = job.open(store)
@@ -383,13 +389,16 @@ def _groups(job: Job, tasks: list[_Task]) -> list[_Group]:
     groups: dict[tuple[str, str, str], _Group] = {}
     for t in tasks:
         conv = t.options.get("conv", _default_conv(t.measure))
-        key = (t.pair.x_store, t.pair.y_store, repr(conv))
+        target = (t.pair.y_store, t.pair.y_layer) in job.target_columns
+        key = (t.pair.x_store, t.pair.y_store, repr(conv), target)
         if key not in groups:
-            groups[key] = _Group(t.pair.x_store, t.pair.y_store, conv, [])
+            groups[key] = _Group(t.pair.x_store, t.pair.y_store, conv, [], target=target)
         g = groups[key]
         g.tasks.append(t)
         p = t.pair
         for store, layer in ((p.x_store, p.x_layer), (p.y_store, p.y_layer)):
+            if (store, layer) in job.target_columns:
+                continue
             if len(stores[store].info(layer).shape) != 2:
                 g.conv_layers = True
     return list(groups.values())
@@ -403,6 +412,24 @@ def _compute(
     row by tile row, as the library finishes them; others one by one)."""
     import svcca_dask
 
+    if group.target:
+        rows = list(dict.fromkeys(t.pair.x_layer for t in group.tasks))
+        cols = list(dict.fromkeys(t.pair.y_layer for t in group.tasks))
+        name = job.target_columns[(group.y_store, cols[0])][0]
+        classes = {job.target_columns[(group.y_store, c)][1]: c for c in cols}
+        per_pair = Counter((t.pair.x_layer, t.pair.y_layer) for t in group.tasks)
+        log.info("class sensitivity %s: %s against %s", ", ".join(group.measures), rows, name)
+        mats = svcca_dask.class_sensitivity(
+            {r: job.layer_input(group.x_store, r) for r in rows},
+            job.layer_input(group.y_store, name),
+            measures=group.measures, classes=list(classes),
+            on_pair=lambda r, c: advance(per_pair.get((r, classes[c]), 0)),
+            **group.matrix_options(),
+        )  # fmt: skip
+        by_column = {c: k for k, c in classes.items()}
+        for t in group.tasks:
+            yield t, mats[t.measure][(t.pair.x_layer, by_column[t.pair.y_layer])]
+        return
     if group.matrix:
         per_pair = Counter((t.pair.x_layer, t.pair.y_layer) for t in group.tasks)
         rows = list(dict.fromkeys(t.pair.x_layer for t in group.tasks))
@@ -557,7 +584,9 @@ def _run(
                     "options": json.dumps(t.options, sort_keys=True),
                     "result_id": t.result_id,
                     "x_path": job.layer_path(p.x_store, p.x_layer),
-                    "y_path": job.layer_path(p.y_store, p.y_layer),
+                    "y_path": job.layer_path(
+                        p.y_store, job.target_columns.get((p.y_store, p.y_layer), (p.y_layer,))[0]
+                    ),
                     "computed_at": _now(),
                 }
                 report.computed += 1

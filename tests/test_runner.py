@@ -421,3 +421,46 @@ def test_against_last_keeps_results_against_the_old_last_checkpoint(tmp_path):
     other = run_job(parse_job({**spec, "options": {"debiased": True}}, base_dir=str(tmp_path)),
                     progress=False)  # fmt: skip
     assert other.kept == 0 and {r["y_store"] for r in other.rows} == {"step-400"}
+
+
+def test_class_sensitivity_as_a_job(tmp_path):
+    """target = 'labels': every layer against each class, one pass per store, equal to
+    the API; a logits layer as the target; a rerun reuses every row."""
+    import svcca_dask as sd
+    from pipeline.jobs import JobError, parse_job
+    from svcca_dask.store import create_store
+
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = rng.integers(0, 3, n)
+    fc = np.eye(3)[labels] @ rng.standard_normal((3, 6)) + 0.5 * rng.standard_normal((n, 6))
+    conv = fc[:, :, None, None] + 0.2 * rng.standard_normal((n, 6, 2, 2))
+    s = create_store(tmp_path / "net.zarr")
+    s.append("fc", fc)
+    s.append("conv", conv)
+    s.append("logits", fc @ rng.standard_normal((6, 3)))
+    s.append_labels(labels)
+    spec = {"output": "out", "stores": {"net": "net.zarr"}, "target": "labels",
+            "layers": ["fc", "conv"], "measures": ["svcca", "cka"], "cluster": "threads"}  # fmt: skip
+    job = parse_job(spec, base_dir=str(tmp_path))
+    report = run_job(job, progress=False)
+    assert report.computed == 12 and report.passes == 1  # 2 layers x 3 classes x 2 measures
+    api = sd.class_sensitivity({"fc": f"{s.path}/fc", "conv": f"{s.path}/conv"},
+                               f"{s.path}/labels", measures=["svcca", "cka"])  # fmt: skip
+    for r in report.rows:
+        c = int(r["y_layer"].removeprefix("labels[").removesuffix("]"))
+        assert r["y_store"] == "net" and r["y_path"] == f"{s.path}/labels"
+        assert r["score"] == api[r["measure"]][(r["x_layer"], c)].score
+    assert run_job(parse_job(spec, base_dir=str(tmp_path)), progress=False).reused == 12
+    logits = run_job(parse_job({**spec, "target": "logits", "layers": "*", "output": "o2"},
+                               base_dir=str(tmp_path)), progress=False)  # fmt: skip
+    assert {r["x_layer"] for r in logits.rows} == {"fc", "conv"}  # not the logits themselves
+    assert {r["y_layer"] for r in logits.rows} == {"logits[0]", "logits[1]", "logits[2]"}
+    by_pair = {(r["x_layer"], r["y_layer"], r["measure"]): r["score"] for r in logits.rows}
+    assert by_pair[("fc", "logits[1]", "svcca")] == pytest.approx(1.0, abs=1e-6)  # affine in fc
+    with pytest.raises(JobError, match="remove pairs and against"):
+        parse_job({**spec, "pairs": "all"}, base_dir=str(tmp_path))
+    with pytest.raises(JobError, match="remove folds"):
+        parse_job({**spec, "options": {"folds": 2}}, base_dir=str(tmp_path))
+    with pytest.raises(JobError, match="has no layer 'probs'"):
+        parse_job({**spec, "target": "probs"}, base_dir=str(tmp_path))
