@@ -1,6 +1,7 @@
 """The ``svcca-dask`` command line.
 
-The subcommands: ``compare``, ``extract``, ``run`` and ``layers`` (here) and
+The subcommands: ``compare``, ``extract``, ``run``, ``layers``, ``report`` and
+``freeze`` (here) and
 ``demo`` (:mod:`pipeline.demo`). Each module's ``add_parser(subparsers)``
 adds its subparsers and sets each one's handler with
 ``parser.set_defaults(handler=fn)``; a handler takes the parsed
@@ -56,11 +57,14 @@ QUIET_LOGGERS: tuple[str, ...] = ("distributed", "bokeh", "tornado")
 
 
 def add_parser(subparsers: Any) -> None:
-    """Add the built-in subcommands: ``compare``, ``extract``, ``run``, ``layers``."""
+    """Add the built-in subcommands: ``compare``, ``extract``, ``run``, ``layers``,
+    ``report``, ``freeze``."""
     _add_compare(subparsers)
     _add_extract(subparsers)
     _add_run(subparsers)
     _add_layers(subparsers)
+    _add_report(subparsers)
+    _add_freeze(subparsers)
 
 
 def _add_compare(subparsers: Any) -> None:
@@ -216,8 +220,56 @@ def _add_run(subparsers: Any) -> None:
     p.add_argument("job", help="the job file, e.g. job.toml")
     p.add_argument("--force", action="store_true", help="recompute every result")
     p.add_argument("--cluster", default=None, help="override the job's cluster")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="then write the report (index.html and figures) to OUTPUT/report",
+    )
     _add_progress(p)
     p.set_defaults(handler=_run)
+
+
+def _add_report(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "report",
+        help="figures and index.html for a results folder",
+        description=(
+            "Draw a results folder: learning dynamics and per-layer convergence for a "
+            "checkpoint set, a heatmap per store pair and measure, class sensitivity, "
+            "and the table, in index.html with one PNG per figure."
+        ),
+    )
+    p.add_argument("results", metavar="RESULTS_DIR", help="the output folder of a run")
+    p.add_argument("--out", default=None, help="report folder (default: RESULTS_DIR/report)")
+    p.add_argument(
+        "--threshold", type=float, default=0.99,
+        help="score at which a layer counts as converged, in the text (default 0.99)",
+    )  # fmt: skip
+    p.set_defaults(handler=_report)
+
+
+def _add_freeze(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "freeze",
+        help="the Freeze Training schedule of a checkpoint set's results, as JSON",
+        description=(
+            "From a run with against = 'last' (each checkpoint against the final one, "
+            "same-name pairs): the fraction of training after which each layer may stop "
+            "training (its score with its final state reaches the threshold; bottom-up)."
+        ),
+    )
+    p.add_argument("results", metavar="RESULTS_DIR", help="the output folder of a run")
+    p.add_argument("--threshold", type=float, default=0.99, help="default 0.99")
+    p.add_argument("--measure", default=None, help="default svcca (when the table has it)")
+    p.add_argument(
+        "--layers", default=None,
+        help="comma-separated layer names, input to output (default: the table's order)",
+    )  # fmt: skip
+    p.add_argument(
+        "--trainable-last", type=int, default=1,
+        help="top layers that never freeze (default 1: the logits)",
+    )  # fmt: skip
+    p.set_defaults(handler=_freeze)
 
 
 def _add_layers(subparsers: Any) -> None:
@@ -312,6 +364,29 @@ def _run(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     report = run_job(job, force=args.force, cluster=args.cluster, progress=args.progress)
     print(report.summary())
+    if args.report:
+        from .results_report import write_results_report
+
+        print(f"report: {write_results_report(job.output)}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .results_report import write_results_report
+
+    print(write_results_report(args.results, args.out, threshold=args.threshold))
+    return 0
+
+
+def _freeze(args: argparse.Namespace) -> int:
+    from .analysis import freeze_plan, load_results
+
+    layers = None if args.layers is None else [n for n in args.layers.split(",") if n]
+    plan = freeze_plan(
+        load_results(args.results), threshold=args.threshold, measure=args.measure,
+        layers=layers, trainable_last=args.trainable_last,
+    )  # fmt: skip
+    print(json.dumps(plan, indent=2))
     return 0
 
 

@@ -55,15 +55,14 @@ the available ones, and paired layers must have the same number of samples.
 from __future__ import annotations
 
 import difflib
-import glob
 import inspect
-import itertools
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from .plans import expand, store_pairs, target_pairs
 
 __all__ = [
     "MEASURES",
@@ -276,6 +275,14 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     return parse_job(spec, base_dir=os.path.dirname(os.path.abspath(path)), source=path)
 
 
+def _planned(plan: Any, *args: Any, **kwargs: Any) -> Any:
+    """A :mod:`pipeline.plans` function's result; what it refuses, as a JobError."""
+    try:
+        return plan(*args, **kwargs)
+    except ValueError as err:
+        raise JobError(str(err)) from None
+
+
 def _unknown_key(key: str, valid: tuple[str, ...] | list[str], where: str) -> JobError:
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -364,7 +371,7 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
             p, own = p["path"], p.get("storage_options", {})
         if not isinstance(p, str):
             raise JobError(f"{where}: stores.{name} must be a path string, got {p!r}")
-        for store, path in _expand(name, absolute(p), where):
+        for store, path in _planned(expand, name, absolute(p), where):
             if store in stores:
                 raise JobError(f"{where}: two stores are both named {store!r} ({path})")
             stores[store] = path
@@ -404,7 +411,7 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
     names = list(stores)
     against = spec.get("against")
     target = spec.get("target")
-    store_pairs = _store_pairs(names, against, all_pairs=raw_pairs == "all", where=where)
+    planned = _planned(store_pairs, names, against, all_pairs=raw_pairs == "all", where=where)
     pairs: list[Pair] = []
     columns: dict[tuple[str, str], tuple[str, Any]] = {}
     if target is not None:
@@ -413,7 +420,8 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
                 f"{where}: target = {target!r} pairs each layer with each class itself; "
                 "remove pairs and against (or run them as another job)"
             )
-        pairs, columns = _target_pairs(target, opened, layers, where)
+        found, columns = _planned(target_pairs, target, opened, layers, where)
+        pairs = [Pair(*p) for p in found]
     elif isinstance(raw_pairs, list) and against is not None:
         raise JobError(
             f"{where}: against = {against!r} plans store pairs for pairs = 'same-name' or "
@@ -425,7 +433,7 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
                 f"{where}: pairs = 'same-name' needs two or more stores; with one store use "
                 "pairs = 'all' (its layer x layer matrix) or an explicit list"
             )
-        for a, b in store_pairs:
+        for a, b in planned:
             common = [layer for layer in layers[a] if layer in layers[b]]
             pairs.extend(Pair(a, layer, b, layer) for layer in common)
         if not pairs:
@@ -434,7 +442,7 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
                 f"(selected: {', '.join(f'{k}: {v}' for k, v in layers.items())})"
             )
     elif raw_pairs == "all":
-        for a, b in store_pairs:
+        for a, b in planned:
             pairs.extend(Pair(a, la, b, lb) for la in layers[a] for lb in layers[b])
     elif isinstance(raw_pairs, list) and raw_pairs:
         for item in raw_pairs:
@@ -571,99 +579,7 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
     )
 
 
-def _target_pairs(
-    target: Any, opened: Mapping[str, Any], layers: Mapping[str, list[str]], where: str
-) -> tuple[list[Pair], dict[tuple[str, str], tuple[str, Any]]]:
-    """Class sensitivity's pairs: each selected layer of each store against each
-    class column of ``target`` (see the module docstring), and the columns."""
-    import numpy as np
 
-    from svcca_dask.store import LABELS
-
-    if not isinstance(target, str) or not target:
-        raise JobError(f"{where}: target must be 'labels', a layer or 'store/layer', got {target!r}")
-    fixed, sep, name = target.rpartition("/")
-    if sep and fixed not in opened:
-        raise JobError(f"{where}: target {target!r}: no store {fixed!r} ({', '.join(opened)})")
-    pairs, columns = [], {}
-    for store in opened:
-        if store == fixed:
-            continue
-        t_store = fixed or store
-        s = opened[t_store]
-        if name not in s:
-            raise JobError(
-                f"{where}: target {target!r}: store {t_store!r} has no "
-                + ("labels" if name == LABELS else f"layer {name!r}")
-                + f" (layers: {', '.join(s.layer_names())})"
-            )
-        info = s.info(name)
-        if name == LABELS or len(info.shape) == 1:
-            values = np.asarray(s.read(name).data.compute())
-            if np.issubdtype(values.dtype, np.floating):
-                raise JobError(f"{where}: target {t_store}/{name} is 1-D float: labels are integers")
-            classes = [v.item() for v in np.unique(values)]
-        elif len(info.shape) == 2:
-            classes = list(range(info.shape[1]))
-        else:
-            raise JobError(
-                f"{where}: target {t_store}/{name} has dims {info.dims}: a target is labels "
-                "(n,) or per-class scores (n, n_classes)"
-            )
-        for layer in layers[store]:
-            if t_store == store and layer == name:
-                continue  # the logits against themselves
-            for c in classes:
-                pairs.append(Pair(store, layer, t_store, f"{name}[{c}]"))
-                columns[(t_store, f"{name}[{c}]")] = (name, c)
-    if not pairs:
-        raise JobError(f"{where}: target {target!r} leaves no layer to compare")
-    return pairs, columns
-
-
-def _store_pairs(
-    names: list[str], against: Any, *, all_pairs: bool, where: str
-) -> list[tuple[str, str]]:
-    """The ``(x store, y store)`` pairs of a job: every pair in order, or
-    ``against``'s plan (see the module docstring)."""
-    if against is None:
-        if len(names) == 1 and all_pairs:
-            return [(names[0], names[0])]
-        return list(itertools.combinations(names, 2))
-    if not isinstance(against, str) or not against:
-        raise JobError(
-            f"{where}: against must be 'last', 'previous' or a store name, got {against!r}"
-        )
-    if against == "previous":
-        return list(zip(names[1:], names[:-1], strict=True))
-    ref = names[-1] if against == "last" else against
-    if ref not in names:
-        close = difflib.get_close_matches(ref, names, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise JobError(
-            f"{where}: against = {against!r} is neither 'last', 'previous' nor a store{hint} "
-            f"(stores: {', '.join(names)})"
-        )
-    return [(n, ref) for n in names if n != ref or all_pairs]
-
-
-def _natural(text: str) -> list[Any]:
-    """Sort key that orders numbers by value: step-100 before step-1000."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
-def _expand(name: str, path: str, where: str) -> list[tuple[str, str]]:
-    """``(store name, path)`` of a job's store entry: itself, or for a glob
-    (``ckpt/step-*.zarr``) one store per match, named by the match and ordered
-    naturally; matched again at every run, so new checkpoints join."""
-    from svcca_dask.store.format import is_url
-
-    if is_url(path) or not any(c in path for c in "*?["):
-        return [(name, path)]
-    matches = sorted(glob.glob(path), key=lambda m: _natural(os.path.basename(m.rstrip("/"))))
-    if not matches:
-        raise JobError(f"{where}: stores.{name} = {path!r} matches no store")
-    return [(os.path.splitext(os.path.basename(m.rstrip("/")))[0], m) for m in matches]
 
 
 def _check_option(key: str, value: Any, where: str) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "html_table",
     "plot_accuracy_vs_k",
     "plot_class_sensitivity",
+    "plot_convergence",
     "plot_heatmaps",
     "plot_neurons_vs_directions",
     "plot_spectrum",
@@ -314,6 +315,47 @@ def plot_accuracy_vs_k(
     ax.set_ylim(0, 1.02)
     ax.set_title(f"Compression: {layer} projected on k directions", fontsize=10)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_convergence(
+    curves: Mapping[str, Mapping[float, float]],
+    path: PathLike,
+    *,
+    reference: str,
+    ylabel: str = "SVCCA with the final state",
+    threshold: float | None = None,
+) -> Path:
+    """Each layer's score against its reference state over training: one line per layer.
+
+    Parameters
+    ----------
+    curves : mapping of layer -> {fraction of training: score}
+        Layers input to output (the legend's order).
+    path : path
+    reference : str
+        The reference checkpoint, for the title.
+    ylabel : str
+    threshold : float, optional
+        Drawn as a dashed line (the Freeze Training threshold).
+
+    Returns
+    -------
+    Path
+    """
+    if not curves:
+        raise ValueError("curves is empty: give at least one layer's curve")
+    fig = _figure(6.5, 4)
+    ax = fig.subplots()
+    for layer, curve in curves.items():
+        t = sorted(curve)
+        ax.plot([100 * f for f in t], [curve[f] for f in t], marker="o", label=layer)
+    if threshold is not None:
+        ax.axhline(threshold, color="0.4", ls="--", lw=1, label=f"threshold {threshold:g}")
+    ax.set_xlabel("training (% of the reference checkpoint)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"Per-layer convergence towards {reference}", fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.demo.models import build_model, freeze_schedule, load_digits, set_determinism, train
+from pipeline.analysis import freeze_schedule
+from pipeline.demo.models import build_model, load_digits, set_determinism, train
 
 LAYERS = ("a", "b", "c", "d")
 

@@ -17,7 +17,9 @@ def data():
     onehot = np.eye(4)[labels]
     x = np.c_[onehot @ rng.standard_normal((4, 6)), rng.standard_normal((n, 3))]
     x += 0.3 * rng.standard_normal(x.shape)
-    conv = np.repeat(x[:, :, None, None], 3, 2).repeat(3, 3) + 0.1 * rng.standard_normal((n, 9, 3, 3))
+    conv = np.repeat(x[:, :, None, None], 3, 2).repeat(3, 3) + 0.1 * rng.standard_normal(
+        (n, 9, 3, 3)
+    )
     return labels, onehot, x, conv
 
 

@@ -13,9 +13,9 @@ Everything here runs on CPU in seconds on scikit-learn's 8 x 8 digits:
   (state dicts) at fractions of training, and optionally follows a Freeze
   Training schedule (lower layers stop training once they have converged,
   Raghu et al. 2017).
-- :func:`freeze_schedule` turns per-layer convergence curves (SVCCA of each
-  layer against its own final state, from the learning-dynamics job) into
-  that schedule.
+- The schedule itself comes from :func:`pipeline.analysis.freeze_schedule`
+  (per-layer convergence curves from the learning-dynamics job), the code
+  ``svcca-dask freeze`` uses.
 - :func:`accuracy_with_projection` runs a network with one layer's output
   replaced by ``mean + (out - mean) @ P`` for a projection matrix ``P`` that
   comes from :mod:`svcca_dask` (this module does no similarity math).
@@ -46,7 +46,6 @@ __all__ = [
     "accuracy",
     "accuracy_with_projection",
     "build_model",
-    "freeze_schedule",
     "layer_names",
     "load_digits",
     "set_determinism",
@@ -251,78 +250,6 @@ def layer_names(model: nn.Module) -> tuple[str, ...]:
     return tuple(names)
 
 
-# --------------------------------------------------------------------------- #
-# Freeze Training schedule
-
-
-def freeze_schedule(
-    convergence: Mapping[str, Mapping[float, float]],
-    *,
-    layers: Sequence[str],
-    threshold: float,
-    trainable_last: int = 1,
-) -> dict[str, float | None]:
-    """When each layer may stop training: the Freeze Training schedule.
-
-    A layer has converged at the first checkpoint (fraction of training,
-    after the start and before the end) where its similarity to its own final
-    state reaches ``threshold``. The start is never a convergence point: the
-    initialization has learned nothing, whatever its score (a layer affine in
-    the input, such as a first conv layer before its nonlinearity, has SVCCA 1
-    with every later state, since CCA is invariant to invertible linear maps).
-    Layers freeze bottom-up: a layer is frozen no earlier than every layer
-    below it (freezing a layer while one below still trains would change its
-    input under it). The top ``trainable_last`` layers never freeze.
-
-    Parameters
-    ----------
-    convergence : mapping of layer -> {fraction: similarity}
-        Similarity (e.g. SVCCA) of each layer at checkpoint ``fraction`` with
-        the same layer at the end of training. Entries at fraction 0 (the
-        initialization) and 1 (the final state against itself) are ignored.
-    layers : sequence of str
-        Layer names, input to output.
-    threshold : float
-        Similarity in (0, 1] at which a layer counts as converged.
-    trainable_last : int, default 1
-        Number of top layers that always train (at least the logits).
-
-    Returns
-    -------
-    dict of layer -> fraction or None
-        Fraction of training after which the layer is frozen, or ``None`` if
-        it trains to the end. Keys in ``layers`` order.
-
-    Raises
-    ------
-    ValueError
-        If ``threshold`` is out of range or a layer has no convergence curve.
-    """
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    if trainable_last < 0:
-        raise ValueError(f"trainable_last must be >= 0, got {trainable_last}")
-    missing = [name for name in layers if name not in convergence]
-    if missing:
-        raise ValueError(
-            f"no convergence curve for layer(s) {missing}; convergence has {sorted(convergence)}"
-        )
-    schedule: dict[str, float | None] = {}
-    floor = 0.0  # no layer freezes before the one below it
-    blocked = False  # a layer below trains to the end: nothing above may freeze
-    n_free = len(layers) - trainable_last
-    for i, name in enumerate(layers):
-        curve = {float(t): float(s) for t, s in convergence[name].items() if 0.0 < float(t) < 1.0}
-        reached = sorted(t for t, s in curve.items() if s >= threshold)
-        if blocked or i >= n_free or not reached:
-            schedule[name] = None
-            blocked = True
-            continue
-        floor = max(reached[0], floor)
-        schedule[name] = floor
-    return schedule
-
-
 def _module_groups(model: nn.Module) -> dict[str, list[nn.Module]]:
     """The modules whose parameters belong to each extracted layer."""
     return {name: [model.get_submodule(name)] for name in layer_names(model)}
@@ -444,7 +371,7 @@ def train(
         Fractions of training (in [0, 1]) at which to keep the state dict;
         fraction ``f`` is taken after ``round(f * total_steps)`` steps.
     schedule : mapping of layer -> fraction or None, optional
-        A Freeze Training schedule (see :func:`freeze_schedule`): after
+        A Freeze Training schedule (see :func:`pipeline.analysis.freeze_schedule`): after
         ``round(fraction * total_steps)`` steps the layer's parameters stop
         training and its batch norm statistics freeze. ``None`` trains all.
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..analysis import score_matrix as _matrix
 from .checks import _convergence_check, _neuron_check
 from .page import _pct, _write_report
 from .summary import (
@@ -247,21 +248,6 @@ def _run_jobs(out: Path, specs: dict[str, dict[str, Any]], *, address: str) -> l
     return rows
 
 
-def _matrix(
-    rows: Sequence[dict[str, Any]], x_store: str, y_store: str, xl: Sequence[str], yl: Sequence[str]
-) -> np.ndarray:
-    """The ``len(xl) x len(yl)`` scores of one pair of store names from result rows (NaN if absent)."""
-    m = np.full((len(xl), len(yl)), np.nan)
-    ix = {name: i for i, name in enumerate(xl)}
-    iy = {name: j for j, name in enumerate(yl)}
-    for r in rows:
-        if r["x_store"] == x_store and r["y_store"] == y_store:
-            i, j = ix.get(r["x_layer"]), iy.get(r["y_layer"])
-            if i is not None and j is not None:
-                m[i, j] = float(r["score"])
-    return m
-
-
 def run_demo(
     out: str | os.PathLike[str] = DEFAULT_OUT,
     *,
@@ -300,6 +286,7 @@ def run_demo(
     from svcca_dask.store import open_store
 
     from .. import report as rp
+    from ..analysis import freeze_schedule
     from .models import (
         CHECKPOINTS,
         ConvNet,
@@ -307,7 +294,6 @@ def run_demo(
         accuracy,
         accuracy_with_projection,
         build_model,
-        freeze_schedule,
         load_digits,
         set_determinism,
         train,
