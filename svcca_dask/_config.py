@@ -22,6 +22,11 @@ __all__ = [
 #: tasks work on pieces of about this size (DESIGN.md, performance principles).
 DEFAULT_CHUNK_BYTES = 16 * 2**20
 
+#: Fan-in of the statistics' tree reductions (``split_every``): the row-group
+#: tasks make trees of a few leaves per thread, so a small fan-in costs no more
+#: merge work, and holds fewer partials at once (benchmarks/RESULTS.md, cluster).
+DEFAULT_SPLIT_EVERY = 4
+
 #: Largest total feature count (x and y together) whose ``(d, d)`` float64
 #: co-moment the covariance path accumulates: 8192 features is 512 MiB per
 #: partial statistic, and a tree reduction holds ``split_every + 1`` of them.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._config import DEFAULT_MAX_FEATURES
+from ._config import DEFAULT_MAX_FEATURES, DEFAULT_SPLIT_EVERY
 from .conv.measures import dft_measure
 from .input import ArrayLike, reads_inputs
 from .measures import ConvOption, _pair_stats, _prepare
@@ -81,7 +81,7 @@ def linear_cka(
     *,
     conv: ConvOption = "dft",
     layout: str | tuple[str | None, str | None] | None = None,
-    split_every: int = 8,
+    split_every: int = DEFAULT_SPLIT_EVERY,
     max_features: int = DEFAULT_MAX_FEATURES,
     debiased: bool = False,
     mask: ArrayLike | None = None,

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from .memory import plan_covariance
-from .stats import PairStats, accumulate_graph, compute, moments_combine, pair_stats, to_moments
+from .scheduler import compute
+from .stats import PairStats, accumulate_graph, moments_combine, pair_stats, to_moments
 
 __all__ = ["check_folds", "fold_bounds", "fold_stats", "held_out"]
 

@@ -13,7 +13,7 @@ Which blocks: joint SYRK or the needed blocks only
 --------------------------------------------------
 When ``xs`` and ``ys`` share their layers (a network against itself) every
 block of the stacked co-moment is needed: the task runs the core's single SYRK
-(:func:`~svcca_dask.stats.accumulate_graph`). When the two sides are disjoint
+(:func:`~svcca_dask.stats.accumulate_graphs`). When the two sides are disjoint
 (two networks, two checkpoints) the joint SYRK would also compute the x-x and
 y-y cross blocks that no pair needs: with ``L`` layers of width ``w`` per side
 it does ``(2 L w)**2 / 2`` multiply-adds per row, against ``L w**2 + (L w)**2``
@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ._config import DEFAULT_MAX_FEATURES, cpu_count
+from ._config import DEFAULT_MAX_FEATURES, DEFAULT_SPLIT_EVERY, cpu_count
 from .cka import cka_from_stats
 from .conv.features import conv_features
 from .conv.plan import DFT
@@ -64,15 +64,9 @@ from .measures import cca_from_stats, pwcca_from_stats, svcca_from_stats
 from .memory import check_peak, covariance_bytes, fan_in, fits
 from .results import SimilarityMatrix
 from .rules import check_epsilon, check_side, keep_pair, warn_notes
+from .scheduler import compute
 from .shape import check_shape, shape_from_stats
-from .stats import (
-    PairStats,
-    Region,
-    accumulate_graph,
-    compute,
-    pair_stats,
-    to_moments,
-)
+from .stats import PairStats, Region, accumulate_graphs, pair_stats, to_moments
 
 __all__ = ["MATRIX_MEASURES", "similarity_matrices", "similarity_matrix"]
 
@@ -105,7 +99,7 @@ def similarity_matrix(
     conv: str | None = None,
     layout: str | None = None,
     max_width: int = DEFAULT_MAX_FEATURES,
-    split_every: int = 8,
+    split_every: int = DEFAULT_SPLIT_EVERY,
     return_results: bool = True,
     on_pair: Callable[[Hashable, Hashable], None] | None = None,
     **options: Any,
@@ -135,7 +129,7 @@ def similarity_matrix(
         Largest stacked feature count of one accumulated statistic (memory is
         at most ``8 * max_width**2`` bytes per partial). Wider layer sets are
         split into tiles.
-    split_every : int, default 8
+    split_every : int, default DEFAULT_SPLIT_EVERY (4)
         Fan-in of the tree reduction over row chunks.
     return_results : bool, default True
         Keep every pair's full result (weights, directions): these hold
@@ -211,7 +205,7 @@ def similarity_matrices(
     conv: str | None = None,
     layout: str | None = None,
     max_width: int = DEFAULT_MAX_FEATURES,
-    split_every: int = 8,
+    split_every: int = DEFAULT_SPLIT_EVERY,
     return_results: bool = True,
     on_pair: Callable[[Hashable, Hashable], None] | None = None,
     **options: Any,
@@ -341,19 +335,18 @@ def similarity_matrices(
     n_tiles = 0
     flagged: dict[str, list[str]] = {}  # measure -> the notes of its flagged pairs
     for tile_row, homes in plan:
-        graphs = []
-        for tile in tile_row:
-            tile_arrays = [arrays[k] for k in tile]
-            names = [labels[k] for k in tile]
-            if blockwise:  # tiles hold their row layers first (see _plan_tiles)
-                n_x = sum(k in row_set for k in tile)
-                graphs.append(_cross_graph(tile_arrays, n_x, names=names, split_every=split_every))
-            else:
-                graphs.append(
-                    accumulate_graph(
-                        tile_arrays, names=names, split_every=split_every, norms=debiased
-                    )
-                )
+        tile_arrays = [[arrays[k] for k in tile] for tile in tile_row]
+        names = [[labels[k] for k in tile] for tile in tile_row]
+        if blockwise:  # tiles hold their row layers first (see _plan_tiles)
+            regions = [
+                _cross_regions([int(a.shape[1]) for a in ta], sum(k in row_set for k in tile))
+                for ta, tile in zip(tile_arrays, tile_row, strict=True)
+            ]
+        # one task per row chunk reads each layer of the tile row once, for every tile
+        graphs = accumulate_graphs(
+            tile_arrays, names=names, split_every=split_every,
+            regions=regions if blockwise else None, norms=debiased,
+        )  # fmt: skip
         outs = compute(*graphs)
         n_tiles += len(tile_row)
         if blockwise:
@@ -486,17 +479,10 @@ def _cross_regions(sizes: Sequence[int], n_x: int) -> list[Region]:
     return [*own, (0, edges[n_x], edges[n_x], edges[-1])]
 
 
-def _cross_graph(
-    arrays: Sequence[Any], n_x: int, *, names: Sequence[str], split_every: int
-) -> Any:
-    """The lazy statistics of the needed blocks (see :func:`_cross_regions`)."""
-    regions = _cross_regions([int(a.shape[1]) for a in arrays], n_x)
-    return accumulate_graph(arrays, names=names, split_every=split_every, regions=regions)
-
-
 @dataclass(frozen=True)
 class _CrossBlocks:
-    """Computed :func:`_cross_graph` statistics, as :class:`PairStats` per pair."""
+    """Computed statistics of a tile's needed blocks (:func:`_cross_regions`), as
+    :class:`PairStats` per pair."""
 
     n: int
     mean: np.ndarray

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._config import DEFAULT_MAX_FEATURES
+from ._config import DEFAULT_MAX_FEATURES, DEFAULT_SPLIT_EVERY
 from .conv.features import CONV_MODES, features_4d, repeat_rows
 from .conv.layout import open_conv, spatial_shape
 from .conv.measures import dft_measure
@@ -338,7 +338,7 @@ def cca(
     epsilon: float | None = None,
     conv: ConvOption = "dft",
     layout: str | tuple[str | None, str | None] | None = None,
-    split_every: int = 8,
+    split_every: int = DEFAULT_SPLIT_EVERY,
     max_features: int = DEFAULT_MAX_FEATURES,
     folds: int | None = None,
     mask: ArrayLike | None = None,
@@ -374,7 +374,7 @@ def cca(
     layout : {"NCHW", "NHWC"} or a pair of them, optional
         Axis order of 4-D inputs (one for both, or ``(x_layout, y_layout)``);
         not needed for Zarr arrays whose ``dimension_names`` say it.
-    split_every : int, default 8
+    split_every : int, default DEFAULT_SPLIT_EVERY (4)
         Fan-in of the tree reduction over row chunks.
     max_features : int, default DEFAULT_MAX_FEATURES
         Largest ``n_features_x + n_features_y`` accepted (memory is ``d**2``).
@@ -456,7 +456,7 @@ def svcca(
     svd: Literal["auto", "covariance", "randomized", "tsqr"] | RandomizedSVD = "auto",
     conv: ConvOption = "dft",
     layout: str | tuple[str | None, str | None] | None = None,
-    split_every: int = 8,
+    split_every: int = DEFAULT_SPLIT_EVERY,
     max_features: int = DEFAULT_MAX_FEATURES,
     folds: int | None = None,
     mask: ArrayLike | None = None,
@@ -615,7 +615,7 @@ def pwcca(
     side: Literal["x", "y", "smaller"] = "x",
     conv: ConvOption = "dft",
     layout: str | tuple[str | None, str | None] | None = None,
-    split_every: int = 8,
+    split_every: int = DEFAULT_SPLIT_EVERY,
     max_features: int = DEFAULT_MAX_FEATURES,
     folds: int | None = None,
     mask: ArrayLike | None = None,

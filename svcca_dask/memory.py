@@ -14,9 +14,10 @@ its estimate; the figures are in ``benchmarks/RESULTS.md``):
 
 - a tree reduction of ``(w, w)`` float64 partial statistics (the covariance
   path, a matrix's tiles) holds ``min(tasks, split_every) + 1`` partials per
-  tree in flight, one more per thread (each chunk task's own), and
-  :data:`_FINAL_PARTIALS` more while the statistics are finalized; each thread's
-  task also holds :data:`_CHUNK_COPIES` float64 copies of its rows;
+  tree in flight, :data:`_TASK_PARTIALS` more per thread (a task's running
+  partial, its chunk's, and their merge), and :data:`_FINAL_PARTIALS` more
+  while the statistics are finalized; each thread's task also holds
+  :data:`_CHUNK_COPIES` float64 copies of the chunk it is at;
 - the randomized SVD: see :func:`svcca_dask.svd.randomized_bytes`.
 """
 
@@ -27,10 +28,12 @@ from typing import Any
 
 import dask
 
-from ._config import cpu_count, memory_budget
-from .stats import current_client, task_grid
+from ._config import memory_budget
+from .scheduler import current_client, scheduler_threads
+from .stats import task_grid
 
 __all__ = [
+    "WORKER_SHARE",
     "budget",
     "check_peak",
     "covariance_bytes",
@@ -39,7 +42,13 @@ __all__ = [
     "plan_covariance",
     "reduction_bytes",
     "scheduler_threads",
+    "worker_limits",
 ]
+
+#: The share of a worker's memory limit a plan may fill: ``distributed`` pauses a
+#: worker at 80% of its limit and its nanny restarts it at 95%, and unmanaged
+#: memory (the interpreter, libraries, fragmentation) takes its part.
+WORKER_SHARE = 0.5
 
 #: Partials of the largest statistic held while it is finalized (the merged one,
 #: its covariance, the blocks cut from it, eigendecompositions): measured.
@@ -48,14 +57,8 @@ _FINAL_PARTIALS = 5
 #: Float64 copies of its rows a statistics task holds (stacked, centred).
 _CHUNK_COPIES = 2
 
-
-def scheduler_threads() -> int:
-    """Threads that run tasks at once: the cluster's total on ``distributed``,
-    else the threaded scheduler's (``num_workers`` or the cores)."""
-    client = current_client()
-    if client is not None:
-        return max(1, sum(client.nthreads().values()))
-    return max(1, int(dask.config.get("num_workers", None) or cpu_count()))
+#: Partials a row-group task holds at once: its running one, its chunk's, the merge.
+_TASK_PARTIALS = 3
 
 
 def _threads_per_process() -> int:
@@ -67,23 +70,29 @@ def _threads_per_process() -> int:
     return scheduler_threads()
 
 
+def worker_limits() -> list[int]:
+    """The memory limits of the current cluster's workers (those that set one),
+    from the scheduler; empty on threads."""
+    client = current_client()
+    if client is None:
+        return []
+    limits = [
+        int(w.get("memory_limit") or 0) for w in client.scheduler_info().get("workers", {}).values()
+    ]
+    return [v for v in limits if v > 0]
+
+
 def budget() -> int:
     """The memory budget of a plan: :func:`~svcca_dask._config.memory_budget`, and
-    on a cluster at most the smallest worker's memory limit (where limits are set).
+    on a cluster at most :data:`WORKER_SHARE` of the smallest worker's memory limit.
 
-    On a cluster a plan counts what one worker holds (its threads' tasks and a
-    tree's partials in flight) plus the client's finalization, against the
-    smaller of the two machines' budgets: conservative by the finalization."""
+    On a cluster a plan counts what one worker holds (its threads' tasks, a
+    tree's partials in flight, and the finalization, which runs as a task
+    there too) against that share of the smallest worker's limit."""
     limit = memory_budget()
-    client = current_client()
-    if client is not None:
-        limits = [
-            int(w.get("memory_limit") or 0)
-            for w in client.scheduler_info().get("workers", {}).values()
-        ]
-        limits = [v for v in limits if v > 0]
-        if limits:
-            limit = min(limit, min(limits))
+    limits = worker_limits()
+    if limits:
+        limit = min(limit, int(WORKER_SHARE * min(limits)))
     return limit
 
 
@@ -101,7 +110,7 @@ def reduction_bytes(
     split_every : int
         The trees' fan-in.
     chunk_bytes : int
-        Float64 bytes of the largest task's rows (all its columns).
+        Float64 bytes of the largest chunk a task reads at once (all its columns).
     """
     if not partials:
         return 0
@@ -110,7 +119,7 @@ def reduction_bytes(
     largest = max(partials)
     return int(
         sum(partials) * in_flight
-        + (threads + _FINAL_PARTIALS) * largest
+        + (_TASK_PARTIALS * threads + _FINAL_PARTIALS) * largest
         + threads * _CHUNK_COPIES * chunk_bytes
     )
 
@@ -166,7 +175,10 @@ def check_peak(peak: int, *, what: str, remedies: str) -> None:
     if peak <= limit:
         return
     if limit < memory_budget():
-        source = "the smallest worker memory limit of the cluster"
+        source = (
+            f"{WORKER_SHARE:.0%} of the smallest worker memory limit of the cluster; start "
+            "workers with a larger --memory-limit"
+        )
     elif dask.config.get("svcca_dask.memory_limit", None) is not None:
         source = "the Dask config value svcca_dask.memory_limit"
     else:

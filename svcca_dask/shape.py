@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ._config import DEFAULT_MAX_FEATURES
+from ._config import DEFAULT_MAX_FEATURES, DEFAULT_SPLIT_EVERY
 from .input import ArrayLike, reads_inputs
 from .measures import ConvOption, _pair_stats, _prepare
 from .results import ShapeResult
@@ -105,7 +105,7 @@ def shape_distance(
     metric: str = "angular",
     conv: ConvOption = "mean",
     layout: str | tuple[str | None, str | None] | None = None,
-    split_every: int = 8,
+    split_every: int = DEFAULT_SPLIT_EVERY,
     max_features: int = DEFAULT_MAX_FEATURES,
     mask: ArrayLike | None = None,
 ) -> ShapeResult:

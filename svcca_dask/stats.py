@@ -31,17 +31,19 @@ covariances and arbitrary-order statistical moments. Sandia SAND2008-6212.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import dask
 import numpy as np
 from dask.delayed import Delayed, delayed
 
 from . import _config
+from ._config import DEFAULT_SPLIT_EVERY
+from .io.chunks import load_all, task_readers
+from .scheduler import compute, scheduler_threads
 
 __all__ = [
     "Moments",
@@ -49,13 +51,19 @@ __all__ = [
     "Region",
     "accumulate",
     "accumulate_graph",
-    "compute",
-    "current_client",
+    "accumulate_graphs",
     "moments_chunk",
+    "moments_chunks",
     "moments_combine",
     "pair_stats",
-    "persist",
+    "row_groups",
 ]
+
+#: Row-group tasks per scheduler thread in one tree: each task streams its
+#: consecutive row chunks into one partial, so the partials (the bytes that
+#: travel between workers, and what a reduction holds) are few, while the
+#: tasks stay enough to balance the threads and to show progress.
+TASKS_PER_THREAD = 4
 
 
 @dataclass(frozen=True)
@@ -160,8 +168,9 @@ def moments_chunk(
 
     Parameters
     ----------
-    *blocks : ndarray, shape (m, d_i)
-        The same rows of each array.
+    *blocks : ndarray, shape (m, d_i), or readers
+        The same rows of each array, or readers that read them
+        (:func:`svcca_dask.io.chunks.task_readers`).
     names : sequence of str, optional
         Names of the arrays, for error messages.
     row_start : int
@@ -200,23 +209,26 @@ def moments_chunk(
     Notes
     -----
     A chunk whose float64 buffer would exceed about ``DEFAULT_CHUNK_BYTES``
-    is processed in row pieces merged with :func:`moments_combine`: buffers
-    of 32 MiB and more are mapped fresh by malloc and page-fault on every use.
+    is processed in row pieces merged with :func:`moments_combine` as they
+    come (so a task holds three partials at most, however many pieces):
+    buffers of 32 MiB and more are mapped fresh by malloc and page-fault on
+    every use.
     """
+    blocks = load_all(blocks)  # readers (task_readers) read here, each once
     m = blocks[0].shape[0]
     width = sum(b.shape[1] for b in blocks)
     step = max(1, _config.DEFAULT_CHUNK_BYTES // (8 * max(width, 1)))
     if norms and regions is not None:
         raise ValueError("norms=True needs the whole co-moment (no regions)")
     if m > 1.5 * step:
-        pieces = [
-            _piece_moments(
+        acc = None
+        for a in range(0, m, step):  # merged as they come: two partials at a time, not all
+            part = _piece_moments(
                 [b[a : a + step] for b in blocks], names, row_start + a, regions, chunk_starts,
                 norms,
-            )
-            for a in range(0, m, step)
-        ]  # fmt: skip
-        return moments_combine(pieces)
+            )  # fmt: skip
+            acc = part if acc is None else moments_combine([acc, part], inplace=True)
+        return acc
     return _piece_moments(blocks, names, row_start, regions, chunk_starts, norms)
 
 
@@ -374,7 +386,7 @@ def _raise_non_finite(
     )
 
 
-def moments_combine(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def moments_combine(parts: Sequence[dict[str, Any]], *, inplace: bool = False) -> dict[str, Any]:
     """Merge partial statistics pairwise (Chan / Pebay update).
 
     Parameters
@@ -384,6 +396,11 @@ def moments_combine(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
         have leading batch dimensions ``(..., d)`` and ``m2`` ``(..., d, d)``
         (independent problems merged elementwise, e.g. one per frequency),
         real or complex (the outer product is ``d d^H``).
+    inplace : bool
+        Merge into the first part's co-moment rather than a copy: only for a
+        caller that allocated it (a task's running partial). No task mutates
+        an input it did not allocate, so a task run again after a worker died
+        cannot count rows twice.
 
     Returns
     -------
@@ -392,7 +409,7 @@ def moments_combine(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """
     acc = parts[0]
     regions = acc.get("regions")
-    n, mean, m2 = acc["n"], acc["mean"], _copy(acc["m2"])
+    n, mean, m2 = acc["n"], acc["mean"], acc["m2"] if inplace else _copy(acc["m2"])
     norms = "q" in acc
     if norms:
         q, v, edges = acc["q"], acc["v"], acc["edges"]
@@ -414,12 +431,11 @@ def moments_combine(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
             q, v = qa + qb, va + vb
         if regions is None:
             m2 += p["m2"]
-            # outer(d, conj(d)) per leading batch index (one per frequency on the DFT path)
-            m2 += f * (d[..., :, None] * d[..., None, :].conj())
+            _rank_one(m2, f, d, d)
         else:
             for block, pb, (r0, r1, c0, c1) in zip(m2, p["m2"], regions, strict=True):
                 block += pb
-                block += f * (d[..., r0:r1, None] * d[..., None, c0:c1].conj())
+                _rank_one(block, f, d[..., r0:r1], d[..., c0:c1])
         mean = mean + d * (nb / tot)
         n = tot
     out = {"n": n, "mean": mean, "m2": m2}
@@ -428,6 +444,19 @@ def moments_combine(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if norms:
         out.update(q=q, v=v, edges=edges)
     return out
+
+
+def _rank_one(m2: np.ndarray, f: float, a: np.ndarray, b: np.ndarray) -> None:
+    """``m2 += f * outer(a, conj(b))`` in place: BLAS ``dger`` for a real 2-D block
+    (no ``(d, d)`` temporaries, which for wide layers are a partial's size each),
+    else NumPy per leading batch index (one per frequency on the DFT path)."""
+    if m2.ndim == 2 and m2.dtype == np.float64 and m2.flags.c_contiguous and m2.size:
+        from scipy.linalg.blas import dger
+
+        # a C-ordered m2 is the Fortran-ordered m2.T: m2.T += f * outer(b, a)
+        dger(f, b, a, a=m2.T, overwrite_a=True)
+        return
+    m2 += f * (a[..., :, None] * b[..., None, :].conj())
 
 
 def _copy(m2: Any) -> Any:
@@ -448,45 +477,128 @@ def accumulate_graph(
     arrays: Sequence[Any],
     *,
     names: Sequence[str] | None = None,
-    split_every: int = 8,
+    split_every: int = DEFAULT_SPLIT_EVERY,
     regions: Sequence[Region] | None = None,
     norms: bool = False,
 ) -> Delayed:
-    """The lazy statistics of column-stacked dask arrays (one task per row chunk).
+    """The lazy statistics of column-stacked dask arrays (one task per row chunk,
+    which reads its rows of every array itself: :mod:`svcca_dask.io.chunks`).
 
     See :func:`accumulate`; this returns the :class:`~dask.delayed.Delayed`
     dict so that several statistics can be computed in one ``dask.compute``.
     ``regions`` restricts the co-moment to some blocks, ``norms`` adds the
     per-sample norms' statistics (see :func:`moments_chunk`).
     """
+    (graph,) = accumulate_graphs(
+        [arrays], names=None if names is None else [names], split_every=split_every,
+        regions=None if regions is None else [regions], norms=norms,
+    )  # fmt: skip
+    return graph
+
+
+def accumulate_graphs(
+    groups: Sequence[Sequence[Any]],
+    *,
+    names: Sequence[Sequence[str] | None] | None = None,
+    split_every: int = DEFAULT_SPLIT_EVERY,
+    regions: Sequence[Sequence[Region] | None] | None = None,
+    norms: bool = False,
+) -> list[Delayed]:
+    """The lazy statistics of several groups of column-stacked dask arrays (a
+    matrix's tiles), one tree per group, from one task per row chunk.
+
+    Each row-chunk task reads its rows of every distinct array once (an array
+    in several groups is read once per task, not once per group) and returns
+    every group's partial; the groups' trees then merge their own. Arguments
+    as :func:`accumulate_graph`, one entry per group.
+    """
     if split_every < 2:
         raise ValueError(f"split_every must be at least 2, got {split_every}")
-    stored = [np.cumsum([0, *a.chunks[0]])[:-1] for a in arrays]  # before any merging
-    arrays = _unify_rows(arrays)
-    row_chunks = arrays[0].chunks[0]
+    distinct: dict[str, Any] = {}
+    for arrays in groups:
+        for a in arrays:
+            distinct.setdefault(a.name, a)
+    # before any merging: each array's stored chunks, for error messages
+    stored = {k: np.cumsum([0, *a.chunks[0]])[:-1] for k, a in distinct.items()}
+    unified = dict(zip(distinct, _unify_rows(list(distinct.values())), strict=True))
+    row_chunks = next(iter(unified.values())).chunks[0]
     starts = np.concatenate([[0], np.cumsum(row_chunks)])[:-1]
-    per_array = [a.to_delayed(optimize_graph=True).reshape(-1) for a in arrays]
-    chunk = delayed(moments_chunk, pure=True)
-    parts = []
-    for i, rows in enumerate(row_chunks):
-        s0, s1 = int(starts[i]), int(starts[i]) + int(rows)
-        # each array's stored chunks that overlap the task's rows, for error messages
-        own = [
-            [int(st[st <= s0].max(initial=0)), *(int(v) for v in st[(st > s0) & (st < s1)])]
-            for st in stored
-        ]
-        parts.append(
-            chunk(*[blocks[i] for blocks in per_array], names=names, row_start=s0,
-                  regions=regions, chunk_starts=own, norms=norms)
+    # each task reads its own rows: no chunk is a task result that could travel
+    readers = {k: task_readers(a) for k, a in unified.items()}
+    layout = [[list(distinct).index(a.name) for a in arrays] for arrays in groups]
+    task = delayed(moments_chunks, pure=True)
+    pick = delayed(operator.getitem, pure=True)
+    per_group: list[list[Any]] = [[] for _ in groups]
+    for chunks in row_groups(len(row_chunks)):
+        rows, row_starts, starts_of = [], [], []
+        for i in chunks:
+            s0, s1 = int(starts[i]), int(starts[i]) + int(row_chunks[i])
+            # each array's stored chunks that overlap the rows, for error messages
+            own = {
+                k: [int(st[st <= s0].max(initial=0)), *(int(v) for v in st[(st > s0) & (st < s1)])]
+                for k, st in stored.items()
+            }
+            rows.append([readers[k][i] for k in distinct])
+            row_starts.append(s0)
+            starts_of.append([[own[a.name] for a in arrays] for arrays in groups])
+        out = task(
+            rows, layout=layout, names=names, row_starts=row_starts, regions=regions,
+            chunk_starts=starts_of, norms=norms, single=len(groups) == 1,
         )  # fmt: skip
-    return _tree(parts, split_every)
+        for g in range(len(groups)):
+            per_group[g].append(out if len(groups) == 1 else pick(out, g))
+    return [_tree(parts, split_every) for parts in per_group]
+
+
+def row_groups(n_chunks: int) -> list[range]:
+    """Consecutive row chunks per task of one tree: :data:`TASKS_PER_THREAD` tasks
+    per scheduler thread (fewer where there are fewer chunks)."""
+    tasks = max(1, min(n_chunks, TASKS_PER_THREAD * scheduler_threads()))
+    cuts = np.linspace(0, n_chunks, tasks + 1).round().astype(int)
+    return [range(a, b) for a, b in itertools.pairwise(cuts) if b > a]
+
+
+def moments_chunks(
+    rows: Sequence[Sequence[Any]],
+    *,
+    layout: Sequence[Sequence[int]],
+    names: Sequence[Sequence[str] | None] | None,
+    row_starts: Sequence[int],
+    regions: Sequence[Sequence[Region] | None] | None,
+    chunk_starts: Sequence[Sequence[Sequence[Sequence[int]]]],
+    norms: bool,
+    single: bool = False,
+) -> Any:
+    """A row-group task (:func:`accumulate_graphs`): each of its row chunks read
+    (every distinct array once), its partial per group (:func:`moments_chunk`)
+    merged into the running one, then dropped; so a task holds one chunk at a
+    time, whatever its rows. Every group's partial, or with ``single`` the one."""
+    acc: list[dict[str, Any]] | None = None
+    for j, pieces in enumerate(rows):
+        blocks = load_all(pieces)
+        parts = [
+            moments_chunk(
+                *[blocks[k] for k in idx], names=None if names is None else names[g],
+                row_start=row_starts[j], regions=None if regions is None else regions[g],
+                chunk_starts=chunk_starts[j][g], norms=norms,
+            )
+            for g, idx in enumerate(layout)
+        ]  # fmt: skip
+        del blocks
+        if acc is None:
+            acc = parts
+        else:  # into the running partials, which this task allocated
+            acc = [moments_combine([a, p], inplace=True) for a, p in zip(acc, parts, strict=True)]
+    assert acc is not None  # a task has at least one chunk
+    return acc[0] if single else acc
+
 
 
 def accumulate(
     arrays: Sequence[Any],
     *,
     names: Sequence[str] | None = None,
-    split_every: int = 8,
+    split_every: int = DEFAULT_SPLIT_EVERY,
     norms: bool = False,
 ) -> Moments:
     """Statistics of column-stacked 2-D dask arrays in one pass.
@@ -548,14 +660,15 @@ def _row_target(arrays: Sequence[Any]) -> int | None:
 
 
 def task_grid(arrays: Sequence[Any]) -> tuple[int, int]:
-    """Row-chunk tasks of :func:`accumulate_graph` over ``arrays``, and the
-    largest task's rows: what a memory plan counts, without building the graph."""
+    """Row-group tasks of :func:`accumulate_graph` over ``arrays``, and the rows of
+    the largest chunk a task reads at once: what a memory plan counts, without
+    building the graph."""
     target = _row_target(arrays)
     if target is None:
         rows = arrays[0].chunks[0]
-        return len(rows), int(max(rows))
+        return len(row_groups(len(rows))), int(max(rows))
     n = int(arrays[0].shape[0])
-    return max(1, -(-n // target)), min(target, n)
+    return len(row_groups(max(1, -(-n // target)))), min(target, n)
 
 
 def _unify_rows(arrays: Sequence[Any]) -> list[Any]:
@@ -572,57 +685,3 @@ def _unify_rows(arrays: Sequence[Any]) -> list[Any]:
     if target is not None:
         out = [a.rechunk({0: target}) for a in out]
     return out
-
-
-def compute(*graphs: Any) -> tuple[Any, ...]:
-    """``dask.compute`` on the current distributed client or, without one,
-    on threads with BLAS and Blosc limited to one thread per task.
-
-    Dask's threads times a library's own threads oversubscribe the cores:
-    for BLAS see DESIGN.md; Blosc (the stores' default codec) decodes with
-    two threads of its own by default, which then compete with the other
-    tasks' reads (benchmarks/RESULTS.md).
-    """
-    if current_client() is not None:
-        return dask.compute(*graphs)
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"), _blosc_threads(1):
-        return dask.compute(*graphs)
-
-
-def persist(*graphs: Any) -> tuple[Any, ...]:
-    """``dask.persist`` as :func:`compute` runs it: the results stay lazy objects
-    (held by the workers on a cluster) for a later pass that builds on them."""
-    if current_client() is not None:
-        return dask.persist(*graphs)
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"), _blosc_threads(1):
-        return dask.persist(*graphs)
-
-
-@contextlib.contextmanager
-def _blosc_threads(n: int) -> Any:
-    """Blosc's internal decoding threads set to ``n``, restored on exit."""
-    try:
-        from numcodecs import blosc
-    except ImportError:  # pragma: no cover - numcodecs comes with zarr
-        yield
-        return
-    before = blosc.set_nthreads(n)
-    try:
-        yield
-    finally:
-        blosc.set_nthreads(before)
-
-
-def current_client() -> Any:
-    try:
-        from distributed import default_client
-    except ImportError:  # pragma: no cover - distributed is a dependency
-        return None
-    try:
-        return default_client()
-    except ValueError:
-        return None

@@ -56,10 +56,12 @@ import dask
 import dask.array as da
 import numpy as np
 
+from ._config import DEFAULT_SPLIT_EVERY
 from .linalg import top_eigh
 from .memory import check_peak, plan_covariance
 from .rules import check_keep, dead_threshold, keep_count, live_features
-from .stats import accumulate, accumulate_graph, compute, current_client, to_moments
+from .scheduler import compute, current_client
+from .stats import accumulate, accumulate_graph, to_moments
 
 __all__ = ["SVD_METHODS", "RandomizedSVD", "SideSVD", "projected_stats", "reduce_pair"]
 
@@ -191,7 +193,7 @@ def reduce_pair(
     options: RandomizedSVD,
     epsilon: float | None,
     names: tuple[str, str],
-    split_every: int = 8,
+    split_every: int = DEFAULT_SPLIT_EVERY,
 ) -> tuple[SideSVD, SideSVD]:
     """The SVD step of both sides, sharing passes over the data where possible.
 
@@ -332,7 +334,7 @@ def projected_stats(
     sides: tuple[SideSVD, SideSVD],
     *,
     names: tuple[str, str],
-    split_every: int = 8,
+    split_every: int = DEFAULT_SPLIT_EVERY,
 ) -> Any:
     """One more pass: the co-moments of the two projected sides."""
     xp, yp = (project(a, s) for a, s in zip(arrays, sides, strict=True))

@@ -28,7 +28,7 @@ import dask.array as da
 import numpy as np
 
 from .input import ArrayLike, as_dask
-from .stats import compute
+from .scheduler import compute
 
 __all__ = ["TOKEN_LAYOUTS", "is_token_layer", "token_features"]
 

@@ -578,7 +578,8 @@ def test_fold_tasks_use_a_workers_spare_threads_on_a_cluster(monkeypatch):
 
 def test_default_lanes_on_a_cluster_never_add_passes():
     """On a cluster the default lanes (one per thread, here 4) share the memory
-    limit: no more of them than keep the bands of one lane."""
+    limit, each counted twice (a fold's input and its copy): no more of them
+    than keep the bands of one lane."""
     from distributed import Client, LocalCluster
 
     x, y = translation_invariant(cx=3, cy=2, h=4, w=4, shift=10.0)  # 10 frequencies, D = 5
@@ -594,12 +595,12 @@ def test_default_lanes_on_a_cluster_never_add_passes():
         Client(cluster),
     ):  # fmt: skip
         assert (run(10**6).lanes, len(run(10**6).bands)) == (4, 1)  # all fit
-        # 6,000 bytes: one band for one or two lanes, two bands for three or four
-        assert len(cplan._bands(run(6_000).plan, 3, 6_000)) == 2
-        assert (run(6_000).lanes, len(run(6_000).bands)) == (2, 1)
-        # 2,000 bytes: two bands for one lane, more for two
-        assert (run(2_000).lanes, len(run(2_000).bands)) == (1, 2)
-        got = sd.cca(x, y, conv=sd.DFT(memory_limit=6_000), layout="NCHW")
+        # 12,000 bytes: one band for one or two lanes, two bands for three or four
+        assert len(cplan._bands(run(12_000).plan, 3, 12_000)) == 2
+        assert (run(12_000).lanes, len(run(12_000).bands)) == (2, 1)
+        # 4,000 bytes: two bands for one lane, more for two
+        assert (run(4_000).lanes, len(run(4_000).bands)) == (1, 2)
+        got = sd.cca(x, y, conv=sd.DFT(memory_limit=12_000), layout="NCHW")
     np.testing.assert_allclose(got.coefficients, want.coefficients, rtol=1e-12, atol=1e-12)
 
 

@@ -150,7 +150,7 @@ def test_compute_runs_blosc_single_threaded_and_restores_it():
     import dask
     from numcodecs import blosc
 
-    from svcca_dask.stats import compute
+    from svcca_dask.scheduler import compute
 
     before = blosc.set_nthreads(3)
     try:

@@ -19,8 +19,9 @@ from dask.delayed import delayed
 
 from .._lapack import unpack
 from ..input import ArrayLike, open_source
-from ..io.chunks import _ChunkGetter, _stored_chunks, _StoredChunk
-from ..stats import compute, current_client, moments_combine, persist
+from ..io.chunks import _stored_chunks, _StoredChunk, task_readers
+from ..scheduler import compute, current_client, persist
+from ..stats import moments_combine
 from .buffers import _Recycler, release_free_memory
 from .layout import _open_pair, _shape_of
 from .plan import (
@@ -153,24 +154,25 @@ def _lane_graph(
     """The lanes of one pass: each a chain of fold tasks over consecutive row chunks.
 
     ``stored`` holds, per side, the direct readers of its stored chunks
-    (:func:`_stored_chunks`), or None; on threads they replace the Dask
-    chunks, ``y``'s only when ``y`` needs no rechunking to ``x``'s chunks.
+    (:func:`_stored_chunks`), or None (then :func:`task_readers`), ``y``'s
+    only when ``y`` needs no rechunking to ``x``'s chunks.
+
+    On threads a fold updates its lane's accumulator in place (the threaded
+    scheduler never runs a task twice); on a cluster it folds into a copy it
+    allocates (``owned=False``), so a fold retried after a worker dies, or
+    whose input was replicated while it ran, cannot count a chunk twice.
     """
     if xd.chunks[0] != yd.chunks[0]:
         yd = yd.rechunk({0: xd.chunks[0]})
         stored = (stored[0], None)
     on_threads = current_client() is None
     itemsize = max(xd.dtype.itemsize, yd.dtype.itemsize)
-    rows = _rows_target(plan, idx, opt, itemsize, inputs_held=not on_threads)
-    xs = list(xd.to_delayed(optimize_graph=True).reshape(-1))
-    ys = list(yd.to_delayed(optimize_graph=True).reshape(-1))
-    if on_threads:
-        # On threads, chunk reads that are separate tasks all become ready at
-        # once and idle threads run them ahead of the (sequential) lanes, which
-        # would hold up to the whole data in memory. Each fold task reads its
-        # own chunks, in order, instead. (distributed queues root tasks itself.)
-        xs = stored[0] or [_ChunkGetter(b, r) for b, r in zip(xs, xd.chunks[0], strict=True)]
-        ys = stored[1] or [_ChunkGetter(b, r) for b, r in zip(ys, yd.chunks[0], strict=True)]
+    rows = _rows_target(plan, idx, opt, itemsize, inputs_held=False)
+    # each fold task reads its own chunks, in order (io.chunks): on threads, reads
+    # that were tasks of their own would run ahead of the sequential lanes and hold
+    # the data; on a cluster they would travel between workers
+    xs = stored[0] or task_readers(xd)
+    ys = stored[1] or task_readers(yd)
     starts = np.concatenate([[0], np.cumsum(xd.chunks[0])])[:-1]
     tasks = _task_groups(xd.chunks[0], rows)
     fold = delayed(_dft_fold, pure=False)
@@ -185,6 +187,7 @@ def _lane_graph(
                 acc, [xs[i] for i in group], [ys[i] for i in group], plan=plan, idx=idx,
                 names=names, row_start=int(starts[group[0]]), with_scale=with_scale,
                 threads=threads, last=bool(t == lane[-1]), arrays=arrays if on_threads else None,
+                owned=on_threads,
             )  # fmt: skip
         accs.append(acc)
     return accs

@@ -17,8 +17,8 @@ import numpy as np
 
 from .._config import physical_memory
 from .._lapack import packed_size
-from ..memory import scheduler_threads
-from ..stats import current_client
+from ..memory import WORKER_SHARE, scheduler_threads, worker_limits
+from ..scheduler import current_client
 
 __all__ = ["DFT"]
 
@@ -205,12 +205,18 @@ _CCA_BLOCK_BYTES = 32 * 2**20
 
 
 def _memory_limit(opt: DFT) -> int:
+    """The statistics' budget over all lanes: ``DFT(memory_limit=)``, the config
+    value ``svcca_dask.dft_memory_limit``, else a quarter of physical memory; on
+    a cluster at most its workers' shares (:data:`svcca_dask.memory.WORKER_SHARE`
+    of the smallest limit, times the workers, over which the lanes spread)."""
     value = opt.memory_limit
     if value is None:
         value = dask.config.get("svcca_dask.dft_memory_limit", None)
-    if value is None:
-        return max(256 * 2**20, physical_memory() // 4)
-    return _parse_limit(value)
+    limit = max(256 * 2**20, physical_memory() // 4) if value is None else _parse_limit(value)
+    workers = worker_limits()
+    if workers:
+        limit = min(limit, int(WORKER_SHARE * min(workers)) * len(workers))
+    return limit
 
 
 def _task_threads(lanes: int) -> int:
@@ -266,14 +272,17 @@ def _stats_bytes(plan: _Plan) -> int:
 def _bands(plan: _Plan, lanes: int, budget: int) -> list[np.ndarray]:
     """Split the planned frequencies into bands whose statistics fit the budget.
 
-    Each lane holds one packed accumulator of its band plus a task's buffers
-    (up to an eighth of it, see :func:`_rows_target`). After the pass, the
+    Each lane holds one packed accumulator of its band (two while a fold runs
+    on a cluster: its input and its own copy) plus a task's buffers (up to an
+    eighth of it, see :func:`_rows_target`). After the pass, the
     per-frequency work runs a block of frequencies at a time, a few blocks
     at once (counted as a tenth of a lane).
     """
     per_freq = _freq_bytes(plan)
     f_total = plan.frequencies.shape[0]
-    share = lanes * (1 + _TASK_SHARE) + 0.1
+    # on a cluster a fold holds its input accumulator and the copy it folds into
+    copies = 1 if current_client() is None else 2
+    share = lanes * (copies + _TASK_SHARE) + 0.1
     per_band = int(budget // (share * per_freq))
     if per_band < 1:  # the smallest band, one frequency, does not fit: refuse before any pass
         need = int(share * per_freq)

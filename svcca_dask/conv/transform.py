@@ -120,8 +120,10 @@ def _dft_fold(
     threads: int = 1,
     last: bool = False,
     arrays: _Recycler | None = None,
+    owned: bool = True,
 ) -> dict[str, Any]:
-    """Merge one row chunk into a lane's per-frequency statistics, in place.
+    """Merge one row chunk into a lane's per-frequency statistics, in place
+    (``owned``) or into a copy of them.
 
     ``xb`` and ``yb`` are the chunk of each layer, or lists of consecutive
     pieces of it (stored chunks, read one at a time and one ahead) with the
@@ -141,10 +143,15 @@ def _dft_fold(
     threads (``zhfrk`` through ctypes releases the GIL): one accumulator,
     all cores.
 
-    The accumulator is owned by its lane: each fold task is the only consumer
-    of the previous one's result, so updating it in place is safe. Its
-    coefficient buffer is kept for the lane's next task unless ``last``; with
-    ``arrays`` (threads) both come from that :class:`_Recycler`.
+    On threads the accumulator is owned by its lane: each fold task is the
+    only consumer of the previous one's result and the threaded scheduler
+    runs every task once, so updating it in place is safe. Its coefficient
+    buffer is kept for the lane's next task unless ``last``; with ``arrays``
+    both come from that :class:`_Recycler`. With ``owned=False`` (a
+    ``distributed`` cluster, where a task can run again after its worker
+    died, or its input be copied to another worker while it runs) the task
+    mutates nothing it did not allocate: it folds into a copy of the
+    accumulator and keeps no buffer for the next task.
 
     With ``with_scale``, the variance of every single activation (channel,
     position) is accumulated too, as ``P`` independent 1 x 1 problems merged
@@ -161,6 +168,8 @@ def _dft_fold(
     f_count, d = idx.size, cx + cy
     # the coefficient buffer is reused by the lane's next task (buffers this
     # large are mapped fresh by malloc and page-faulted on every use otherwise)
+    if acc is not None and not owned:  # a copy of our own: the input stays as it was
+        acc = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in acc.items()}
     buf = acc.pop("_buf", None) if acc is not None else None
     if buf is None or buf.shape[0] != f_count or buf.shape[2] < m + 1:
         buf = _new((f_count, d, m + 1), arrays)
@@ -235,7 +244,7 @@ def _dft_fold(
     else:
         merge(slice(0, f_count))
     acc["n"] = tot
-    if not last:  # the lane's next task reuses it
+    if not last and owned:  # the lane's next task reuses it
         acc["_buf"] = buf
     else:  # not after every task: the next one would page-fault it all back in
         release_free_memory()

@@ -1,11 +1,16 @@
-"""Row chunks read inside the task that needs them.
+"""Row chunks read inside the task that needs them: one mechanism for every pass.
 
-A task that reads its own chunks keeps them off the scheduler: on threads,
-chunk reads that are separate tasks would run ahead of the (sequential) lanes
-and hold the data in memory; on a cluster they would travel between workers.
-:class:`_ChunkGetter` computes one chunk's culled graph synchronously;
-:class:`_StoredChunk` reads a stored Zarr chunk's file and decodes it directly,
-for the arrays :func:`_stored_chunks` accepts (where that equals Zarr's read).
+Every row-chunk task (the covariance path's and a matrix's statistics, the DFT
+path's folds) reads the rows it needs of every input itself, so no activation
+chunk is a task result of its own: on a cluster none travels between workers
+(only partial statistics do), and on threads reads cannot run ahead of the
+tasks and hold the data. :func:`task_readers` gives one reader per row chunk;
+:class:`_ChunkGetter` computes the chunk's culled graph synchronously inside the
+task (a Zarr read, or the stored chunks a coarser task row group spans, and any
+reduction applied to them); :class:`_StoredChunk` reads a stored Zarr chunk's
+file and decodes it directly, for the arrays :func:`_stored_chunks` accepts
+(where that equals Zarr's read). An in-memory (NumPy) input's chunk is inlined
+in its reader's graph by Dask: it travels once, from the client, with its task.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ class _ChunkGetter:
         from dask.local import get_sync
 
         return np.asarray(get_sync(self.graph, self.key))
+
+    def __dask_tokenize__(self) -> tuple[str, Any]:
+        return ("chunk-getter", self.key)  # the block's key names its content
 
 
 class _StoredChunk:
@@ -78,12 +86,34 @@ class _StoredChunk:
         return out[: self.rows]
 
 
+def task_readers(arr: da.Array, _seen: dict[str, list[_ChunkGetter]] | None = None) -> list[_ChunkGetter]:
+    """One reader per row chunk of ``arr``, called inside the task that needs the rows
+    (``_seen``: readers by array name, so that an array given twice shares them)."""
+    if _seen is not None and arr.name in _seen:
+        return _seen[arr.name]
+    blocks = arr.to_delayed(optimize_graph=True).reshape(-1)
+    readers = [_ChunkGetter(b, r) for b, r in zip(blocks, arr.chunks[0], strict=True)]
+    if _seen is not None:
+        _seen[arr.name] = readers
+    return readers
+
+
 #: Pieces of a fold task that read their chunk when called.
 _READERS = (_ChunkGetter, _StoredChunk)
 
 
 def _load(piece: Any) -> Any:
     return piece() if isinstance(piece, _READERS) else piece
+
+
+def load_all(pieces: Any) -> tuple[Any, ...]:
+    """Each piece read (:func:`_load`), a reader that appears twice (a layer
+    against itself) read once."""
+    done: dict[int, Any] = {}
+    for p in pieces:
+        if id(p) not in done:
+            done[id(p)] = _load(p)
+    return tuple(done[id(p)] for p in pieces)
 
 
 def _stored_chunks(source: ArrayLike, arr: da.Array) -> list[_StoredChunk] | None:

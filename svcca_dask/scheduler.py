@@ -1,0 +1,80 @@
+"""Where the passes run: the current ``distributed`` client, else Dask's threads.
+
+:func:`compute` and :func:`persist` run graphs on the current client when there
+is one, else on the threaded scheduler with BLAS and Blosc limited to one
+thread per task; :func:`scheduler_threads` counts the threads that run tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import dask
+
+from . import _config
+
+__all__ = ["compute", "current_client", "persist", "scheduler_threads"]
+
+
+def scheduler_threads() -> int:
+    """Threads that run tasks at once: the cluster's total on ``distributed``,
+    else the threaded scheduler's (``num_workers`` or the cores)."""
+    client = current_client()
+    if client is not None:
+        return max(1, sum(client.nthreads().values()))
+    return max(1, int(dask.config.get("num_workers", None) or _config.cpu_count()))
+
+
+def compute(*graphs: Any) -> tuple[Any, ...]:
+    """``dask.compute`` on the current distributed client or, without one,
+    on threads with BLAS and Blosc limited to one thread per task.
+
+    Dask's threads times a library's own threads oversubscribe the cores:
+    for BLAS see DESIGN.md; Blosc (the stores' default codec) decodes with
+    two threads of its own by default, which then compete with the other
+    tasks' reads (benchmarks/RESULTS.md).
+    """
+    if current_client() is not None:
+        return dask.compute(*graphs)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"), _blosc_threads(1):
+        return dask.compute(*graphs)
+
+
+def persist(*graphs: Any) -> tuple[Any, ...]:
+    """``dask.persist`` as :func:`compute` runs it: the results stay lazy objects
+    (held by the workers on a cluster) for a later pass that builds on them."""
+    if current_client() is not None:
+        return dask.persist(*graphs)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"), _blosc_threads(1):
+        return dask.persist(*graphs)
+
+
+@contextlib.contextmanager
+def _blosc_threads(n: int) -> Any:
+    """Blosc's internal decoding threads set to ``n``, restored on exit."""
+    try:
+        from numcodecs import blosc
+    except ImportError:  # pragma: no cover - numcodecs comes with zarr
+        yield
+        return
+    before = blosc.set_nthreads(n)
+    try:
+        yield
+    finally:
+        blosc.set_nthreads(before)
+
+
+def current_client() -> Any:
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
