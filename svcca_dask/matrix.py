@@ -43,6 +43,7 @@ once per tile row.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import threading
@@ -52,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from dask.delayed import delayed
 from threadpoolctl import threadpool_limits
 
 from ._config import DEFAULT_MAX_FEATURES, DEFAULT_SPLIT_EVERY, cpu_count
@@ -64,9 +66,9 @@ from .measures import cca_from_stats, pwcca_from_stats, svcca_from_stats
 from .memory import check_peak, covariance_bytes, fan_in, fits
 from .results import SimilarityMatrix
 from .rules import check_epsilon, check_side, keep_pair, warn_notes
-from .scheduler import compute
+from .scheduler import compute, current_client
 from .shape import check_shape, shape_from_stats
-from .stats import PairStats, Region, accumulate_graphs, pair_stats, to_moments
+from .stats import Moments, PairStats, Region, accumulate_graphs, pair_stats
 
 __all__ = ["MATRIX_MEASURES", "similarity_matrices", "similarity_matrix"]
 
@@ -318,17 +320,10 @@ def similarity_matrices(
         row_idx, col_idx, arrays, row_set if blockwise else None,
         max_width=max_width, split_every=split_every,
     )  # fmt: skip
-    # pairs that share a layer share its eigendecomposition and its whitening
-    # (the whitening of a layer's live covariance is the same for every measure)
-    shared_eigh, shared_inv_sqrt = _Shared(top_eigh), _Shared(whitening(options.get("epsilon")))
-    per_measure: dict[str, dict[str, Any]] = {}
-    for m in measures:
-        opts = {k: v for k, v in options.items() if k in MATRIX_MEASURES[m]}
-        if m == "svcca":
-            opts.update(eigh=shared_eigh, inv_sqrt=shared_inv_sqrt)
-        elif m in ("cca", "pwcca"):
-            opts["inv_sqrt"] = shared_inv_sqrt
-        per_measure[m] = opts
+    on_cluster = current_client() is not None
+    # on threads, pairs that share a layer share its eigendecomposition and
+    # whitening across tile rows; on a cluster each tile row's task has its own
+    shared = None if on_cluster else _shared_options(measures, options)
     results: dict[str, dict[tuple[Hashable, Hashable], Any]] = {m: {} for m in measures}
     scores = {m: np.empty((len(xs), len(ys)), dtype=np.float64) for m in measures}
     rows, cols = tuple(xs), tuple(ys)
@@ -342,41 +337,27 @@ def similarity_matrices(
                 _cross_regions([int(a.shape[1]) for a in ta], sum(k in row_set for k in tile))
                 for ta, tile in zip(tile_arrays, tile_row, strict=True)
             ]
-        # one task per row chunk reads each layer of the tile row once, for every tile
+        # one task per row group reads each layer of the tile row once, for every tile
         graphs = accumulate_graphs(
             tile_arrays, names=names, split_every=split_every,
             regions=regions if blockwise else None, norms=debiased,
         )  # fmt: skip
-        outs = compute(*graphs)
         n_tiles += len(tile_row)
-        if blockwise:
-            stats: list[Any] = [_CrossBlocks.from_out(out) for out in outs]
-        else:
-            stats = [
-                to_moments(out, [arrays[k] for k in tile])
-                for out, tile in zip(outs, tile_row, strict=True)
-            ]
-        del outs
-        positions = [{k: p for p, k in enumerate(tile)} for tile in tile_row]
         jobs = [
             (r, c, homes[frozenset((i, j))], i, j)
             for r, i in enumerate(row_idx)
             for c, j in enumerate(col_idx)
             if frozenset((i, j)) in homes
         ]
-
-        def measure_pair(
-            job: tuple[int, int, int, int, int],
-            positions: list[dict[int, int]] = positions,
-            stats: list[Any] = stats,
-        ) -> list[Any]:
-            r, c, t, i, j = job
-            pi, pj = positions[t][i], positions[t][j]
-            p = stats[t].pair(pi, pj) if blockwise else pair_stats(stats[t], pi, pj)
-            names = (f"xs[{rows[r]!r}]", f"ys[{cols[c]!r}]")
-            return [_FROM_STATS[m](p, names=names, **per_measure[m]) for m in measures]
-
-        for (r, c, *_), out in zip(jobs, _map_pairs(measure_pair, jobs), strict=True):
+        finish = functools.partial(
+            _finish_tile_row, tile_row=tile_row, widths=widths, jobs=jobs,
+            names=(rows, cols), blockwise=blockwise, measures=measures, options=options,
+        )  # fmt: skip
+        if on_cluster:  # the eigendecompositions and CCAs run where the statistics are
+            (done,) = compute(delayed(finish, pure=True)(graphs, shared=None))
+        else:
+            done = finish(list(compute(*graphs)), shared=shared)
+        for (r, c, *_), out in zip(jobs, done, strict=True):
             for m, res in zip(measures, out, strict=True):
                 scores[m][r, c] = res.score
                 notes = getattr(res, "warnings", ())
@@ -401,6 +382,59 @@ def similarity_matrices(
         )
         for m in measures
     }
+
+
+def _shared_options(measures: Sequence[str], options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each measure's options, with the eigendecomposition and whitening that pairs
+    sharing a layer share (:class:`_Shared`; the whitening of a layer's live
+    covariance is the same for every measure)."""
+    shared_eigh, shared_inv_sqrt = _Shared(top_eigh), _Shared(whitening(options.get("epsilon")))
+    per_measure: dict[str, dict[str, Any]] = {}
+    for m in measures:
+        opts = {k: v for k, v in options.items() if k in MATRIX_MEASURES[m]}
+        if m == "svcca":
+            opts.update(eigh=shared_eigh, inv_sqrt=shared_inv_sqrt)
+        elif m in ("cca", "pwcca"):
+            opts["inv_sqrt"] = shared_inv_sqrt
+        per_measure[m] = opts
+    return per_measure
+
+
+def _finish_tile_row(
+    outs: Sequence[dict[str, Any]],
+    *,
+    tile_row: Sequence[Sequence[int]],
+    widths: Sequence[int],
+    jobs: Sequence[tuple[int, int, int, int, int]],
+    names: tuple[Sequence[Hashable], Sequence[Hashable]],
+    blockwise: bool,
+    measures: Sequence[str],
+    options: Mapping[str, Any],
+    shared: dict[str, dict[str, Any]] | None,
+) -> list[list[Any]]:
+    """Every measure's result of each pair of a tile row (``jobs``: row, column,
+    home tile, layer indices) from the tiles' computed statistics ``outs``: on a
+    cluster a task of its own, so only results reach the client."""
+    per_measure = _shared_options(measures, options) if shared is None else shared
+    if blockwise:
+        stats: list[Any] = [_CrossBlocks.from_out(out) for out in outs]
+    else:
+        stats = [
+            Moments(n=int(out["n"]), mean=out["mean"], comoment=out["m2"],
+                    sizes=tuple(widths[k] for k in tile), norms=out.get("q"))
+            for out, tile in zip(outs, tile_row, strict=True)
+        ]  # fmt: skip
+    positions = [{k: p for p, k in enumerate(tile)} for tile in tile_row]
+    rows, cols = names
+
+    def measure_pair(job: tuple[int, int, int, int, int]) -> list[Any]:
+        r, c, t, i, j = job
+        pi, pj = positions[t][i], positions[t][j]
+        p = stats[t].pair(pi, pj) if blockwise else pair_stats(stats[t], pi, pj)
+        pair_names = (f"xs[{rows[r]!r}]", f"ys[{cols[c]!r}]")
+        return [_FROM_STATS[m](p, names=pair_names, **per_measure[m]) for m in measures]
+
+    return _map_pairs(measure_pair, jobs)
 
 
 def _layer(x: ArrayLike, *, name: str, conv: str | None, layout: str | None) -> Any:

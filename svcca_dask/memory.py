@@ -29,7 +29,7 @@ from typing import Any
 import dask
 
 from ._config import memory_budget
-from .scheduler import current_client, scheduler_threads
+from .scheduler import WORKER_SHARE, current_client, scheduler_threads, worker_limits
 from .stats import task_grid
 
 __all__ = [
@@ -44,11 +44,6 @@ __all__ = [
     "scheduler_threads",
     "worker_limits",
 ]
-
-#: The share of a worker's memory limit a plan may fill: ``distributed`` pauses a
-#: worker at 80% of its limit and its nanny restarts it at 95%, and unmanaged
-#: memory (the interpreter, libraries, fragmentation) takes its part.
-WORKER_SHARE = 0.5
 
 #: Partials of the largest statistic held while it is finalized (the merged one,
 #: its covariance, the blocks cut from it, eigendecompositions): measured.
@@ -68,18 +63,6 @@ def _threads_per_process() -> int:
     if client is not None:
         return max(client.nthreads().values(), default=1)
     return scheduler_threads()
-
-
-def worker_limits() -> list[int]:
-    """The memory limits of the current cluster's workers (those that set one),
-    from the scheduler; empty on threads."""
-    client = current_client()
-    if client is None:
-        return []
-    limits = [
-        int(w.get("memory_limit") or 0) for w in client.scheduler_info().get("workers", {}).values()
-    ]
-    return [v for v in limits if v > 0]
 
 
 def budget() -> int:

@@ -14,7 +14,20 @@ import dask
 
 from . import _config
 
-__all__ = ["compute", "current_client", "persist", "scheduler_threads"]
+__all__ = [
+    "WORKER_SHARE",
+    "compute",
+    "current_client",
+    "persist",
+    "read_bytes",
+    "scheduler_threads",
+    "worker_limits",
+]
+
+#: The share of a worker's memory limit a plan may fill: ``distributed`` pauses a
+#: worker at 80% of its limit and its nanny restarts it at 95%, and unmanaged
+#: memory (the interpreter, libraries, fragmentation) takes its part.
+WORKER_SHARE = 0.5
 
 
 def scheduler_threads() -> int:
@@ -24,6 +37,32 @@ def scheduler_threads() -> int:
     if client is not None:
         return max(1, sum(client.nthreads().values()))
     return max(1, int(dask.config.get("num_workers", None) or _config.cpu_count()))
+
+
+def worker_limits() -> list[int]:
+    """The memory limits of the current cluster's workers (those that set one),
+    from the scheduler; empty on threads."""
+    client = current_client()
+    if client is None:
+        return []
+    limits = [
+        int(w.get("memory_limit") or 0) for w in client.scheduler_info().get("workers", {}).values()
+    ]
+    return [v for v in limits if v > 0]
+
+
+def read_bytes() -> int:
+    """Float64 bytes of the rows a statistics task reads at once: about
+    ``DEFAULT_CHUNK_BYTES``, and on a cluster at most an eighth of each thread's
+    share of the smallest worker (:data:`WORKER_SHARE` of its limit over its
+    threads), so that a task fits its worker whatever the store's chunking
+    allows (a stored chunk is never split, so it is the smallest read)."""
+    limits = worker_limits()
+    if not limits:
+        return _config.DEFAULT_CHUNK_BYTES
+    client = current_client()
+    per_worker = max(client.nthreads().values(), default=1) if client is not None else 1
+    return max(1, min(_config.DEFAULT_CHUNK_BYTES, int(WORKER_SHARE * min(limits)) // (8 * per_worker)))
 
 
 def compute(*graphs: Any) -> tuple[Any, ...]:

@@ -43,7 +43,7 @@ from dask.delayed import Delayed, delayed
 from . import _config
 from ._config import DEFAULT_SPLIT_EVERY
 from .io.chunks import load_all, task_readers
-from .scheduler import compute, scheduler_threads
+from .scheduler import compute, read_bytes, scheduler_threads
 
 __all__ = [
     "Moments",
@@ -645,14 +645,14 @@ def to_moments(out: dict[str, Any], arrays: Sequence[Any]) -> Moments:
 def _row_target(arrays: Sequence[Any]) -> int | None:
     """Rows per task of :func:`_unify_rows`, or None where the stored row chunks stay.
 
-    Row chunks smaller than the target (a stacked float64 buffer of about
-    ``DEFAULT_CHUNK_BYTES``) are merged to a multiple of the largest stored
+    Row chunks smaller than the target (a stacked float64 buffer of
+    :func:`~svcca_dask.scheduler.read_bytes`) are merged to a multiple of the largest stored
     chunk, so that each task does a real SYRK rather than Python overhead;
     chunks are never split (a split Zarr chunk would be decoded twice).
     """
     width = sum(int(a.shape[1]) for a in arrays)
     base = max(max(a.chunks[0]) for a in arrays)
-    target = max(base, (_config.DEFAULT_CHUNK_BYTES // (8 * max(width, 1))) // base * base)
+    target = max(base, (read_bytes() // (8 * max(width, 1))) // base * base)
     rows = arrays[0].chunks[0]
     if target > base or any(a.chunks[0] != rows for a in arrays[1:]):
         return int(target)
