@@ -155,13 +155,19 @@ def connect(
             # dashboard link) carry the machine's IP: stay on tcp:// loopback
             options.setdefault("protocol", "tcp://")
         options.setdefault("host", "127.0.0.1")
-        cluster = LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=threads_per_worker,
-            dashboard_address=dashboard_address,
-            security=security,
-            **options,
-        )
+        import dask
+
+        # the nanny's MALLOC_TRIM_THRESHOLD_=65536 makes every large buffer a fresh,
+        # page-faulted mapping: a third of a pass's time (benchmarks/RESULTS.md,
+        # cluster); the plans keep a worker under half its limit without it
+        with dask.config.set({_TRIM: None} if dask.config.get(_TRIM, None) == 65536 else {}):
+            cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=threads_per_worker,
+                dashboard_address=dashboard_address,
+                security=security,
+                **options,
+            )
     elif text.startswith(_SCHEDULER_PROTOCOLS):
         if text.startswith("tls://") and security is None:
             raise ValueError(
@@ -233,6 +239,10 @@ def connect(
         cluster.close()
         raise
     return _announce(Connection(client, cluster, text), started=True, quiet=quiet)
+
+
+#: The nanny's setting that :func:`connect` leaves out for the local workers it starts.
+_TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 
 
 def _no_cluster_options(

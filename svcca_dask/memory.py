@@ -15,7 +15,7 @@ its estimate; the figures are in ``benchmarks/RESULTS.md``):
 - a tree reduction of ``(w, w)`` float64 partial statistics (the covariance
   path, a matrix's tiles) holds ``min(tasks, split_every) + 1`` partials per
   tree in flight, :data:`_TASK_PARTIALS` more per thread (a task's running
-  partial, its chunk's, and their merge), and :data:`_FINAL_PARTIALS` more
+  partial and its chunk piece's), and :data:`_FINAL_PARTIALS` more
   while the statistics are finalized; each thread's task also holds
   :data:`_CHUNK_COPIES` float64 copies of the chunk it is at;
 - the randomized SVD: see :func:`svcca_dask.svd.randomized_bytes`.
@@ -52,8 +52,9 @@ _FINAL_PARTIALS = 5
 #: Float64 copies of its rows a statistics task holds (stacked, centred).
 _CHUNK_COPIES = 2
 
-#: Partials a row-group task holds at once: its running one, its chunk's, the merge.
-_TASK_PARTIALS = 3
+#: Partials a row-group task holds at once: its running one and its chunk piece's
+#: (merged in place: :func:`svcca_dask.stats.moments_combine` with ``inplace``).
+_TASK_PARTIALS = 2
 
 
 def _threads_per_process() -> int:

@@ -1,8 +1,9 @@
 """Where the passes run: the current ``distributed`` client, else Dask's threads.
 
 :func:`compute` and :func:`persist` run graphs on the current client when there
-is one, else on the threaded scheduler with BLAS and Blosc limited to one
-thread per task; :func:`scheduler_threads` counts the threads that run tasks.
+is one (its workers' Blosc at one thread, :mod:`svcca_dask._worker_setup`),
+else on the threaded scheduler with BLAS and Blosc limited to one thread per
+task; :func:`scheduler_threads` counts the threads that run tasks.
 """
 
 from __future__ import annotations
@@ -74,7 +75,11 @@ def compute(*graphs: Any) -> tuple[Any, ...]:
     two threads of its own by default, which then compete with the other
     tasks' reads (benchmarks/RESULTS.md).
     """
-    if current_client() is not None:
+    client = current_client()
+    if client is not None:
+        from ._worker_setup import prepare
+
+        prepare(client)
         return dask.compute(*graphs)
     from threadpoolctl import threadpool_limits
 
@@ -85,7 +90,11 @@ def compute(*graphs: Any) -> tuple[Any, ...]:
 def persist(*graphs: Any) -> tuple[Any, ...]:
     """``dask.persist`` as :func:`compute` runs it: the results stay lazy objects
     (held by the workers on a cluster) for a later pass that builds on them."""
-    if current_client() is not None:
+    client = current_client()
+    if client is not None:
+        from ._worker_setup import prepare
+
+        prepare(client)
         return dask.persist(*graphs)
     from threadpoolctl import threadpool_limits
 

@@ -86,16 +86,10 @@ class _StoredChunk:
         return out[: self.rows]
 
 
-def task_readers(arr: da.Array, _seen: dict[str, list[_ChunkGetter]] | None = None) -> list[_ChunkGetter]:
-    """One reader per row chunk of ``arr``, called inside the task that needs the rows
-    (``_seen``: readers by array name, so that an array given twice shares them)."""
-    if _seen is not None and arr.name in _seen:
-        return _seen[arr.name]
+def task_readers(arr: da.Array) -> list[_ChunkGetter]:
+    """One reader per row chunk of ``arr``, called inside the task that needs the rows."""
     blocks = arr.to_delayed(optimize_graph=True).reshape(-1)
-    readers = [_ChunkGetter(b, r) for b, r in zip(blocks, arr.chunks[0], strict=True)]
-    if _seen is not None:
-        _seen[arr.name] = readers
-    return readers
+    return [_ChunkGetter(b, r) for b, r in zip(blocks, arr.chunks[0], strict=True)]
 
 
 #: Pieces of a fold task that read their chunk when called.
