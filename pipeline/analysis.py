@@ -28,6 +28,7 @@ import numpy as np
 from .output import read_table
 
 __all__ = [
+    "DEFAULT_THRESHOLD",
     "CheckpointSet",
     "Results",
     "checkpoint_set",
@@ -38,6 +39,9 @@ __all__ = [
     "ordered",
     "score_matrix",
 ]
+
+#: Score at which a layer counts as converged: the report's text, ``svcca-dask freeze``.
+DEFAULT_THRESHOLD = 0.99
 
 _COLUMN = re.compile(r"^(?P<layer>.+)\[(?P<cls>[^\[\]]+)\]$")
 

@@ -32,6 +32,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from . import demo
+from .analysis import DEFAULT_THRESHOLD
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
@@ -242,8 +243,8 @@ def _add_report(subparsers: Any) -> None:
     p.add_argument("results", metavar="RESULTS_DIR", help="the output folder of a run")
     p.add_argument("--out", default=None, help="report folder (default: RESULTS_DIR/report)")
     p.add_argument(
-        "--threshold", type=float, default=0.99,
-        help="score at which a layer counts as converged, in the text (default 0.99)",
+        "--threshold", type=float, default=DEFAULT_THRESHOLD,
+        help=f"score at which a layer counts as converged, in the text (default {DEFAULT_THRESHOLD})",
     )  # fmt: skip
     p.set_defaults(handler=_report)
 
@@ -259,7 +260,9 @@ def _add_freeze(subparsers: Any) -> None:
         ),
     )
     p.add_argument("results", metavar="RESULTS_DIR", help="the output folder of a run")
-    p.add_argument("--threshold", type=float, default=0.99, help="default 0.99")
+    p.add_argument(
+        "--threshold", type=float, default=DEFAULT_THRESHOLD, help=f"default {DEFAULT_THRESHOLD}"
+    )
     p.add_argument("--measure", default=None, help="default svcca (when the table has it)")
     p.add_argument(
         "--layers", default=None,

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import report as rp
 from .analysis import (
+    DEFAULT_THRESHOLD,
     CheckpointSet,
     Results,
     checkpoint_set,
@@ -34,26 +35,15 @@ from .analysis import (
     ordered,
     score_matrix,
 )
+from .output import COLUMNS
 
-__all__ = ["DEFAULT_THRESHOLD", "write_results_report"]
+__all__ = ["write_results_report"]
 
-#: Score at which the report calls a layer converged (``svcca-dask freeze``'s default too).
-DEFAULT_THRESHOLD = 0.99
 #: Panels of the learning-dynamics figure at most (checkpoints spread evenly).
 MAX_PANELS = 6
 #: A class-sensitivity score this close to 1 against every class is so by construction.
 BY_CONSTRUCTION = 1e-3
-_TABLE = (
-    "x_store",
-    "x_layer",
-    "y_store",
-    "y_layer",
-    "measure",
-    "against",
-    "score",
-    "n_samples",
-    "warnings",
-)
+_TABLE = (*COLUMNS[:8], "warnings")  # x_store ... n_samples: who, what, how many
 
 
 def write_results_report(

@@ -75,31 +75,26 @@ def compute(*graphs: Any) -> tuple[Any, ...]:
     two threads of its own by default, which then compete with the other
     tasks' reads (benchmarks/RESULTS.md).
     """
-    client = current_client()
-    if client is not None:
-        from ._worker_setup import prepare
-
-        prepare(client)
-        return dask.compute(*graphs)
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"), _blosc_threads(1):
-        return dask.compute(*graphs)
+    return _run(dask.compute, graphs)
 
 
 def persist(*graphs: Any) -> tuple[Any, ...]:
     """``dask.persist`` as :func:`compute` runs it: the results stay lazy objects
     (held by the workers on a cluster) for a later pass that builds on them."""
+    return _run(dask.persist, graphs)
+
+
+def _run(fn: Any, graphs: tuple[Any, ...]) -> tuple[Any, ...]:
     client = current_client()
     if client is not None:
         from ._worker_setup import prepare
 
         prepare(client)
-        return dask.persist(*graphs)
+        return fn(*graphs)
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"), _blosc_threads(1):
-        return dask.persist(*graphs)
+        return fn(*graphs)
 
 
 @contextlib.contextmanager

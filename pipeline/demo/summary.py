@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..analysis import DEFAULT_THRESHOLD  # Freeze Training: the rule of svcca-dask freeze
+
 __all__ = ["DEFAULT_OUT", "DEFAULT_THRESHOLD", "DENSE_LAYER", "NETS", "DemoSummary"]
 
 #: Report folder when ``--out`` is not given.
@@ -24,8 +26,6 @@ NETS: dict[str, tuple[str, int]] = {
 DENSE_LAYER = "fc1"
 
 
-#: Freeze Training: SVCCA with the final state at which a layer counts as converged.
-DEFAULT_THRESHOLD = 0.99
 
 
 #: Reduction of conv layers in the layer x layer heatmaps (conv against dense
