@@ -32,6 +32,7 @@ __all__ = [
     "CheckpointSet",
     "Results",
     "checkpoint_set",
+    "class_column",
     "class_of",
     "freeze_plan",
     "freeze_schedule",
@@ -114,6 +115,12 @@ def load_results(path: str | os.PathLike[str]) -> Results:
 def ordered(values: Sequence[str]) -> list[str]:
     """Distinct values in order of first appearance."""
     return list(dict.fromkeys(values))
+
+
+def class_column(layer: str, cls: Any) -> str:
+    """The ``y_layer`` of class ``cls`` of a target layer (``labels[3]``): what a
+    ``target`` job writes and :func:`class_of` reads back."""
+    return f"{layer}[{cls}]"
 
 
 def class_of(y_layer: str) -> str:

@@ -76,6 +76,8 @@ def target_pairs(
 
     from svcca_dask.store import LABELS
 
+    from .analysis import class_column
+
     if not isinstance(target, str) or not target:
         raise ValueError(
             f"{where}: target must be 'labels', a layer or 'store/layer', got {target!r}"
@@ -114,8 +116,9 @@ def target_pairs(
             if t_store == store and layer == name:
                 continue  # the logits against themselves
             for c in classes:
-                pairs.append((store, layer, t_store, f"{name}[{c}]"))
-                columns[(t_store, f"{name}[{c}]")] = (name, c)
+                column = class_column(name, c)
+                pairs.append((store, layer, t_store, column))
+                columns[(t_store, column)] = (name, c)
     if not pairs:
         raise ValueError(f"{where}: target {target!r} leaves no layer to compare")
     return pairs, columns

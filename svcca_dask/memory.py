@@ -29,11 +29,10 @@ from typing import Any
 import dask
 
 from ._config import memory_budget
-from .scheduler import WORKER_SHARE, current_client, scheduler_threads, worker_limits
+from .scheduler import WORKER_SHARE, scheduler_threads, worker_limits, worker_threads
 from .stats import task_grid
 
 __all__ = [
-    "WORKER_SHARE",
     "budget",
     "check_peak",
     "covariance_bytes",
@@ -42,7 +41,6 @@ __all__ = [
     "plan_covariance",
     "reduction_bytes",
     "scheduler_threads",
-    "worker_limits",
 ]
 
 #: Partials of the largest statistic held while it is finalized (the merged one,
@@ -55,15 +53,6 @@ _CHUNK_COPIES = 2
 #: Partials a row-group task holds at once: its running one and its chunk piece's
 #: (merged in place: :func:`svcca_dask.stats.moments_combine` with ``inplace``).
 _TASK_PARTIALS = 2
-
-
-def _threads_per_process() -> int:
-    """Threads whose tasks share one process's memory: one worker's on a
-    cluster (the largest), else the threaded scheduler's."""
-    client = current_client()
-    if client is not None:
-        return max(client.nthreads().values(), default=1)
-    return scheduler_threads()
 
 
 def budget() -> int:
@@ -99,7 +88,7 @@ def reduction_bytes(
     if not partials:
         return 0
     in_flight = min(tasks, split_every) + 1
-    threads = _threads_per_process()
+    threads = worker_threads()
     largest = max(partials)
     return int(
         sum(partials) * in_flight

@@ -9,6 +9,8 @@ task; :func:`scheduler_threads` counts the threads that run tasks.
 from __future__ import annotations
 
 import contextlib
+import time
+import weakref
 from typing import Any
 
 import dask
@@ -17,12 +19,14 @@ from . import _config
 
 __all__ = [
     "WORKER_SHARE",
+    "cluster_workers",
     "compute",
     "current_client",
     "persist",
     "read_bytes",
     "scheduler_threads",
     "worker_limits",
+    "worker_threads",
 ]
 
 #: The share of a worker's memory limit a plan may fill: ``distributed`` pauses a
@@ -31,24 +35,49 @@ __all__ = [
 WORKER_SHARE = 0.5
 
 
+#: Seconds a client's worker facts are reused: a plan asks for them once per
+#: tile and fan-in it tries, and each ask is a round trip to the scheduler.
+_FACTS_TTL = 1.0
+_facts: list[Any] = [None, 0.0, []]  # weakref to the client, when asked, its workers
+
+
+def cluster_workers() -> list[dict[str, Any]]:
+    """The current cluster's workers as the scheduler describes them
+    (``nthreads``, ``memory_limit``...), asked at most once a second; empty on
+    threads."""
+    client = current_client()
+    if client is None:
+        return []
+    now = time.monotonic()
+    ref, asked, workers = _facts
+    if ref is None or ref() is not client or now - asked > _FACTS_TTL:
+        workers = list(client.scheduler_info().get("workers", {}).values())
+        _facts[:] = [weakref.ref(client), now, workers]
+    return workers
+
+
+def worker_threads() -> int:
+    """Threads whose tasks share one process's memory: the largest worker's on a
+    cluster, else the threaded scheduler's."""
+    workers = cluster_workers()
+    if workers:
+        return max(1, max(int(w.get("nthreads") or 1) for w in workers))
+    return scheduler_threads()
+
+
 def scheduler_threads() -> int:
     """Threads that run tasks at once: the cluster's total on ``distributed``,
     else the threaded scheduler's (``num_workers`` or the cores)."""
-    client = current_client()
-    if client is not None:
-        return max(1, sum(client.nthreads().values()))
+    workers = cluster_workers()
+    if workers:
+        return max(1, sum(int(w.get("nthreads") or 1) for w in workers))
     return max(1, int(dask.config.get("num_workers", None) or _config.cpu_count()))
 
 
 def worker_limits() -> list[int]:
     """The memory limits of the current cluster's workers (those that set one),
     from the scheduler; empty on threads."""
-    client = current_client()
-    if client is None:
-        return []
-    limits = [
-        int(w.get("memory_limit") or 0) for w in client.scheduler_info().get("workers", {}).values()
-    ]
+    limits = [int(w.get("memory_limit") or 0) for w in cluster_workers()]
     return [v for v in limits if v > 0]
 
 
@@ -61,9 +90,8 @@ def read_bytes() -> int:
     limits = worker_limits()
     if not limits:
         return _config.DEFAULT_CHUNK_BYTES
-    client = current_client()
-    per_worker = max(client.nthreads().values(), default=1) if client is not None else 1
-    return max(1, min(_config.DEFAULT_CHUNK_BYTES, int(WORKER_SHARE * min(limits)) // (8 * per_worker)))
+    share = int(WORKER_SHARE * min(limits)) // (8 * worker_threads())
+    return max(1, min(_config.DEFAULT_CHUNK_BYTES, share))
 
 
 def compute(*graphs: Any) -> tuple[Any, ...]:

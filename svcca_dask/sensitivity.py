@@ -15,7 +15,7 @@ this against ``conv="dft"`` on a pair).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import dask.array as da
@@ -82,7 +82,7 @@ def class_sensitivity(
     classes: Sequence[Hashable] | None = None,
     conv: str | None = "dft",
     layout: str | None = None,
-    on_pair: Any = None,
+    on_pair: Callable[[Hashable, Hashable], None] | None = None,
     **options: Any,
 ) -> dict[str, SimilarityMatrix]:
     """How strongly each layer represents each class: a layer x class matrix per measure.

@@ -210,7 +210,7 @@ def moments_chunk(
     -----
     A chunk whose float64 buffer would exceed about ``DEFAULT_CHUNK_BYTES``
     is processed in row pieces merged with :func:`moments_combine` as they
-    come (so a task holds three partials at most, however many pieces):
+    come (so a task holds two partials at a time, however many pieces):
     buffers of 32 MiB and more are mapped fresh by malloc and page-fault on
     every use.
     """
@@ -481,7 +481,7 @@ def accumulate_graph(
     regions: Sequence[Region] | None = None,
     norms: bool = False,
 ) -> Delayed:
-    """The lazy statistics of column-stacked dask arrays (one task per row chunk,
+    """The lazy statistics of column-stacked dask arrays (one task per row group,
     which reads its rows of every array itself: :mod:`svcca_dask.io.chunks`).
 
     See :func:`accumulate`; this returns the :class:`~dask.delayed.Delayed`
@@ -505,9 +505,10 @@ def accumulate_graphs(
     norms: bool = False,
 ) -> list[Delayed]:
     """The lazy statistics of several groups of column-stacked dask arrays (a
-    matrix's tiles), one tree per group, from one task per row chunk.
+    matrix's tiles), one tree per group, from one task per row group
+    (:func:`row_groups`).
 
-    Each row-chunk task reads its rows of every distinct array once (an array
+    Each task reads its rows of every distinct array once (an array
     in several groups is read once per task, not once per group) and returns
     every group's partial; the groups' trees then merge their own. Arguments
     as :func:`accumulate_graph`, one entry per group.
@@ -591,7 +592,6 @@ def moments_chunks(
             acc = [moments_combine([a, p], inplace=True) for a, p in zip(acc, parts, strict=True)]
     assert acc is not None  # a task has at least one chunk
     return acc[0] if single else acc
-
 
 
 def accumulate(

@@ -166,7 +166,7 @@ def test_on_a_cluster_the_plan_is_one_workers():
     ):  # fmt: skip
         # half a worker's limit: distributed pauses a worker at 80% of it
         assert memory.budget() == min(150 * 2**20, memory_budget())
-        assert memory._threads_per_process() == 3  # one worker's threads share its memory
+        assert memory.worker_threads() == 3  # one worker's threads share its memory
         assert memory.scheduler_threads() == 6
         rng = np.random.default_rng(0)
         x = rng.standard_normal((500, 3000))

@@ -17,8 +17,13 @@ import numpy as np
 
 from .._config import physical_memory
 from .._lapack import packed_size
-from ..memory import WORKER_SHARE, scheduler_threads, worker_limits
-from ..scheduler import current_client
+from ..scheduler import (
+    WORKER_SHARE,
+    current_client,
+    scheduler_threads,
+    worker_limits,
+    worker_threads,
+)
 
 __all__ = ["DFT"]
 
@@ -207,7 +212,7 @@ _CCA_BLOCK_BYTES = 32 * 2**20
 def _memory_limit(opt: DFT) -> int:
     """The statistics' budget over all lanes: ``DFT(memory_limit=)``, the config
     value ``svcca_dask.dft_memory_limit``, else a quarter of physical memory; on
-    a cluster at most its workers' shares (:data:`svcca_dask.memory.WORKER_SHARE`
+    a cluster at most its workers' shares (:data:`svcca_dask.scheduler.WORKER_SHARE`
     of the smallest limit, times the workers, over which the lanes spread)."""
     value = opt.memory_limit
     if value is None:
@@ -228,7 +233,7 @@ def _task_threads(lanes: int) -> int:
     threads = max(1, scheduler_threads() // lanes)
     client = current_client()
     if client is not None:
-        threads = min(threads, max(client.nthreads().values(), default=1))
+        threads = min(threads, worker_threads())
     return threads
 
 

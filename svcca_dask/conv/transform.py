@@ -166,10 +166,10 @@ def _dft_fold(
     m = sum(sizes)
     cx, cy = plan.x_shape[0], plan.y_shape[0]
     f_count, d = idx.size, cx + cy
-    # the coefficient buffer is reused by the lane's next task (buffers this
-    # large are mapped fresh by malloc and page-faulted on every use otherwise)
     if acc is not None and not owned:  # a copy of our own: the input stays as it was
         acc = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in acc.items()}
+    # the coefficient buffer is reused by the lane's next task (buffers this
+    # large are mapped fresh by malloc and page-faulted on every use otherwise)
     buf = acc.pop("_buf", None) if acc is not None else None
     if buf is None or buf.shape[0] != f_count or buf.shape[2] < m + 1:
         buf = _new((f_count, d, m + 1), arrays)
