@@ -1,7 +1,9 @@
 """svcca-dask: SVCCA, PWCCA and linear CKA of neural-network activations at scale.
 
-Activations are ``(n_samples, n_features)`` arrays (NumPy, Dask, Zarr, or a
-``"store.zarr/layer"`` path), or conv layers ``(n, C, H, W)`` / ``(n, H, W, C)``.
+Activations are ``(n_samples, n_features)`` arrays, or conv layers ``(n, C, H,
+W)`` / ``(n, H, W, C)``, in any form :func:`open_layer` opens (NumPy and
+memmaps, CPU tensors, Dask, Zarr, xarray, HDF5, npy/npz, safetensors, Hugging
+Face datasets, memmap shards; paths and URLs), streamed without a copy.
 Every measure is computed from co-moment statistics accumulated in one
 streaming pass over row chunks, on Dask's threaded scheduler or the current
 ``distributed`` client.
@@ -13,9 +15,11 @@ DFT path's statistics and ``*_from_dft_stats``), :mod:`svcca_dask.svd`,
 :mod:`svcca_dask.rules`, :mod:`svcca_dask.store`.
 """
 
+from .accumulator import Accumulator
 from .cka import linear_cka
 from .cluster import Connection, connect
 from .conv import DFT, conv_features
+from .inputs import Layer, RowOrderError, open_layer
 from .matrix import similarity_matrices, similarity_matrix
 from .measures import cca, pwcca, svcca
 from .results import (
@@ -45,15 +49,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DFT",
+    "Accumulator",
     "ActivationStore",
     "CCAResult",
     "CKAResult",
     "Connection",
     "IncompleteLayerError",
     "LayerData",
+    "Layer",
     "LayerInfo",
     "PWCCAResult",
     "RandomizedSVD",
+    "RowOrderError",
     "SVCCAResult",
     "SampleSizeWarning",
     "SimilarityMatrix",
@@ -65,6 +72,7 @@ __all__ = [
     "create_store",
     "linear_cka",
     "list_layers",
+    "open_layer",
     "open_store",
     "pwcca",
     "read_layer",

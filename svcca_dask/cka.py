@@ -3,11 +3,14 @@ covariance statistics (and, debiased, the samples' squared norms)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 from ._config import DEFAULT_MAX_FEATURES, DEFAULT_SPLIT_EVERY
 from .conv.measures import dft_measure
-from .input import ArrayLike, reads_inputs
+from .inputs import ArrayLike
 from .measures import ConvOption, _pair_stats, _prepare
 from .results import CKAResult
 from .stats import PairStats
@@ -74,7 +77,6 @@ def _debiased_cka(p: PairStats, ax: float, ay: float, names: tuple[str, str]) ->
     return hxy / np.sqrt(hxx * hyy)
 
 
-@reads_inputs
 def linear_cka(
     x: ArrayLike,
     y: ArrayLike,
@@ -85,6 +87,10 @@ def linear_cka(
     max_features: int = DEFAULT_MAX_FEATURES,
     debiased: bool = False,
     mask: ArrayLike | None = None,
+    sample_ids: Any = None,
+    rows: str = "check",
+    storage_options: Mapping[str, Any] | None = None,
+    missing_chunks: str = "error",
 ) -> CKAResult:
     """Linear CKA (Kornblith et al. 2019) from one pass of covariance statistics.
 
@@ -118,7 +124,9 @@ def linear_cka(
     """
     if not isinstance(debiased, bool):
         raise TypeError(f"debiased must be True or False, got {debiased!r}")
-    pair = _prepare(x, y, conv=conv, layout=layout, mask=mask)  # lazy: nothing read yet
+    pair = _prepare(
+        x, y, conv=conv, layout=layout, mask=mask, sample_ids=sample_ids, rows=rows, storage_options=storage_options, missing_chunks=missing_chunks,
+    )  # lazy: nothing read yet
     if debiased and pair.dft:
         raise ValueError(
             "debiased=True is not available with conv='dft' (its per-frequency "

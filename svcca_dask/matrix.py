@@ -60,7 +60,7 @@ from ._config import DEFAULT_MAX_FEATURES, DEFAULT_SPLIT_EVERY, cpu_count
 from .cka import cka_from_stats
 from .conv.features import conv_features
 from .conv.plan import DFT
-from .input import ArrayLike, as_dask, reads_inputs
+from .inputs import ArrayLike, Layer, align_rows, as_dask, open_layer
 from .linalg import top_eigh, whitening
 from .measures import cca_from_stats, pwcca_from_stats, svcca_from_stats
 from .memory import check_peak, covariance_bytes, fan_in, fits
@@ -70,7 +70,7 @@ from .scheduler import compute, current_client
 from .shape import check_shape, shape_from_stats
 from .stats import Moments, PairStats, Region, accumulate_graphs, pair_stats
 
-__all__ = ["MATRIX_MEASURES", "similarity_matrices", "similarity_matrix"]
+__all__ = ["FROM_STATS", "MATRIX_MEASURES", "similarity_matrices", "similarity_matrix"]
 
 #: Measures :func:`similarity_matrix` computes, with the options each accepts.
 MATRIX_MEASURES: dict[str, tuple[str, ...]] = {
@@ -82,7 +82,8 @@ MATRIX_MEASURES: dict[str, tuple[str, ...]] = {
     "shape": ("alpha", "metric"),
 }
 
-_FROM_STATS: dict[str, Callable[..., Any]] = {
+#: Each measure's function of a pair's statistics (:class:`~svcca_dask.stats.PairStats`).
+FROM_STATS: dict[str, Callable[..., Any]] = {
     "svcca": svcca_from_stats,
     "cca": cca_from_stats,
     "pwcca": pwcca_from_stats,
@@ -92,7 +93,6 @@ _FROM_STATS: dict[str, Callable[..., Any]] = {
 }
 
 
-@reads_inputs
 def similarity_matrix(
     xs: Mapping[Hashable, ArrayLike],
     ys: Mapping[Hashable, ArrayLike] | None = None,
@@ -104,6 +104,9 @@ def similarity_matrix(
     split_every: int = DEFAULT_SPLIT_EVERY,
     return_results: bool = True,
     on_pair: Callable[[Hashable, Hashable], None] | None = None,
+    rows: str = "check",
+    storage_options: Mapping[str, Any] | None = None,
+    missing_chunks: str = "error",
     **options: Any,
 ) -> SimilarityMatrix:
     """Every layer of ``xs`` against every layer of ``ys``, reading each layer once.
@@ -139,6 +142,9 @@ def similarity_matrix(
     on_pair : callable, optional
         Called as ``on_pair(row, column)`` when a pair is done, tile row by
         tile row (a progress hook).
+    rows, storage_options, missing_chunks
+        As for :func:`svcca_dask.cca`: every layer's rows are checked against
+        the first's (stores' recorded orders and sample ids).
     **options
         Options of the measure: ``keep`` and ``epsilon`` (svcca), ``epsilon``
         (cca), ``epsilon`` and ``side`` (pwcca), ``debiased`` (cka: then the
@@ -187,18 +193,18 @@ def similarity_matrix(
         )
     return similarity_matrices(
         xs, ys, measures=(measure,), conv=conv, layout=layout, max_width=max_width,
-        split_every=split_every, return_results=return_results, on_pair=on_pair, **options,
+        split_every=split_every, return_results=return_results, on_pair=on_pair, rows=rows,
+        storage_options=storage_options, missing_chunks=missing_chunks, **options,
     )[measure]
 
 
 def _check_measure(measure: Any) -> None:
-    if measure not in _FROM_STATS:
+    if measure not in FROM_STATS:
         raise ValueError(
-            f"unknown measure {measure!r}; choose one of {', '.join(map(repr, _FROM_STATS))}"
+            f"unknown measure {measure!r}; choose one of {', '.join(map(repr, FROM_STATS))}"
         )
 
 
-@reads_inputs
 def similarity_matrices(
     xs: Mapping[Hashable, ArrayLike],
     ys: Mapping[Hashable, ArrayLike] | None = None,
@@ -210,6 +216,9 @@ def similarity_matrices(
     split_every: int = DEFAULT_SPLIT_EVERY,
     return_results: bool = True,
     on_pair: Callable[[Hashable, Hashable], None] | None = None,
+    rows: str = "check",
+    storage_options: Mapping[str, Any] | None = None,
+    missing_chunks: str = "error",
     **options: Any,
 ) -> dict[str, SimilarityMatrix]:
     """Several measures' layer x layer matrices from the same single pass.
@@ -275,30 +284,32 @@ def similarity_matrices(
         if len(layers) == 0:
             raise ValueError(f"{side} is empty: give at least one layer")
 
-    # distinct layers, each converted once; a layer on both sides is one layer
-    arrays: list[Any] = []
+    # distinct layers, each opened once; a layer on both sides is one layer
+    opened: list[Layer] = []
     labels: list[str] = []
     by_key: dict[str, int] = {}
 
     def index_of(side: str, name: Hashable, value: ArrayLike) -> int:
-        arr = _layer(value, name=f"{side}[{name!r}]", conv=conv, layout=layout)
-        key = arr.name
+        layer = open_layer(value, name=f"{side}[{name!r}]", storage_options=storage_options,
+                           missing_chunks=missing_chunks)  # fmt: skip
+        key = layer.data.name
         if key not in by_key:
-            by_key[key] = len(arrays)
-            arrays.append(arr)
+            by_key[key] = len(opened)
+            opened.append(layer)
             labels.append(f"{side}[{name!r}]")
         return by_key[key]
 
     row_idx = [index_of("xs", k, v) for k, v in xs.items()]
     col_idx = row_idx if ys is xs else [index_of("ys", k, v) for k, v in ys.items()]
-
-    n = arrays[0].shape[0]
-    for lab, a in zip(labels, arrays, strict=True):
-        if a.shape[0] != n:
+    for lab, v in zip(labels, opened, strict=True):
+        if v.rows != opened[0].rows:
             raise ValueError(
                 f"all layers must have the same number of samples (first axis): "
-                f"{labels[0]} has {n}, {lab} has {a.shape[0]}"
+                f"{labels[0]} has {opened[0].rows}, {lab} has {v.rows}"
             )
+    opened = align_rows(opened, rows=rows)  # every layer's rows against the first's
+    arrays = [_layer(v, name=lab, conv=conv, layout=layout) for v, lab in zip(opened, labels, strict=True)]
+    n = arrays[0].shape[0]
     widths = [int(a.shape[1]) for a in arrays]
     for i in dict.fromkeys(row_idx):
         for j in dict.fromkeys(col_idx):
@@ -432,7 +443,7 @@ def _finish_tile_row(
         pi, pj = positions[t][i], positions[t][j]
         p = stats[t].pair(pi, pj) if blockwise else pair_stats(stats[t], pi, pj)
         pair_names = (f"xs[{rows[r]!r}]", f"ys[{cols[c]!r}]")
-        return [_FROM_STATS[m](p, names=pair_names, **per_measure[m]) for m in measures]
+        return [FROM_STATS[m](p, names=pair_names, **per_measure[m]) for m in measures]
 
     return _map_pairs(measure_pair, jobs)
 

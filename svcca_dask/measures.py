@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -14,7 +15,7 @@ from .conv.layout import open_conv, spatial_shape
 from .conv.measures import dft_measure
 from .conv.plan import DFT
 from .folds import check_folds, fold_stats, held_out
-from .input import ArrayLike, check_pair, is_zarr_array, open_source, reads_inputs
+from .inputs import ArrayLike, check_pair, open_pair
 from .linalg import cca_from_cov, top_eigh
 from .memory import plan_covariance
 from .results import (
@@ -99,7 +100,7 @@ def _cca_fields(
 
 def _warned(result: Any) -> Any:
     """``result``, its ``warnings`` issued as :class:`SampleSizeWarning` from the user's call."""
-    warn_notes(getattr(result, "warnings", ()), stacklevel=5)  # user, reads_inputs, measure
+    warn_notes(getattr(result, "warnings", ()), stacklevel=4)  # _warned, the measure, the user
     return result
 
 
@@ -238,13 +239,24 @@ def _check_conv(conv: Any) -> str:
 
 
 def _prepare(
-    x: ArrayLike, y: ArrayLike, *, conv: Any, layout: Any, mask: ArrayLike | None = None
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    conv: Any,
+    layout: Any,
+    mask: ArrayLike | None = None,
+    sample_ids: Any = None,
+    rows: str = "check",
+    storage_options: Mapping[str, Any] | None = None,
+    missing_chunks: str = "error",
 ) -> _Pair:
-    """Open both inputs; reduce 4-D ones per ``conv`` (2-D inputs ignore it), and
-    3-D token layers per ``conv`` and ``mask`` (:mod:`svcca_dask.tokens`)."""
+    """Open both inputs (:func:`svcca_dask.inputs.open_pair`: rows checked to
+    line up); reduce 4-D ones per ``conv`` (2-D inputs ignore it), and 3-D
+    token layers per ``conv`` and ``mask`` (:mod:`svcca_dask.tokens`)."""
     mode = _check_conv(conv)
     lx, ly = layout if isinstance(layout, tuple) else (layout, layout)
-    x, y = open_source(x, "x"), open_source(y, "y")
+    x, y = open_pair(x, y, sample_ids=sample_ids, rows=rows, storage_options=storage_options,
+                     missing_chunks=missing_chunks)  # fmt: skip
     if is_token_layer(x) or is_token_layer(y):
         xt, yt = prepare_tokens(x, y, mode, (lx, ly), mask)
         check_pair(xt, yt)
@@ -256,11 +268,8 @@ def _prepare(
     check_pair(xd, yd)
     if x_layout is None and y_layout is None:
         return _Pair(xd, yd, False, (None, None))
-    if mode == "dft":  # Zarr arrays as they are: the DFT path reads their stored chunks itself
-        return _Pair(
-            x if is_zarr_array(x) else xd, y if is_zarr_array(y) else yd, True,
-            (x_layout, y_layout),
-        )  # fmt: skip
+    if mode == "dft":  # the layers: the DFT path reads a Zarr layer's stored chunks itself
+        return _Pair(x, y, True, (x_layout, y_layout))
     if mode == "samples":
         sx = spatial_shape(xd, x_layout)[1:] if x_layout else None
         sy = spatial_shape(yd, y_layout)[1:] if y_layout else None
@@ -292,7 +301,7 @@ def _repeated(side: Any, reps: int, name: str) -> Any:
         "positions match a per-image target. conv='dft' (its DC frequency: spatial sums) or "
         "conv='mean' compares per image.",
         UserWarning,
-        stacklevel=5,  # _repeated, _prepare, the measure, reads_inputs, the user
+        stacklevel=4,  # _repeated, _prepare, the measure, the user
     )
     return repeat_rows(side, reps)
 
@@ -330,7 +339,6 @@ def _pair_stats(
     return pair_stats(m)
 
 
-@reads_inputs
 def cca(
     x: ArrayLike,
     y: ArrayLike,
@@ -342,6 +350,10 @@ def cca(
     max_features: int = DEFAULT_MAX_FEATURES,
     folds: int | None = None,
     mask: ArrayLike | None = None,
+    sample_ids: Any = None,
+    rows: str = "check",
+    storage_options: Mapping[str, Any] | None = None,
+    missing_chunks: str = "error",
 ) -> CCAResult | DFTCCAResult:
     """Canonical correlation analysis of two layers in one pass over the data.
 
@@ -404,7 +416,9 @@ def cca(
     """
     check_epsilon(epsilon)
     check_folds(folds)
-    pair = _prepare(x, y, conv=conv, layout=layout, mask=mask)
+    pair = _prepare(
+        x, y, conv=conv, layout=layout, mask=mask, sample_ids=sample_ids, rows=rows, storage_options=storage_options, missing_chunks=missing_chunks,
+    )
     if pair.dft:
         return _warned(_dft("cca", pair, conv, epsilon, folds))
     if folds is not None:
@@ -446,7 +460,6 @@ def _held_out(
     return held_out(fit, full, splits)
 
 
-@reads_inputs
 def svcca(
     x: ArrayLike,
     y: ArrayLike,
@@ -460,6 +473,10 @@ def svcca(
     max_features: int = DEFAULT_MAX_FEATURES,
     folds: int | None = None,
     mask: ArrayLike | None = None,
+    sample_ids: Any = None,
+    rows: str = "check",
+    storage_options: Mapping[str, Any] | None = None,
+    missing_chunks: str = "error",
 ) -> SVCCAResult | DFTSVCCAResult:
     """SVCCA (Raghu et al. 2017): CCA of each layer's top singular directions.
 
@@ -511,7 +528,9 @@ def svcca(
     keep_pair(keep)
     check_epsilon(epsilon)
     check_folds(folds)
-    pair = _prepare(x, y, conv=conv, layout=layout, mask=mask)
+    pair = _prepare(
+        x, y, conv=conv, layout=layout, mask=mask, sample_ids=sample_ids, rows=rows, storage_options=storage_options, missing_chunks=missing_chunks,
+    )
     methods = _svd_methods(svd, pair, max_features)
     if pair.dft:
         return _warned(_dft("svcca", pair, conv, epsilon, folds, keep=keep))
@@ -606,7 +625,6 @@ def _svcca_two_stage(
     )
 
 
-@reads_inputs
 def pwcca(
     x: ArrayLike,
     y: ArrayLike,
@@ -619,6 +637,10 @@ def pwcca(
     max_features: int = DEFAULT_MAX_FEATURES,
     folds: int | None = None,
     mask: ArrayLike | None = None,
+    sample_ids: Any = None,
+    rows: str = "check",
+    storage_options: Mapping[str, Any] | None = None,
+    missing_chunks: str = "error",
 ) -> PWCCAResult | DFTPWCCAResult:
     """Projection-weighted CCA (Morcos, Raghu & Bengio 2018).
 
@@ -656,7 +678,9 @@ def pwcca(
     check_epsilon(epsilon)
     check_side(side)
     check_folds(folds)
-    pair = _prepare(x, y, conv=conv, layout=layout, mask=mask)
+    pair = _prepare(
+        x, y, conv=conv, layout=layout, mask=mask, sample_ids=sample_ids, rows=rows, storage_options=storage_options, missing_chunks=missing_chunks,
+    )
     if pair.dft:
         return _warned(_dft("pwcca", pair, conv, epsilon, folds, side=side))
     if folds is not None:

@@ -21,7 +21,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from .input import ArrayLike, as_dask, reads_inputs
+from .inputs import ArrayLike, align_rows, as_dask, open_layer
 from .matrix import similarity_matrices
 from .results import SimilarityMatrix
 
@@ -73,7 +73,6 @@ def _plain(value: Any) -> Hashable:
     return value.item() if isinstance(value, np.generic) else value
 
 
-@reads_inputs
 def class_sensitivity(
     xs: Mapping[Hashable, ArrayLike] | ArrayLike,
     target: ArrayLike,
@@ -83,6 +82,9 @@ def class_sensitivity(
     conv: str | None = "dft",
     layout: str | None = None,
     on_pair: Callable[[Hashable, Hashable], None] | None = None,
+    rows: str = "check",
+    storage_options: Mapping[str, Any] | None = None,
+    missing_chunks: str = "error",
     **options: Any,
 ) -> dict[str, SimilarityMatrix]:
     """How strongly each layer represents each class: a layer x class matrix per measure.
@@ -108,6 +110,8 @@ def class_sensitivity(
         Conv layers' layout when the input does not say (``"NCHW"``...).
     on_pair : callable, optional
         ``on_pair(layer, class)`` as each pair is done (progress).
+    rows, storage_options, missing_chunks
+        As for :func:`svcca_dask.cca` (the target's rows are checked with the layers').
     **options
         The measures' options (``keep``, ``epsilon``, ``debiased``...).
 
@@ -129,8 +133,13 @@ def class_sensitivity(
             "conv='samples' would repeat each sample's class once per position; a target "
             "without spatial extent takes conv='dft' (its DC term, the default) or 'mean'"
         )
-    columns = target_columns(target, classes=classes)
+    opts = {"storage_options": storage_options, "missing_chunks": missing_chunks}
+    layers = {k: open_layer(v, name=f"xs[{k!r}]", **opts) for k, v in xs.items()}
+    *checked, target_layer = align_rows([*layers.values(), open_layer(target, name="target", **opts)],
+                                        rows=rows)  # fmt: skip
+    columns = target_columns(target_layer, classes=classes)
     return similarity_matrices(
-        dict(xs), columns, measures=measures, conv="mean" if conv == "dft" else conv,
-        layout=layout, on_pair=on_pair, **options,
+        dict(zip(layers, checked, strict=True)), columns, measures=measures,
+        conv="mean" if conv == "dft" else conv, layout=layout, on_pair=on_pair, rows="trust",
+        **options,
     )  # fmt: skip

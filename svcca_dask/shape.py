@@ -18,12 +18,13 @@ eigenvalues (clipped to 1e-7) enter only the variance-preserving rescaling.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from ._config import DEFAULT_MAX_FEATURES, DEFAULT_SPLIT_EVERY
-from .input import ArrayLike, reads_inputs
+from .inputs import ArrayLike
 from .measures import ConvOption, _pair_stats, _prepare
 from .results import ShapeResult
 from .stats import PairStats
@@ -96,7 +97,6 @@ def shape_from_stats(
     return ShapeResult(score=score, alpha=alpha, metric=metric, n_samples=p.n)
 
 
-@reads_inputs
 def shape_distance(
     x: ArrayLike,
     y: ArrayLike,
@@ -108,6 +108,10 @@ def shape_distance(
     split_every: int = DEFAULT_SPLIT_EVERY,
     max_features: int = DEFAULT_MAX_FEATURES,
     mask: ArrayLike | None = None,
+    sample_ids: Any = None,
+    rows: str = "check",
+    storage_options: Mapping[str, Any] | None = None,
+    missing_chunks: str = "error",
 ) -> ShapeResult:
     """Linear shape distance (Williams et al. 2021), netrep's ``LinearMetric``.
 
@@ -139,7 +143,9 @@ def shape_distance(
         ``score`` is the distance: lower is more alike.
     """
     check_shape(alpha, metric)
-    pair = _prepare(x, y, conv=conv, layout=layout, mask=mask)  # lazy: nothing read yet
+    pair = _prepare(
+        x, y, conv=conv, layout=layout, mask=mask, sample_ids=sample_ids, rows=rows, storage_options=storage_options, missing_chunks=missing_chunks,
+    )  # lazy: nothing read yet
     if pair.dft:
         raise ValueError(
             "shape_distance takes conv='mean' (the default), 'samples' or 'flatten', not 'dft'"

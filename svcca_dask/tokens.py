@@ -27,7 +27,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from .input import ArrayLike, as_dask
+from .inputs import ArrayLike, as_dask
 from .scheduler import compute
 
 __all__ = ["TOKEN_LAYOUTS", "is_token_layer", "token_features"]

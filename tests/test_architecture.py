@@ -121,7 +121,7 @@ def test_pipeline_uses_the_public_api_only():
 
 
 def test_public_namespace_is_what_a_user_calls():
-    assert len(svcca_dask.__all__) <= 30
+    assert len(svcca_dask.__all__) <= 33  # the input layer and the accumulator (issue 24) added 4
     missing = [n for n in svcca_dask.__all__ if not hasattr(svcca_dask, n)]
     assert not missing
     for layer in ("stats", "measures", "conv", "svd", "rules", "store"):
@@ -130,4 +130,5 @@ def test_public_namespace_is_what_a_user_calls():
 
 def test_readme_is_a_guide():
     lines = (ROOT / "README.md").read_text().count("\n")
-    assert lines < 300, f"README.md has {lines} lines; history goes to benchmarks/RESULTS.md"
+    # about 300: a guide; the input layer and accumulator (issue 24) added a section
+    assert lines < 330, f"README.md has {lines} lines; history goes to benchmarks/RESULTS.md"

@@ -18,7 +18,7 @@ import numpy as np
 from dask.delayed import delayed
 
 from .._lapack import unpack
-from ..input import ArrayLike, open_source
+from ..inputs import ArrayLike, open_layer
 from ..io.chunks import _stored_chunks, _StoredChunk, task_readers
 from ..scheduler import compute, current_client, persist
 from ..stats import moments_combine
@@ -270,7 +270,7 @@ class _DFTRun:
     ) -> None:
         self.opt = _as_options(conv)
         self.names = names
-        x, y = open_source(x, names[0]), open_source(y, names[1])
+        x, y = open_layer(x, name=names[0]), open_layer(y, name=names[1])
         self.xd, self.yd, xl, yl = _open_pair(x, y, layout, names)
         self.stored = (_stored_chunks(x, self.xd), _stored_chunks(y, self.yd))
         self.plan = _dft_plan(_shape_of(self.xd, xl), _shape_of(self.yd, yl), xl, yl)

@@ -13,7 +13,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from ..input import ArrayLike
+from ..inputs import ArrayLike
 from .layout import _perm_to_nhwc, open_conv, spatial_shape
 
 __all__ = ["CONV_MODES", "FEATURE_MAP_MODES", "conv_features", "features_4d", "repeat_rows"]

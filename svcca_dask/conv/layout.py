@@ -9,13 +9,12 @@ any order with the sample axis first), an xarray object's dims, or
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import dask.array as da
 import numpy as np
 
-from ..input import ArrayLike, as_dask, open_zarr_array
+from ..inputs import ArrayLike, Layer, as_dask, open_layer
 from ..store.format import role_dims
 
 __all__ = ["LAYOUTS", "open_conv", "resolve_layout", "spatial_shape"]
@@ -35,6 +34,8 @@ _ROLE_NAMES = {
 def _dimension_names(x: Any) -> tuple[str, ...] | None:
     """The dimension names a Zarr array (v3 ``dimension_names``, or the v2
     ``_ARRAY_DIMENSIONS`` attribute xarray writes) or an xarray object carries."""
+    if isinstance(x, Layer):
+        return role_dims(x.dims) if x.dims is not None else None
     meta = getattr(x, "metadata", None)
     names = getattr(meta, "dimension_names", None)
     if names is None:
@@ -139,15 +140,11 @@ def open_conv(
     2-D inputs come back with layout None; 4-D inputs with their resolved
     layout (see :func:`resolve_layout`). Other dimensionalities are an error.
     """
-    if isinstance(x, (str, os.PathLike)):
-        x = open_zarr_array(x, name=name)
-    obj = x
-    if hasattr(x, "dims") and hasattr(x, "data") and not isinstance(x, np.ndarray):
-        x = x.data  # xarray.DataArray: its dims were read from obj
-    arr = as_dask(x, name=name, ndim=(2, 4))
+    layer = open_layer(x, name=name)
+    arr = as_dask(layer, name=name, ndim=(2, 4))
     if arr.ndim == 2:
         return arr, None
-    return arr, resolve_layout(obj, layout, name=name)
+    return arr, resolve_layout(layer, layout, name=name)
 
 
 def spatial_shape(arr: da.Array, layout: str) -> tuple[int, int, int]:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from dask.delayed import delayed
 
-from ..input import ArrayLike
+from ..inputs import ArrayLike
 from ..linalg import top_eigh
 from ..results import CKAResult, DFTCCAResult, DFTPWCCAResult, DFTSVCCAResult
 from ..rules import (

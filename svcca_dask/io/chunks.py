@@ -22,7 +22,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from ..input import ArrayLike
+from ..inputs import ArrayLike, Layer
 from .checked import damaged
 
 __all__: list[str] = []
@@ -120,6 +120,8 @@ def _stored_chunks(source: ArrayLike, arr: da.Array) -> list[_StoredChunk] | Non
     checks it), and nothing else, a regular grid whole along every
     axis but the first, and Dask chunks equal to the stored ones.
     """
+    if isinstance(source, Layer):
+        source = source.zarr
     try:
         import zarr
         from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec

@@ -1,6 +1,6 @@
 """The activation-store format: markers, dimension names, and the completeness rule.
 
-A leaf module (NumPy only): :mod:`svcca_dask.input` applies
+A leaf module (NumPy only): :mod:`svcca_dask.inputs` applies
 :func:`check_complete` to every Zarr array it opens, and the store classes in
 :mod:`svcca_dask.store.activation` write what it checks.
 
@@ -14,11 +14,9 @@ is NaN here).
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import itertools
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
@@ -28,15 +26,16 @@ __all__ = [
     "LABELS",
     "MASK",
     "MISSING_CHUNKS",
+    "SAMPLE_ID",
     "IncompleteLayerError",
     "check_complete",
+    "check_missing_chunks",
     "default_dims",
     "dims_of",
     "is_activation_store",
     "is_url",
     "meta_of",
     "missing_chunk_rows",
-    "missing_chunks_mode",
     "storage_kwargs",
 ]
 
@@ -50,6 +49,9 @@ LABELS = "labels"
 #: Name of the optional token mask (an extraction whose batches carry an
 #: ``attention_mask``): ``(n, T)`` booleans, True for a real token.
 MASK = "attention_mask"
+#: Name of the optional ``(n,)`` array of each row's sample id (an extraction
+#: whose dataset yields ids): measures compare two stores' ids row by row.
+SAMPLE_ID = "sample_id"
 
 class IncompleteLayerError(ValueError):
     """A layer has unfinished writes or missing chunks, so reading it would give wrong data."""
@@ -124,27 +126,12 @@ def is_activation_store(group: Any) -> bool:
 #: ``write_empty_chunks=False``, Zarr's default, skip chunks equal to it).
 MISSING_CHUNKS = ("error", "fill")
 
-_MISSING_MODE: contextvars.ContextVar[str] = contextvars.ContextVar(
-    "svcca_dask_missing_chunks", default="error"
-)
 
 
-@contextlib.contextmanager
-def missing_chunks_mode(mode: str) -> Iterator[None]:
-    """Inputs opened inside read a plain array's missing chunks per ``mode``."""
+def check_missing_chunks(mode: str) -> None:
+    """Refuse a ``missing_chunks=`` that is not one of :data:`MISSING_CHUNKS`."""
     if mode not in MISSING_CHUNKS:
         raise ValueError(f"missing_chunks must be 'error' or 'fill', got {mode!r}")
-    token = _MISSING_MODE.set(mode)
-    try:
-        yield
-    finally:
-        _MISSING_MODE.reset(token)
-
-
-#: The ``storage_options`` of the measure being called (see :func:`reads_inputs`).
-_STORAGE_OPTIONS: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
-    "svcca_dask_storage_options", default=None
-)
 
 
 def is_url(path: str) -> bool:
@@ -153,10 +140,9 @@ def is_url(path: str) -> bool:
 
 
 def storage_kwargs(path: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Zarr's ``storage_options=`` for ``path``: the given ones, else the calling
-    measure's, for URLs only (the standard ``AWS_*`` variables apply as well)."""
-    opts = storage_options if storage_options is not None else _STORAGE_OPTIONS.get()
-    return {"storage_options": dict(opts)} if opts and is_url(path) else {}
+    """Zarr's ``storage_options=`` for ``path``: the given ones, for URLs only
+    (the standard ``AWS_*`` variables apply as well)."""
+    return {"storage_options": dict(storage_options)} if storage_options and is_url(path) else {}
 
 
 def missing_chunk_rows(arr: Any) -> list[tuple[int, int]] | None:
@@ -190,8 +176,8 @@ def missing_chunk_rows(arr: Any) -> list[tuple[int, int]] | None:
     return ranges
 
 
-def _check_plain(arr: Any, where: str) -> None:
-    if _MISSING_MODE.get() == "fill" or not arr.shape or not arr.shape[0]:
+def _check_plain(arr: Any, where: str, missing_chunks: str) -> None:
+    if missing_chunks == "fill" or not arr.shape or not arr.shape[0]:
         return
     ranges = missing_chunk_rows(arr)
     if ranges == []:
@@ -208,18 +194,19 @@ def _check_plain(arr: Any, where: str) -> None:
     )
 
 
-def check_complete(arr: Any, *, name: str = "array") -> None:
+def check_complete(arr: Any, *, name: str = "array", missing_chunks: str = "error") -> None:
     """Refuse a store layer that an interrupted write or missing chunks left incomplete.
 
     A plain Zarr array (without the activation-store layer attributes) is
-    refused where a chunk was never stored, unless inside
-    ``missing_chunks_mode("fill")`` (the measures' ``missing_chunks="fill"``).
+    refused where a chunk was never stored, unless ``missing_chunks="fill"``.
 
     Parameters
     ----------
     arr : zarr.Array
     name : str
         The argument's or layer's name, for the message.
+    missing_chunks : {"error", "fill"}
+        What a chunk a plain array never stored means (:data:`MISSING_CHUNKS`).
 
     Raises
     ------
@@ -230,7 +217,8 @@ def check_complete(arr: Any, *, name: str = "array") -> None:
     meta = meta_of(arr)
     where = f"{name} ({arr.store}{'/' + arr.path if arr.path else ''})"
     if meta.get("kind") not in ("layer", "labels", "mask"):
-        _check_plain(arr, where)  # a plain Zarr array: only its chunks can be checked
+        check_missing_chunks(missing_chunks)
+        _check_plain(arr, where, missing_chunks)  # a plain Zarr array: only its chunks can be checked
         return
     rows = int(arr.shape[0])
     done = int(meta.get("complete_samples", 0))

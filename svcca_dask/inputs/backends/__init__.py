@@ -1,0 +1,1 @@
+"""One module per kind of input (see :mod:`svcca_dask.inputs.backend`)."""
