@@ -13,6 +13,7 @@ answer moves with the batch size; these statistics are the whole data's.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import uuid
@@ -307,7 +308,7 @@ class Accumulator:
         acc.sizes = None if a["sizes"] is None else tuple(a["sizes"])
         acc.n, acc.pair = int(a["n"]), bool(a["pair"])
         ends = np.cumsum([0, *(acc.sizes or ())]).tolist()
-        edges = tuple(zip(ends[:-1], ends[1:], strict=True))  # each layer's columns
+        edges = tuple(itertools.pairwise(ends))  # each layer's columns
         for k, n in enumerate(a["parts"]):
             if n is not None:
                 part = {key: g[f"{k}/{key}"][...] for key in ("mean", "m2", "q", "v")}
