@@ -7,7 +7,6 @@ only when an extraction runs.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib
 import importlib.util
 import logging
@@ -22,6 +21,7 @@ import numpy as np
 from svcca_dask.store import (
     LABELS,
     MASK,
+    SAMPLE_ID,
     ActivationStore,
     create_store,
     default_dims,
@@ -30,6 +30,7 @@ from svcca_dask.store import (
 )
 from svcca_dask.store.format import is_url
 
+from .data_order import ID_KEYS, DataOrder, first_sample_hash, sample_ids, warn_if_shuffled
 from .progress import progress_bar
 
 __all__ = [
@@ -108,7 +109,8 @@ def _split_batch(batch: Any) -> tuple[Any, Any, Any]:
         labels = next((batch[k] for k in _LABEL_KEYS if k in batch), None)
         mask = batch.get("attention_mask")
         if "input_ids" in batch:
-            return {k: v for k, v in batch.items() if k not in _LABEL_KEYS}, labels, mask
+            drop = (*_LABEL_KEYS, *ID_KEYS)
+            return {k: v for k, v in batch.items() if k not in drop}, labels, mask
         for key in ("input", "inputs", "x", "image", "pixel_values"):
             if key in batch:
                 return batch[key], labels, mask
@@ -275,10 +277,21 @@ def _versions() -> dict[str, str]:
     return v
 
 
-def _to_numpy(t: Any, dtype: np.dtype) -> np.ndarray:
+def _to_numpy(t: Any, dtype: np.dtype, *, name: str = "output") -> np.ndarray:
+    """A module's output as ``dtype`` on the host; values that ``float16`` cannot
+    hold (beyond 65504) are refused rather than stored as infinity."""
     torch = _torch()
-    tdtype = torch.float16 if dtype == np.float16 else torch.float32
-    return t.to(device="cpu", dtype=tdtype).contiguous().numpy()
+    if dtype == np.float16:
+        finite = t[torch.isfinite(t)] if t.is_floating_point() else t
+        top = float(finite.abs().max()) if finite.numel() else 0.0
+        if top > float(np.finfo(np.float16).max):
+            raise ValueError(
+                f"layer {name!r} has values up to {top:.6g}, beyond float16's largest "
+                f"({np.finfo(np.float16).max:.0f}): they would be stored as infinity. Extract "
+                "with dtype='float32' (--dtype float32)"
+            )
+        return t.to(device="cpu", dtype=torch.float16).contiguous().numpy()
+    return t.to(device="cpu", dtype=torch.float32).contiguous().numpy()
 
 
 def extract_activations(
@@ -398,7 +411,7 @@ def extract_activations(
     s.update_provenance(**prov)
 
     arrays = [n for n in s.layer_names() if n in names or n.split(".call")[0] in names]
-    tracked = arrays + [n for n in (LABELS, MASK) if n in s]
+    tracked = arrays + [n for n in (LABELS, MASK, SAMPLE_ID) if n in s]
     done = min((s.complete_samples(n) for n in tracked), default=0)
     if any(not any(a == n or a.startswith(f"{n}.call") for a in arrays) for n in names):
         done = 0  # a layer never written: start over (its array gets the first samples)
@@ -426,6 +439,8 @@ def extract_activations(
         total_batches, f"extract {os.path.basename(path.rstrip('/'))}", enabled=progress
     )
     seen = 0
+    order = DataOrder()
+    warn_if_shuffled(batches)
     created: set[str] = set(tracked)
     pending = _Pending(s)
     label_parts: list[np.ndarray] = []
@@ -433,7 +448,9 @@ def extract_activations(
         with torch.inference_mode():
             for batch in batches:
                 inputs, ys, tokens = _split_batch(batch)
+                ids = sample_ids(batch)
                 b = _n_samples(inputs)
+                order.add(seen, inputs)
                 if seen == 0:
                     _check_same_data(s, inputs, resuming=done > 0)
                 if seen + b <= done:  # written by an earlier run
@@ -455,13 +472,19 @@ def extract_activations(
                         s.set_writing([MASK], True)
                         created.add(MASK)
                     wrote = pending.add(MASK, mk[skip:]) or wrote
+                if ids is not None:  # each row's sample id, buffered and resumed like a layer
+                    if SAMPLE_ID not in created:
+                        s.create_sample_ids(expected_samples=dataset_size)
+                        s.set_writing([SAMPLE_ID], True)
+                        created.add(SAMPLE_ID)
+                    wrote = pending.add(SAMPLE_ID, ids[skip:]) or wrote
                 for name, t in outputs.items():
                     if t.ndim == 0 or t.shape[0] != b:
                         raise ValueError(
                             f"module {name!r} output has shape {tuple(t.shape)}, not batch-first "
                             f"with {b} samples; hook a module whose output is (batch, ...)"
                         )
-                    arr = _to_numpy(t, np_dtype)[skip:]
+                    arr = _to_numpy(t, np_dtype, name=name)[skip:]
                     if name not in created:
                         s.create_layer(
                             name,
@@ -514,7 +537,7 @@ def extract_activations(
         )
     for n in finished:
         s.set_writing([n], False, expected_samples=seen)
-    s.update_provenance(dataset_size=seen, finished=True, arrays=finished)
+    s.update_provenance(dataset_size=seen, finished=True, arrays=finished, **order.provenance())
     return s
 
 
@@ -530,7 +553,7 @@ def _keep_what_was_computed(
             s.append_labels(np.concatenate(label_parts))
     except Exception:  # the store itself failed: the rerun resumes from what is counted
         log.warning("could not write the buffered batches of %s", s.path, exc_info=True)
-    names = s.layer_names() + [n for n in (LABELS, MASK) if n in s]
+    names = s.layer_names() + [n for n in (LABELS, MASK, SAMPLE_ID) if n in s]
     if remove_if_empty and not any(s.complete_samples(n) for n in names):
         if is_url(s.path):  # an object store: remove its keys
             import fsspec
@@ -541,21 +564,13 @@ def _keep_what_was_computed(
             shutil.rmtree(s.path, ignore_errors=True)
 
 
-def _first_sample_hash(inputs: Any) -> str:
-    torch = _torch()
-    if isinstance(inputs, dict):
-        inputs = inputs["input_ids"] if "input_ids" in inputs else inputs[sorted(inputs)[0]]
-    first = torch.as_tensor(inputs[0]).detach().cpu().contiguous().numpy()
-    return hashlib.sha256(first.tobytes() + str(first.shape).encode()).hexdigest()
-
-
 def _check_same_data(s: ActivationStore, inputs: Any, *, resuming: bool) -> None:
     """Refuse to resume over other data (a shuffled loader, another dataset).
 
     The first sample's hash is recorded in the provenance; a resumed run must
     start with the same sample.
     """
-    digest = _first_sample_hash(inputs)
+    digest = first_sample_hash(inputs)
     before = s.provenance.get("first_sample_sha256")
     if resuming and before is not None and before != digest:
         raise ValueError(

@@ -229,7 +229,7 @@ def test_resume_over_shuffled_data_is_refused(tmp_path):
     shuffled = torch.utils.data.DataLoader(
         loader.dataset, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(3)
     )
-    with pytest.raises(ValueError, match="first sample differs"):
+    with pytest.raises(ValueError, match="first sample differs"), pytest.warns(UserWarning, match="shuffles"):
         extract_activations(model, shuffled, tmp_path / "a.zarr", layers=["fc"], progress=False)
     s = extract_activations(model, loader, tmp_path / "a.zarr", layers=["fc"], progress=False)
     assert s.info("fc").complete  # the same data resumes
@@ -453,3 +453,69 @@ def test_token_batches_store_the_attention_mask_and_token_dims(tmp_path):
     want = sd.cca(emb[mask], lin[mask])
     np.testing.assert_allclose(got.coefficients, want.coefficients, atol=1e-10)
     np.testing.assert_array_equal(s.labels().compute(), np.arange(48) % 3)
+
+
+# --------------------------------------------------------------------------- #
+# the data order (issue 24): rows that line up, or a clear refusal
+
+
+class _Ids(torch.utils.data.Dataset):
+    """Images with their index under 'idx', as many datasets yield them."""
+
+    def __init__(self, n: int = 40) -> None:
+        self.x = torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input": self.x[i], "idx": i}
+
+
+def test_stores_extracted_in_different_orders_are_refused_and_the_same_order_accepted(tmp_path):
+    data = _Ids()
+    model = make_model()
+    plain = torch.utils.data.DataLoader(data, batch_size=8)
+    extract_activations(model, plain, tmp_path / "a.zarr", layers=["fc"], labels=False)
+    extract_activations(model, plain, tmp_path / "b.zarr", layers=["fc"], labels=False)
+    shuffled = torch.utils.data.DataLoader(data, batch_size=8, shuffle=True,
+                                           generator=torch.Generator().manual_seed(1))
+    with pytest.warns(UserWarning, match=r"DataLoader shuffles"):
+        extract_activations(model, shuffled, tmp_path / "s.zarr", layers=["fc"], labels=False)
+    a, b, s = (str(tmp_path / f"{n}.zarr/fc") for n in "abs")
+    assert sd.linear_cka(a, b).score == pytest.approx(1.0)  # the same order: compared
+    ids = open_store(tmp_path / "s.zarr").read("sample_id").data.compute()
+    assert sorted(ids) == list(range(40)) and list(ids) != list(range(40))  # the ids it saw
+    with pytest.raises(sd.RowOrderError, match=r"row \d+ is sample \d+ in .*s\.zarr"):
+        sd.linear_cka(a, s)  # ids compared inside the pass, naming the row
+    assert sd.linear_cka(a, s, rows="trust").score < 0.99  # said, not checked: a wrong number
+    # without ids, the order digests refuse it before any pass
+    no_ids = [(x["input"], 0) for x in data]
+    extract_activations(model, torch.utils.data.DataLoader(no_ids, batch_size=8), tmp_path / "c.zarr",
+                        layers=["fc"], labels=False)
+    rev = torch.utils.data.DataLoader(no_ids[::-1], batch_size=8)
+    extract_activations(model, rev, tmp_path / "d.zarr", layers=["fc"], labels=False)
+    with pytest.raises(sd.RowOrderError, match=r"different data orders: their rows first differ in the batch starting at row 0"):
+        sd.svcca(str(tmp_path / "c.zarr/fc"), str(tmp_path / "d.zarr/fc"))
+    m = sd.similarity_matrix({"a": a, "b": b}, measure="cka")  # matrices check too
+    assert m.scores[0, 1] == pytest.approx(1.0)
+    with pytest.raises(sd.RowOrderError):
+        sd.similarity_matrix({"a": a, "s": s}, measure="cka")
+
+
+def test_float16_extraction_refuses_values_it_cannot_hold(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 3))
+    with torch.no_grad():
+        model[0].weight.fill_(1e5)
+    loader = [(torch.ones(5, 4), torch.zeros(5))]
+    with pytest.raises(ValueError, match=r"layer '0' has values up to 400000.*dtype='float32'"):
+        extract_activations(model, loader, tmp_path / "h.zarr", layers=["0"], dtype="float16")
+
+
+def test_a_model_fed_bfloat16_inputs_is_extracted(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 3)).to(torch.bfloat16)
+    x = torch.randn(16, 4).to(torch.bfloat16)
+    extract_activations(model, [(x[:8], torch.zeros(8)), (x[8:], torch.zeros(8))], tmp_path / "b.zarr",
+                        layers=["0"])
+    got = sd.read_layer(str(tmp_path / "b.zarr"), "0").data.compute()
+    np.testing.assert_allclose(got, model(x).float().detach().numpy())

@@ -92,6 +92,9 @@ class Layer:
     order : str, optional
         A digest of the order the rows were extracted in (an activation
         store's provenance): two layers whose digests differ are refused.
+    order_batches : tuple of (int, str), optional
+        Each extracted batch's first row and digest, to name the first
+        differing row.
     """
 
     data: da.Array
@@ -102,6 +105,7 @@ class Layer:
     zarr: Any = None
     sample_ids: Any = None
     order: str | None = None
+    order_batches: tuple[tuple[int, str], ...] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -58,8 +58,13 @@ def _where(layer: Layer) -> str:
 
 
 def _first_batch_difference(a: Layer, b: Layer) -> str:
-    return (f"{_where(a)} and {_where(b)} were extracted in different data orders (their "
-            f"order digests {a.order} and {b.order} differ)")  # fmt: skip
+    where = ""
+    if a.order_batches and b.order_batches:
+        pairs = zip(a.order_batches, b.order_batches, strict=False)
+        first = next(((ra, rb) for ra, rb in pairs if ra != rb), None)
+        if first is not None:
+            where = f": their rows first differ in the batch starting at row {min(first[0][0], first[1][0])}"
+    return f"{_where(a)} and {_where(b)} were extracted in different data orders{where}"
 
 
 def _same_ids(block: np.ndarray, ids: np.ndarray, ref: np.ndarray, *, names: tuple[str, str],
@@ -108,7 +113,10 @@ def align_rows(layers: Sequence[Layer], *, rows: str = "check") -> list[Layer]:
     layers = list(layers)
     if rows == "trust" or len(layers) < 2:
         return layers
-    with_order = [v for v in layers if v.order is not None]
+    # sample ids, where every layer has them, say more than the order digests
+    # (which differ under random augmentation although the samples agree)
+    all_ids = all(v.sample_ids is not None for v in layers)
+    with_order = [] if all_ids else [v for v in layers if v.order is not None]
     for v in with_order[1:]:
         if v.order != with_order[0].order:
             raise RowOrderError(

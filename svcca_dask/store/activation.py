@@ -29,6 +29,7 @@ from .format import (
     FORMAT_VERSION,
     LABELS,
     MASK,
+    SAMPLE_ID,
     check_complete,
     default_dims,
     dims_of,
@@ -228,10 +229,12 @@ class ActivationStore:
         self.group.attrs.update({"provenance": prov})
 
     def layer_names(self) -> list[str]:
-        """Names of the layer arrays (``labels`` and the token mask excluded), sorted."""
+        """Names of the layer arrays (``labels``, the token mask and the sample
+        ids excluded), sorted."""
         return sorted(
             k for k, a in self.group.arrays()
-            if k not in (LABELS, MASK) and meta_of(a).get("kind") not in ("labels", "mask")
+            if k not in (LABELS, MASK, SAMPLE_ID)
+            and meta_of(a).get("kind") not in ("labels", "mask", "sample_id")
         )  # fmt: skip
 
     def __contains__(self, name: object) -> bool:
@@ -533,6 +536,20 @@ class ActivationStore:
             dims=("sample", "token"),
             expected_samples=expected_samples,
             kind="mask",
+        )
+
+    def create_sample_ids(self, *, expected_samples: int | None = None) -> None:
+        """Create the ``(n,)`` int64 array of each row's sample id (:data:`SAMPLE_ID`);
+        fill it with :meth:`append` like a layer. Measures compare two stores'
+        ids row by row (:mod:`svcca_dask.inputs.rows`)."""
+        self.create_layer(
+            SAMPLE_ID,
+            sample_shape=(),
+            dtype=np.dtype("int64"),
+            dims=("sample",),
+            chunk_samples=65536,
+            expected_samples=expected_samples,
+            kind="sample_id",
         )
 
     def set_writing(

@@ -216,7 +216,7 @@ def check_complete(arr: Any, *, name: str = "array", missing_chunks: str = "erro
     """
     meta = meta_of(arr)
     where = f"{name} ({arr.store}{'/' + arr.path if arr.path else ''})"
-    if meta.get("kind") not in ("layer", "labels", "mask"):
+    if meta.get("kind") not in ("layer", "labels", "mask", "sample_id"):
         check_missing_chunks(missing_chunks)
         _check_plain(arr, where, missing_chunks)  # a plain Zarr array: only its chunks can be checked
         return

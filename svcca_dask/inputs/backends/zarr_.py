@@ -51,8 +51,10 @@ class ZarrBackend(Backend):
 
         name = request.name
         if isinstance(obj, (str, Path)):
-            obj = open_zarr_array(obj.text if isinstance(obj, Path) else obj, name=name,
-                                  storage_options=request.storage_options)  # fmt: skip
+            text = obj.text if isinstance(obj, Path) else obj
+            obj = _store_layer(text, request.storage_options) or open_zarr_array(
+                text, name=name, storage_options=request.storage_options
+            )
         if isinstance(obj, zarr.Group):
             if request.key is None:
                 raise ValueError(f"{name} is a Zarr group: name one of its arrays with key= "
@@ -64,9 +66,25 @@ class ZarrBackend(Backend):
         check_complete(obj, name=name, missing_chunks=request.missing_chunks)
         data = da.from_array(CheckedZarr(obj, name), chunks=obj.chunks, asarray=False, fancy=False)
         where = f"{obj.store}{'/' + obj.path if obj.path else ''}"
-        order, ids = _recorded_rows(obj)
+        order, batches, ids = _recorded_rows(obj)
         return Layer(data, name, "zarr", where, dims=dims_of(obj), zarr=obj, sample_ids=ids,
-                     order=order)  # fmt: skip
+                     order=order, order_batches=batches)  # fmt: skip
+
+
+def _store_layer(path: str, storage_options: Any) -> Any:
+    """``"store.zarr/layer"`` opened through its activation store's group (so
+    that what the store recorded of the rows is found), or None for anything else."""
+    import zarr
+
+    parent, _, leaf = path.rstrip("/").rpartition("/")
+    if not parent or not leaf:
+        return None
+    try:
+        group = zarr.open_group(store=parent, mode="r", **storage_kwargs(parent, storage_options))
+        node = group[leaf] if is_activation_store(group) and leaf in group else None
+    except (FileNotFoundError, ValueError, TypeError, KeyError, OSError):
+        return None
+    return node if isinstance(node, zarr.Array) else None
 
 
 def _members(group: Any) -> list[str]:
@@ -102,26 +120,30 @@ def open_zarr_array(path: str | os.PathLike[str], *, name: str = "array",
     return node
 
 
-def _recorded_rows(arr: Any) -> tuple[str | None, Any]:
+def _recorded_rows(arr: Any) -> tuple[str | None, Any, Any]:
     """What the activation store holding ``arr`` recorded of its rows: the data
-    order digest and the ``sample_id`` array (lazy), each None when absent."""
+    order digest, each batch's first row and digest, and the ``sample_id``
+    array (lazy); each None when absent."""
     import zarr
 
     if not arr.path:
-        return None, None
+        return None, None, None
     parent = arr.path.rsplit("/", 1)[0] if "/" in arr.path else ""
     try:
         group = zarr.open_group(store=arr.store, path=parent, mode="r")
     except (FileNotFoundError, ValueError, TypeError, KeyError):
-        return None, None
+        return None, None, None
     if not is_activation_store(group):
-        return None, None
+        return None, None, None
     prov = group.attrs.get("provenance")
-    order = prov.get("data_order") if isinstance(prov, dict) else None
+    prov = prov if isinstance(prov, dict) else {}
+    order = prov.get("data_order")
+    batches = prov.get("data_order_batches")
+    batches = tuple((int(r), str(d)) for r, d in batches) if isinstance(batches, list) else None
     ids = None
     if SAMPLE_ID in group and arr.path.rsplit("/", 1)[-1] != SAMPLE_ID:
         id_arr = group[SAMPLE_ID]
         if isinstance(id_arr, zarr.Array) and id_arr.shape[:1] == arr.shape[:1]:
             ids = da.from_array(CheckedZarr(id_arr, SAMPLE_ID), chunks=id_arr.chunks,
                                 asarray=False, fancy=False)  # fmt: skip
-    return order, ids
+    return order, batches, ids
