@@ -137,6 +137,9 @@ def _add_compare(subparsers: Any) -> None:
     p.add_argument("--missing-chunks", choices=("error", "fill"), default=None,
                    help="a chunk a plain Zarr array never stored: error (default: refused, "
                    "naming the rows) or fill (Zarr's fill value, for write_empty_chunks=False)")
+    p.add_argument("--rows", choices=("check", "trust"), default=None,
+                   help="check (default): refuse layers whose recorded data orders or sample "
+                   "ids differ; trust: compare them as they are")
     p.add_argument("--folds", type=int, default=None, metavar="K",
                    help="cca, svcca, pwcca: held-out score over K sample blocks (directions "
                    "fit on the other K - 1)")
@@ -317,7 +320,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     names = (
         "keep", "epsilon", "conv", "dft_memory_limit", "svd",
-        "n_components", "n_power_iter", "n_oversamples", "seed", "debiased", "alpha", "metric", "folds", "missing_chunks",
+        "n_components", "n_power_iter", "n_oversamples", "seed", "debiased", "alpha", "metric", "folds", "missing_chunks", "rows",
     )  # fmt: skip
     options: dict[str, Any] = {
         k: getattr(args, k) for k in names if getattr(args, k) is not None

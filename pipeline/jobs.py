@@ -97,6 +97,7 @@ OPTIONS: dict[str, str] = {
     "metric": "'angular' or 'euclidean' (the shape metric's distance)",
     "folds": "an int >= 2: held-out scores over that many sample blocks (cca, svcca, pwcca)",
     "missing_chunks": "'error' (default) or 'fill': what a chunk a plain Zarr array never stored means",
+    "rows": "'check' (default) or 'trust': whether the stores' recorded data orders and sample ids must agree",
     "svd": "SVCCA's SVD step: 'auto' (default), 'covariance', 'randomized' or 'tsqr'",
     "dft_memory_limit": "conv='dft': bytes or a size like '2GiB' for the statistics (DFT memory_limit)",
     "n_components": "svd='randomized': directions computed first (int >= 1)",
@@ -498,7 +499,7 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
         from svcca_dask.matrix import MATRIX_MEASURES
 
         takes = {o for m in measures for o in MATRIX_MEASURES[m]} | {
-            "conv", "layout", "missing_chunks"
+            "conv", "layout", "missing_chunks", "rows"
         }  # fmt: skip
         other = sorted(k for k in options if k not in takes)
         if other or options.get("conv") == "samples":
@@ -586,6 +587,7 @@ def _check_option(key: str, value: Any, where: str) -> None:
     """One option, by the library's own rules (:mod:`svcca_dask.rules`, ``DFT``)."""
     from svcca_dask import DFT
     from svcca_dask.conv import CONV_MODES, LAYOUTS
+    from svcca_dask.inputs import ROWS
     from svcca_dask.rules import check_epsilon, check_side, keep_pair
     from svcca_dask.shape import check_shape
     from svcca_dask.svd import SVD_METHODS
@@ -612,6 +614,7 @@ def _check_option(key: str, value: Any, where: str) -> None:
         "metric": lambda: value in ("angular", "euclidean"),
         "folds": lambda: whole(2),
         "missing_chunks": lambda: value in ("error", "fill"),
+        "rows": lambda: value in ROWS,
     }
     try:
         ok = checks[key]() is not False if key in checks else simple[key]()

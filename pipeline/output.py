@@ -74,6 +74,7 @@ COLUMNS = (
     "y_path",
     "computed_at",
     "warnings",
+    "rows",
 )
 _INT_COLUMNS = ("n_samples", "n_coefficients", "x_kept", "y_kept")
 RESULTS_FORMAT = 1

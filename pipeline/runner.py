@@ -236,6 +236,9 @@ def compare_pair(
         out["fold_scores"] = np.asarray(result.fold_scores).tolist()
         out["in_sample_score"] = float(result.in_sample_score)
     out["warnings"] = list(getattr(result, "warnings", ()))
+    from svcca_dask.inputs import open_layer, rows_checked
+
+    out["rows"] = rows_checked([open_layer(x), open_layer(y)], options.get("rows", "check"))
     return out
 
 
@@ -289,7 +292,7 @@ class _Group:
         from svcca_dask.matrix import MATRIX_MEASURES
 
         takes = {o for m in self.measures for o in MATRIX_MEASURES[m]}
-        takes |= {"conv", "dft_memory_limit", "layout", "missing_chunks"}
+        takes |= {"conv", "dft_memory_limit", "layout", "missing_chunks", "rows"}
         if any(k not in takes for t in self.tasks for k in t.options):
             return False  # an option only the pair measures take (folds, svd, ...)
         pairs = {(t.pair.x_layer, t.pair.y_layer) for t in self.tasks}
@@ -551,6 +554,20 @@ def _run(
     }
     atomic_json(meta_path, meta)
 
+    checked: dict[tuple[str, str], Any] = {}
+
+    def rows_check(t: _Task) -> str:
+        """How the pair's rows were known to line up (:func:`svcca_dask.inputs.rows_checked`)."""
+        from svcca_dask.inputs import open_layer, rows_checked
+
+        sides = []
+        for store, layer in ((t.pair.x_store, t.pair.x_layer), (t.pair.y_store, t.pair.y_layer)):
+            layer = job.target_columns.get((store, layer), (layer,))[0]
+            if (store, layer) not in checked:
+                checked[(store, layer)] = open_layer(job.layer_input(store, layer))
+            sides.append(checked[(store, layer)])
+        return rows_checked(sides, t.options.get("rows", "check"))
+
     def ordered() -> list[dict[str, Any]]:
         return [rows[t.result_id] for t in tasks if t.result_id in rows] + earlier
 
@@ -581,6 +598,7 @@ def _run(
                     "measure": t.measure,
                     "against": job.against,
                     **_row_fields(result),
+                    "rows": rows_check(t),
                     "options": json.dumps(t.options, sort_keys=True),
                     "result_id": t.result_id,
                     "x_path": job.layer_path(p.x_store, p.x_layer),

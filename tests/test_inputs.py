@@ -224,3 +224,58 @@ def test_sample_ids_from_a_dataset_column():
         sd.linear_cka(a["acts"], b["acts"], sample_ids="idx")
     lx, ly = open_pair(a["acts"], a["acts"], sample_ids="idx")
     assert lx.sample_ids is not None and ly.sample_ids is not None
+
+
+# --------------------------------------------------------------------------- #
+# memory: a memmap larger than the private-memory limit streams
+
+
+_PROBE = r"""
+import sys, threading, time
+import numpy as np
+
+def rss_anon():
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+
+peak, done = [0], threading.Event()
+
+def watch():
+    while not done.is_set():
+        peak[0] = max(peak[0], rss_anon())
+        time.sleep(0.002)
+
+import svcca_dask as sd
+threading.Thread(target=watch, daemon=True).start()
+x, y = np.load(sys.argv[1], mmap_mode="r"), np.load(sys.argv[2], mmap_mode="r")
+score = sd.linear_cka(x, y).score
+done.set()
+print(repr(score), max(peak[0], rss_anon()))
+"""
+
+
+def test_a_memmap_larger_than_the_private_memory_limit_streams(tmp_path):
+    import subprocess
+    import sys
+
+    limit = 400 * 2**20  # private memory (RssAnon) the whole process may reach
+    n = 200_000
+    rng = np.random.default_rng(0)
+    for name, d in (("x", 576), ("y", 64)):
+        m = np.lib.format.open_memmap(tmp_path / f"{name}.npy", mode="w+", dtype=np.float32, shape=(n, d))
+        for a in range(0, n, 50_000):
+            m[a : a + 50_000] = rng.standard_normal((50_000, d), dtype=np.float32)
+        m.flush()
+        del m
+    data = sum(os.path.getsize(tmp_path / f) for f in ("x.npy", "y.npy"))
+    assert data > limit  # a copy of the inputs alone would break the limit
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+        capture_output=True, text=True, check=True, timeout=600,
+    )
+    score, peak = out.stdout.split()
+    assert int(peak) < limit, f"private memory peaked at {int(peak) / 2**20:.0f} MiB"
+    x, y = np.load(tmp_path / "x.npy"), np.load(tmp_path / "y.npy")  # in memory, here
+    assert float(score) == pytest.approx(sd.linear_cka(x, y).score, rel=1e-12)

@@ -464,3 +464,23 @@ def test_class_sensitivity_as_a_job(tmp_path):
         parse_job({**spec, "options": {"folds": 2}}, base_dir=str(tmp_path))
     with pytest.raises(JobError, match="has no layer 'probs'"):
         parse_job({**spec, "target": "probs"}, base_dir=str(tmp_path))
+
+
+def test_stores_in_different_orders_are_refused_unless_trusted_and_the_table_says_which(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((100, 4))
+    for name, order in (("a", "o1"), ("b", "o1"), ("c", "o2")):
+        s = create_store(tmp_path / f"{name}.zarr", provenance={"data_order": order})
+        s.append("l1", x + 0.1 * rng.standard_normal(x.shape))
+    stores = {"a": "a.zarr", "b": "b.zarr", "c": "c.zarr"}
+    run_job(job_for(tmp_path, stores={"a": "a.zarr", "b": "b.zarr"}, measures=["cka"], options={}),
+            progress=False)
+    assert {r["rows"] for r in read_csv(tmp_path)} == {"order"}  # the orders were compared
+    with pytest.raises(sd.RowOrderError, match=r"a\.zarr/l1.*c\.zarr/l1.*different data orders"):
+        run_job(job_for(tmp_path, stores=stores, measures=["cka"], pairs=[["a/l1", "c/l1"]], options={}),
+                progress=False)
+    trusted = job_for(tmp_path, stores=stores, measures=["cka"], pairs=[["a/l1", "c/l1"]],
+                      options={"rows": "trust"})
+    run_job(trusted, progress=False)
+    assert [r["rows"] for r in read_csv(tmp_path)] == ["trusted"]  # said, and recorded
+    assert compare_pair(str(tmp_path / "a.zarr/l1"), str(tmp_path / "b.zarr/l1"))["rows"] == "order"
