@@ -103,14 +103,23 @@ def write_inputs(root: Path, n: int) -> None:
                   str(root / "st" / f"part-{i:05d}.safetensors"))  # fmt: skip
 
     def column(a: np.ndarray) -> pa.Array:
-        return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(a).reshape(-1)), a.shape[1])
+        return pa.FixedSizeListArray.from_arrays(
+            pa.array(np.ascontiguousarray(a).reshape(-1)), a.shape[1]
+        )
 
-    tables = [pa.table({"x": column(x[a : a + block]), "y": column(y[a : a + block])}) for a in range(0, n, block)]
-    datasets.Dataset(pa.concat_tables(tables)).save_to_disk(str(root / "hf"), max_shard_size="500MB")
+    tables = [
+        pa.table({"x": column(x[a : a + block]), "y": column(y[a : a + block])})
+        for a in range(0, n, block)
+    ]
+    datasets.Dataset(pa.concat_tables(tables)).save_to_disk(
+        str(root / "hf"), max_shard_size="500MB"
+    )
 
 
 def run_child(kind: str, root: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", _CHILD, kind, str(root)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, kind, str(root)], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -142,15 +151,21 @@ def accumulator_table(root: Path, rows: int) -> None:
             acc.update(x[a : a + batch], y[a : a + batch])
         got = acc.result()["cka"].score
         secs = time.perf_counter() - t
-        print(f"{batch:>6} {got:>12.6f} {abs(got - one):>9.1e} {secs:>8.2f} {minibatch_cka(x, y, batch):>14.6f}")
+        print(
+            f"{batch:>6} {got:>12.6f} {abs(got - one):>9.1e} {secs:>8.2f} {minibatch_cka(x, y, batch):>14.6f}"
+        )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rows", type=int, default=1_200_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--acc-rows", type=int, default=100_000)
-    ap.add_argument("--dir", default=None, help="where to write the inputs (default: a temporary folder)")
+    ap.add_argument(
+        "--dir", default=None, help="where to write the inputs (default: a temporary folder)"
+    )
     args = ap.parse_args()
     root = Path(args.dir or tempfile.mkdtemp(prefix="bench-inputs-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -170,7 +185,9 @@ def main() -> None:
         for k in kinds:
             secs = statistics.median(r["seconds"] for r in runs[k])
             peak = statistics.median(r["peak"] for r in runs[k])
-            print(f"{k:<12} {secs:>8.2f} {secs / base:>7.2f}x {peak / 2**30:>10.2f} GiB {runs[k][0]['score']:>10.6f}")
+            print(
+                f"{k:<12} {secs:>8.2f} {secs / base:>7.2f}x {peak / 2**30:>10.2f} GiB {runs[k][0]['score']:>10.6f}"
+            )
         accumulator_table(root, min(args.acc_rows, args.rows))
     finally:
         if args.dir is None:

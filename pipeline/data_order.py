@@ -17,7 +17,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ID_KEYS", "DataOrder", "first_sample_hash", "input_bytes", "sample_ids", "warn_if_shuffled"]
+__all__ = [
+    "ID_KEYS",
+    "DataOrder",
+    "first_sample_hash",
+    "input_bytes",
+    "sample_ids",
+    "warn_if_shuffled",
+]
 
 log = logging.getLogger("pipeline.extract")
 
@@ -41,7 +48,9 @@ def sample_ids(batch: Any) -> np.ndarray | None:
         return None
     ids = np.asarray(batch[key].cpu() if hasattr(batch[key], "cpu") else batch[key])
     if ids.ndim != 1 or ids.dtype.kind not in "iu":
-        log.warning("the batches' %r are not one integer per sample; sample ids are not recorded", key)
+        log.warning(
+            "the batches' %r are not one integer per sample; sample ids are not recorded", key
+        )
         return None
     return ids.astype(np.int64)
 
@@ -91,5 +100,3 @@ def warn_if_shuffled(batches: Any) -> None:
             UserWarning,
             stacklevel=3,
         )
-
-

@@ -39,7 +39,9 @@ def _host(batch: Any, name: str) -> np.ndarray:
     (bfloat16 included), an array, anything NumPy takes."""
     if hasattr(batch, "detach") and hasattr(batch, "device"):  # a PyTorch tensor
         if batch.device.type != "cpu":
-            raise TypeError(f"{name} is a tensor on {batch.device}: move it to the CPU first ({name}.cpu())")
+            raise TypeError(
+                f"{name} is a tensor on {batch.device}: move it to the CPU first ({name}.cpu())"
+            )
         import torch
 
         return batch.detach().to(torch.float64).numpy()
@@ -54,9 +56,13 @@ def _rows(batch: np.ndarray, mask: Any, name: str) -> np.ndarray:
     if batch.ndim == 3:
         if mask is None:
             return batch.reshape(-1, batch.shape[-1])
-        keep = np.asarray(mask.detach().cpu().numpy() if hasattr(mask, "detach") else mask).astype(bool)
+        keep = np.asarray(mask.detach().cpu().numpy() if hasattr(mask, "detach") else mask).astype(
+            bool
+        )
         if keep.shape != batch.shape[:2]:
-            raise ValueError(f"mask has shape {keep.shape}; {name}'s (batch, tokens) is {batch.shape[:2]}")
+            raise ValueError(
+                f"mask has shape {keep.shape}; {name}'s (batch, tokens) is {batch.shape[:2]}"
+            )
         return batch[keep]
     if batch.ndim == 2:
         return batch
@@ -110,7 +116,9 @@ class Accumulator:
         measures = tuple(dict.fromkeys([measures] if isinstance(measures, str) else measures))
         unknown = [m for m in measures if m not in FROM_STATS]
         if not measures or unknown:
-            raise ValueError(f"measures must name some of {', '.join(MATRIX_MEASURES)}; got {list(measures)}")
+            raise ValueError(
+                f"measures must name some of {', '.join(MATRIX_MEASURES)}; got {list(measures)}"
+            )
         taken = {o for m in measures for o in MATRIX_MEASURES[m]}
         if set(options) - taken:
             raise TypeError(f"no measure of {', '.join(measures)} takes option "
@@ -130,7 +138,9 @@ class Accumulator:
 
     # ----------------------------------------------------------------- feeding
 
-    def _layers(self, xs: Any, ys: Any) -> tuple[tuple[Hashable, ...], tuple[Hashable, ...] | None, list[Any]]:
+    def _layers(
+        self, xs: Any, ys: Any
+    ) -> tuple[tuple[Hashable, ...], tuple[Hashable, ...] | None, list[Any]]:
         if self.n and isinstance(xs, Mapping) == self.pair:
             raise TypeError("feed every batch the same way: two arrays, or dicts of layers")
         if isinstance(xs, Mapping):
@@ -140,7 +150,9 @@ class Accumulator:
             cols = None if ys is None else tuple(ys)
             return rows, cols, [*xs.values(), *(() if ys is None else ys.values())]
         if ys is None:
-            raise TypeError("update(x, y) takes two arrays, or dicts of layers (update(xs) or update(xs, ys))")
+            raise TypeError(
+                "update(x, y) takes two arrays, or dicts of layers (update(xs) or update(xs, ys))"
+            )
         return ("x",), ("y",), [xs, ys]
 
     def update(self, xs: Any, ys: Any = None, *, mask: Any = None) -> None:
@@ -169,7 +181,9 @@ class Accumulator:
                              f"first batch's {self.rows}, {self.columns} of widths {self.sizes}")  # fmt: skip
         m = int(blocks[0].shape[0])
         if any(int(b.shape[0]) != m for b in blocks):
-            raise ValueError(f"every layer of a batch needs the same rows; got {[b.shape[0] for b in blocks]}")
+            raise ValueError(
+                f"every layer of a batch needs the same rows; got {[b.shape[0] for b in blocks]}"
+            )
         if m == 0:
             return
         bounds = fold_bounds(self.n_samples, self.folds) if self.folds else [(0, self.n + m)]
@@ -194,7 +208,11 @@ class Accumulator:
         """
         if other.n == 0:
             return self
-        if self.n and (other.rows, other.columns, other.sizes) != (self.rows, self.columns, self.sizes):
+        if self.n and (other.rows, other.columns, other.sizes) != (
+            self.rows,
+            self.columns,
+            self.sizes,
+        ):
             raise ValueError("the accumulators hold different layers")
         if (other.folds, other.measures) != (self.folds, self.measures):
             raise ValueError("the accumulators differ in folds or measures")
@@ -225,7 +243,9 @@ class Accumulator:
         folds = None
         if self.folds:
             if self.n != self.n_samples:
-                raise ValueError(f"{self.n} rows accumulated of the n_samples={self.n_samples} the folds were cut for")
+                raise ValueError(
+                    f"{self.n} rows accumulated of the n_samples={self.n_samples} the folds were cut for"
+                )
             folds = [(self._moments(moments_combine([p for j, p in enumerate(parts) if j != i])),
                       self._moments(parts[i])) for i in range(self.folds)]  # fmt: skip
         rows = self.rows or ()

@@ -29,13 +29,17 @@ def _feed(acc, arrays, batch):
 @pytest.mark.parametrize("batch", [7, 256, 3000])
 def test_the_accumulator_equals_the_one_pass_measures_whatever_the_batch_size(batch):
     x, y, _ = _layers()
-    acc = _feed(sd.Accumulator(measures=["cka", "svcca", "pwcca", "cca", "shape"], keep=0.99), (x, y), batch)
+    acc = _feed(
+        sd.Accumulator(measures=["cka", "svcca", "pwcca", "cca", "shape"], keep=0.99), (x, y), batch
+    )
     got = acc.result()
     assert got["cka"].score == pytest.approx(sd.linear_cka(x, y).score, rel=1e-12)
     assert got["svcca"].score == pytest.approx(sd.svcca(x, y, keep=0.99).score, rel=1e-12)
     assert got["pwcca"].score == pytest.approx(sd.pwcca(x, y).score, rel=1e-12)
     np.testing.assert_allclose(got["cca"].coefficients, sd.cca(x, y).coefficients, rtol=1e-12)
-    assert got["shape"].score == pytest.approx(sd.shape_distance(x, y, conv="mean").score, rel=1e-10)
+    assert got["shape"].score == pytest.approx(
+        sd.shape_distance(x, y, conv="mean").score, rel=1e-10
+    )
 
 
 def test_merged_ranks_and_a_saved_and_loaded_accumulator_give_the_same_result(tmp_path):
@@ -53,7 +57,9 @@ def test_merged_ranks_and_a_saved_and_loaded_accumulator_give_the_same_result(tm
     for a in range(1700, 3000, 300):
         resumed.update(x[a : a + 300], y[a : a + 300])
     for m in ("cka", "svcca"):
-        assert resumed.result()[m].score == pytest.approx(one[m].score, rel=1e-12)  # resumed exactly
+        assert resumed.result()[m].score == pytest.approx(
+            one[m].score, rel=1e-12
+        )  # resumed exactly
 
 
 def test_layer_dicts_give_matrices_and_folds_the_one_pass_held_out_scores():
@@ -76,8 +82,11 @@ def test_tokens_with_masks_and_half_precision_tensors():
     keep = rng.random((64, 10)) > 0.3
     acc = sd.Accumulator(measures=["cka"])
     for s in range(0, 64, 16):
-        acc.update(torch.from_numpy(a[s : s + 16]).to(torch.bfloat16),
-                   torch.from_numpy(b[s : s + 16]).to(torch.bfloat16), mask=torch.from_numpy(keep[s : s + 16]))
+        acc.update(
+            torch.from_numpy(a[s : s + 16]).to(torch.bfloat16),
+            torch.from_numpy(b[s : s + 16]).to(torch.bfloat16),
+            mask=torch.from_numpy(keep[s : s + 16]),
+        )
     ab = torch.from_numpy(a).to(torch.bfloat16).double().numpy()[keep]
     bb = torch.from_numpy(b).to(torch.bfloat16).double().numpy()[keep]
     assert acc.result()["cka"].score == pytest.approx(sd.linear_cka(ab, bb).score, rel=1e-12)

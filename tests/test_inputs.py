@@ -41,7 +41,10 @@ def _write_kinds(tmp_path, x, y):
     kinds["numpy"] = (x, y)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
-    kinds["memmap"] = (np.load(tmp_path / "x.npy", mmap_mode="r"), np.load(tmp_path / "y.npy", mmap_mode="r"))
+    kinds["memmap"] = (
+        np.load(tmp_path / "x.npy", mmap_mode="r"),
+        np.load(tmp_path / "y.npy", mmap_mode="r"),
+    )
     kinds["npy path"] = (str(tmp_path / "x.npy"), tmp_path / "y.npy")
     np.savez(tmp_path / "acts.npz", x=x, y=y)
     kinds["npz member"] = (str(tmp_path / "acts.npz/x"), str(tmp_path / "acts.npz/y"))
@@ -52,16 +55,26 @@ def _write_kinds(tmp_path, x, y):
     g.create_array("y", data=y, chunks=(200, 12))
     kinds["zarr path"] = (str(tmp_path / "plain.zarr/x"), str(tmp_path / "plain.zarr/y"))
     kinds["zarr array"] = (g["x"], g["y"])
-    kinds["xarray"] = (xr.DataArray(x, dims=("sample", "neuron")), xr.DataArray(y, dims=("sample", "n2")))
+    kinds["xarray"] = (
+        xr.DataArray(x, dims=("sample", "neuron")),
+        xr.DataArray(y, dims=("sample", "n2")),
+    )
     with h5py.File(tmp_path / "acts.h5", "w") as f:
         f.create_dataset("layers/x", data=x, chunks=(100, 10))
         f.create_dataset("layers/y", data=y)
     kinds["hdf5 path"] = (str(tmp_path / "acts.h5/layers/x"), str(tmp_path / "acts.h5/layers/y"))
     f = h5py.File(tmp_path / "acts.h5", "r")
     kinds["h5py dataset"] = (f["layers/x"], f["layers/y"])
-    safetensors_numpy.save_file({"resid": x[:600], "other": y[:600]}, str(tmp_path / "s-00001.safetensors"))
-    safetensors_numpy.save_file({"resid": x[600:], "other": y[600:]}, str(tmp_path / "s-00002.safetensors"))
-    kinds["safetensors glob"] = (str(tmp_path / "s-*.safetensors/resid"), str(tmp_path / "s-*.safetensors/other"))
+    safetensors_numpy.save_file(
+        {"resid": x[:600], "other": y[:600]}, str(tmp_path / "s-00001.safetensors")
+    )
+    safetensors_numpy.save_file(
+        {"resid": x[600:], "other": y[600:]}, str(tmp_path / "s-00002.safetensors")
+    )
+    kinds["safetensors glob"] = (
+        str(tmp_path / "s-*.safetensors/resid"),
+        str(tmp_path / "s-*.safetensors/other"),
+    )
     ds = datasets.Dataset.from_dict({"x": list(x), "y": list(y)})
     kinds["hf dataset column"] = (ds["x"], ds["y"])
     ds.save_to_disk(str(tmp_path / "hf"), max_shard_size="20KB")  # several Arrow shards
@@ -71,7 +84,9 @@ def _write_kinds(tmp_path, x, y):
         folder.mkdir()
         for i, (a, b) in enumerate(((0, 400), (400, 1000))):
             arr[a:b].tofile(folder / f"shard_{i}.memmap")
-            (folder / f"shard_{i}.meta").write_text(json.dumps({"shape": [b - a, arr.shape[1]], "dtype": "float32"}))
+            (folder / f"shard_{i}.meta").write_text(
+                json.dumps({"shape": [b - a, arr.shape[1]], "dtype": "float32"})
+            )
     kinds["memmap shards"] = (str(tmp_path / "mx"), str(tmp_path / "my"))
     return kinds
 
@@ -88,7 +103,9 @@ def test_each_kind_of_input_gives_the_in_memory_result(tmp_path):
         seen.add(open_layer(a).kind)
     # the README lists these kinds: every backend but the catch-all is fed above
     assert {b.name for b in BACKENDS} - seen == {"array-like"}
-    m = sd.similarity_matrix({"x": kinds["safetensors glob"][0], "y": kinds["hf save_to_disk"][1]}, measure="cka")
+    m = sd.similarity_matrix(
+        {"x": kinds["safetensors glob"][0], "y": kinds["hf save_to_disk"][1]}, measure="cka"
+    )
     assert m.scores[0, 1] == pytest.approx(ref_cka, rel=1e-12)  # matrices take them too
 
 
@@ -129,7 +146,9 @@ def test_chunks_are_views_of_a_numpy_input_and_reads_of_a_memmap(tmp_path):
     graph = dict(layer.data.__dask_graph__())
     import pickle
 
-    assert max(len(pickle.dumps(v)) for v in graph.values()) < 10_000  # tasks carry a path, not rows
+    assert (
+        max(len(pickle.dumps(v)) for v in graph.values()) < 10_000
+    )  # tasks carry a path, not rows
 
 
 def test_half_precision_tensors_give_the_float64_result():
@@ -156,7 +175,9 @@ def test_bfloat16_safetensors_and_shards_are_widened_exactly(tmp_path):
     folder = tmp_path / "cache"
     folder.mkdir()
     tx.view(torch.int16).numpy().tofile(folder / "shard_0.memmap")
-    (folder / "shard_0.meta").write_text(json.dumps({"shape": list(x.shape), "dtype": "torch.bfloat16"}))
+    (folder / "shard_0.meta").write_text(
+        json.dumps({"shape": list(x.shape), "dtype": "torch.bfloat16"})
+    )
     np.testing.assert_array_equal(open_layer(str(folder)).data.compute(), exact)
 
 
@@ -172,7 +193,9 @@ def test_a_gpu_tensor_is_a_clear_error():
 
 
 def test_unknown_inputs_name_what_they_got_and_list_the_kinds(tmp_path):
-    with pytest.raises(TypeError, match=r"(?s)cannot open 'object' as activations\. Accepted:\n.*safetensors"):
+    with pytest.raises(
+        TypeError, match=r"(?s)cannot open 'object' as activations\. Accepted:\n.*safetensors"
+    ):
         sd.cca(object(), np.zeros((10, 2)))
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(TypeError, match=r"cannot open .*notes\.txt as activations"):
@@ -212,14 +235,20 @@ def test_sample_ids_catch_one_swapped_pair_of_rows_inside_the_pass():
     assert _score(x, y, sample_ids=(ids, ids)) == pytest.approx(_score(x, y), rel=1e-12)
     with pytest.raises(RowOrderError, match=r"row 700 is sample 701 in y .* and 700 in x"):
         _score(x, y, sample_ids=(ids, swapped))
-    assert sd.linear_cka(x, y, sample_ids=(ids, swapped), rows="trust").score > 0  # said, not checked
+    assert (
+        sd.linear_cka(x, y, sample_ids=(ids, swapped), rows="trust").score > 0
+    )  # said, not checked
 
 
 def test_sample_ids_from_a_dataset_column():
     datasets = pytest.importorskip("datasets")
     x, y = _pair()
     a = datasets.Dataset.from_dict({"acts": list(x), "idx": np.arange(len(x))})
-    b = datasets.Dataset.from_dict({"acts": list(y), "idx": np.arange(len(x))}).shuffle(seed=0).flatten_indices()
+    b = (
+        datasets.Dataset.from_dict({"acts": list(y), "idx": np.arange(len(x))})
+        .shuffle(seed=0)
+        .flatten_indices()
+    )
     with pytest.raises(RowOrderError, match=r"do not hold the same samples"):
         sd.linear_cka(a["acts"], b["acts"], sample_ids="idx")
     lx, ly = open_pair(a["acts"], a["acts"], sample_ids="idx")
@@ -264,7 +293,9 @@ def test_a_memmap_larger_than_the_private_memory_limit_streams(tmp_path):
     n = 200_000
     rng = np.random.default_rng(0)
     for name, d in (("x", 576), ("y", 64)):
-        m = np.lib.format.open_memmap(tmp_path / f"{name}.npy", mode="w+", dtype=np.float32, shape=(n, d))
+        m = np.lib.format.open_memmap(
+            tmp_path / f"{name}.npy", mode="w+", dtype=np.float32, shape=(n, d)
+        )
         for a in range(0, n, 50_000):
             m[a : a + 50_000] = rng.standard_normal((50_000, d), dtype=np.float32)
         m.flush()
@@ -273,7 +304,10 @@ def test_a_memmap_larger_than_the_private_memory_limit_streams(tmp_path):
     assert data > limit  # a copy of the inputs alone would break the limit
     out = subprocess.run(
         [sys.executable, "-c", _PROBE, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
-        capture_output=True, text=True, check=True, timeout=600,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
     )
     score, peak = out.stdout.split()
     assert int(peak) < limit, f"private memory peaked at {int(peak) / 2**20:.0f} MiB"

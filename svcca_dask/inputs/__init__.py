@@ -75,5 +75,3 @@ def open_pair(
     check_pair(lx, ly, names=names)
     lx, ly = align_rows([lx, ly], rows=rows)
     return lx, ly
-
-

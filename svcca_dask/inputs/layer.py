@@ -132,10 +132,23 @@ def numpy_dtype(name: str) -> np.dtype | str:
     (``F16``, ``BF16``) name it; :data:`BF16` for bfloat16."""
     low = str(name).lower().removeprefix("torch.")
     table = {
-        "bf16": BF16, "bfloat16": BF16, "f16": "float16", "half": "float16", "f32": "float32",
-        "float": "float32", "f64": "float64", "double": "float64", "i8": "int8", "i16": "int16",
-        "i32": "int32", "i64": "int64", "u8": "uint8", "u16": "uint16", "u32": "uint32",
-        "u64": "uint64", "bool": "bool",
+        "bf16": BF16,
+        "bfloat16": BF16,
+        "f16": "float16",
+        "half": "float16",
+        "f32": "float32",
+        "float": "float32",
+        "f64": "float64",
+        "double": "float64",
+        "i8": "int8",
+        "i16": "int16",
+        "i32": "int32",
+        "i64": "int64",
+        "u8": "uint8",
+        "u16": "uint16",
+        "u32": "uint32",
+        "u64": "uint64",
+        "bool": "bool",
     }
     low = table.get(low, low)
     return BF16 if low == BF16 else np.dtype(low)
@@ -186,9 +199,7 @@ def from_views(x: np.ndarray, *, kind: str, rows: int | None = None) -> da.Array
     return da.Array(dsk, name, chunks, meta=_meta(x.ndim, x.dtype))
 
 
-def from_reader(
-    source: Any, *, kind: str, token: str, rows: int | None = None
-) -> da.Array:
+def from_reader(source: Any, *, kind: str, token: str, rows: int | None = None) -> da.Array:
     """A Dask array over a row reader ``source`` (``shape``, ``dtype``, ``ndim``
     and ``source[rows_slice]``), read inside each task.
 
@@ -213,12 +224,18 @@ class MemmapFile:
 
     def __init__(self, path: str, *, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> None:
         self.path, self.offset = os.fspath(path), int(offset)
-        self.dtype, self.shape, self.ndim = np.dtype(dtype), tuple(int(s) for s in shape), len(shape)
+        self.dtype, self.shape, self.ndim = (
+            np.dtype(dtype),
+            tuple(int(s) for s in shape),
+            len(shape),
+        )
 
     def _map(self) -> np.ndarray:
         if 0 in self.shape:
             return np.empty(self.shape, dtype=self.dtype)
-        return np.memmap(self.path, mode="r", dtype=self.dtype, offset=self.offset, shape=self.shape)
+        return np.memmap(
+            self.path, mode="r", dtype=self.dtype, offset=self.offset, shape=self.shape
+        )
 
     def __getitem__(self, key: Any) -> np.ndarray:
         return self._map()[key]

@@ -136,7 +136,9 @@ def open_layer(
             )
         if backend is None:
             got = target.text if hasattr(target, "files") else repr(type(obj).__name__)
-            raise TypeError(f"{name}: cannot open {got} as activations. Accepted:\n{accepted_kinds()}")
+            raise TypeError(
+                f"{name}: cannot open {got} as activations. Accepted:\n{accepted_kinds()}"
+            )
         layer = backend.open(target, request)
         check_shape_dtype(layer.shape, layer.dtype, name=name, allowed=(layer.ndim,))
         if any(len(c) != 1 for c in layer.data.chunks[1:]):  # whole along features
@@ -144,7 +146,9 @@ def open_layer(
                 layer, data=layer.data.rechunk({i: -1 for i in range(1, layer.ndim)})
             )
     if sample_ids is not None:
-        layer = dataclasses.replace(layer, sample_ids=_ids(sample_ids, obj, layer, name, storage_options))
+        layer = dataclasses.replace(
+            layer, sample_ids=_ids(sample_ids, obj, layer, name, storage_options)
+        )
     return layer
 
 
@@ -163,12 +167,20 @@ def _ids(ids: Any, obj: Any, layer: Layer, name: str, storage_options: Any) -> d
             group = zarr.open_group(store=layer.zarr.store, path=parent, mode="r")
             ids = open_layer(group, name=what, key=ids).data
         else:
-            raise ValueError(f"{what}: {ids!r} names a column, but {name} is not a dataset or store layer")
-    arr = ids if isinstance(ids, da.Array) else open_layer(ids, name=what, storage_options=storage_options).data
+            raise ValueError(
+                f"{what}: {ids!r} names a column, but {name} is not a dataset or store layer"
+            )
+    arr = (
+        ids
+        if isinstance(ids, da.Array)
+        else open_layer(ids, name=what, storage_options=storage_options).data
+    )
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != 1 or arr.shape[0] != layer.rows:
-        raise ValueError(f"{what} must be 1-D with one id per row ({layer.rows}), got shape {arr.shape}")
+        raise ValueError(
+            f"{what} must be 1-D with one id per row ({layer.rows}), got shape {arr.shape}"
+        )
     return arr
 
 
@@ -178,5 +190,3 @@ def as_dask(x: Any, *, name: str, ndim: int | tuple[int, ...] = 2) -> da.Array:
     allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
     check_shape_dtype(layer.shape, layer.dtype, name=name, allowed=allowed)
     return layer.data
-
-

@@ -35,7 +35,11 @@ class ArrayLikeBackend(Backend):
 
 def _sliceable(obj: Any) -> bool:
     try:
-        return hasattr(obj, "shape") and hasattr(obj, "__getitem__") and np.dtype(obj.dtype) is not None
+        return (
+            hasattr(obj, "shape")
+            and hasattr(obj, "__getitem__")
+            and np.dtype(obj.dtype) is not None
+        )
     except TypeError:
         return False
 

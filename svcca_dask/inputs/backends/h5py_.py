@@ -40,7 +40,9 @@ class H5pyBackend(Backend):
         st = os.stat(path)
         from dask.base import tokenize
 
-        data = from_reader(source, kind="hdf5", token=tokenize(os.path.realpath(path), key, st.st_mtime_ns))
+        data = from_reader(
+            source, kind="hdf5", token=tokenize(os.path.realpath(path), key, st.st_mtime_ns)
+        )
         return Layer(data, request.name, "hdf5", f"{path}:{key}")
 
 

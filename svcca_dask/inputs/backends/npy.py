@@ -54,7 +54,9 @@ def _file_of(arr: np.ndarray, path: str) -> MemmapFile:
     if not isinstance(arr, np.memmap):  # an object array, or a 0-size one
         raise TypeError(f"{path} does not hold a numeric array that can be memory-mapped")
     if not arr.flags.c_contiguous:
-        raise ValueError(f"{path} is stored in Fortran order; save it C-ordered (np.ascontiguousarray)")
+        raise ValueError(
+            f"{path} is stored in Fortran order; save it C-ordered (np.ascontiguousarray)"
+        )
     return MemmapFile(path, offset=int(arr.offset), dtype=arr.dtype, shape=arr.shape)
 
 

@@ -55,7 +55,9 @@ class SafetensorsBackend(Backend):
             parts.append(widened(source.as_dask(kind="safetensors"), dtype))
             dtypes.add(str(dtype))
         if len(dtypes) > 1:
-            raise ValueError(f"{request.name}: the shards of {key!r} differ in dtype ({sorted(dtypes)})")
+            raise ValueError(
+                f"{request.name}: the shards of {key!r} differ in dtype ({sorted(dtypes)})"
+            )
         if len({p.shape[1:] for p in parts}) > 1:
             raise ValueError(f"{request.name}: the shards of {key!r} differ in shape beyond the "
                              f"first axis ({[p.shape for p in parts]})")  # fmt: skip
@@ -89,5 +91,7 @@ def _tensor(path: str, key: str | None, *, name: str) -> tuple[MemmapFile, np.dt
     begin, end = entry["data_offsets"]
     shape = tuple(int(s) for s in entry["shape"])
     if end - begin != int(np.prod(shape)) * raw.itemsize:
-        raise ValueError(f"{name}: tensor {key!r} of {path}: its byte range does not match its shape")
+        raise ValueError(
+            f"{name}: tensor {key!r} of {path}: its byte range does not match its shape"
+        )
     return MemmapFile(path, offset=start + begin, dtype=raw, shape=shape), dtype

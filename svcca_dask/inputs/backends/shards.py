@@ -70,4 +70,6 @@ def _meta(path: str, *, name: str) -> dict[str, Any]:
             if not isinstance(meta, dict) or "shape" not in meta:
                 raise ValueError(f"{name}: {candidate} must be a JSON object with a 'shape'")
             return meta
-    raise FileNotFoundError(f"{name}: {path} has no shape file beside it ({stem}.meta or {stem}.json)")
+    raise FileNotFoundError(
+        f"{name}: {path} has no shape file beside it ({stem}.meta or {stem}.json)"
+    )

@@ -34,4 +34,6 @@ class XarrayBackend(Backend):
             arr = from_views(data, kind="xarray")
         else:  # e.g. a lazily indexed backend array: read per chunk
             arr = ArrayLikeBackend().open(data, request).data
-        return Layer(arr, request.name, "xarray", "an xarray DataArray", dims=tuple(map(str, obj.dims)))
+        return Layer(
+            arr, request.name, "xarray", "an xarray DataArray", dims=tuple(map(str, obj.dims))
+        )

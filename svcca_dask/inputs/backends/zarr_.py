@@ -115,7 +115,8 @@ def open_zarr_array(path: str | os.PathLike[str], *, name: str = "array",
         members = _members(node) if isinstance(node, zarr.Group) else []
         raise FileNotFoundError(
             f"{name}: {path!r} is a Zarr group, not an array; name one of its arrays "
-            f"as {path.rstrip('/')}/<array>" + (f" (arrays: {', '.join(members)})" if members else "")
+            f"as {path.rstrip('/')}/<array>"
+            + (f" (arrays: {', '.join(members)})" if members else "")
         )
     return node
 
