@@ -238,7 +238,9 @@ def compare_pair(
     out["warnings"] = list(getattr(result, "warnings", ()))
     from svcca_dask.inputs import open_layer, rows_checked
 
-    out["rows"] = rows_checked([open_layer(x), open_layer(y)], options.get("rows", "check"))
+    opened = {k: kwargs[k] for k in ("storage_options", "missing_chunks") if k in kwargs}
+    sides = [open_layer(x, name="x", **opened), open_layer(y, name="y", **opened)]
+    out["rows"] = rows_checked(sides, options.get("rows", "check"))
     return out
 
 
@@ -564,7 +566,10 @@ def _run(
         for store, layer in ((t.pair.x_store, t.pair.x_layer), (t.pair.y_store, t.pair.y_layer)):
             layer = job.target_columns.get((store, layer), (layer,))[0]
             if (store, layer) not in checked:
-                checked[(store, layer)] = open_layer(job.layer_input(store, layer))
+                checked[(store, layer)] = open_layer(
+                    job.layer_input(store, layer),
+                    missing_chunks=t.options.get("missing_chunks", "error"),
+                )
             sides.append(checked[(store, layer)])
         return rows_checked(sides, t.options.get("rows", "check"))
 

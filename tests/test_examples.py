@@ -78,8 +78,18 @@ for steps in ((100, 200), (300,)):
     runs.append(checkpoints({str(work / "checkpoints.toml")!r}))
 print("RUNS=" + json.dumps(runs))
 """
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"),
-           "PREFECT_LOGGING_LEVEL": "WARNING"}  # fmt: skip
+    # Prefect's telemetry writes to the ephemeral server's SQLite file while the flow
+    # does (on a loaded machine one of them gets "database is locked") and looks up a
+    # host this machine cannot reach; its ephemeral API server takes 16-20 s to start
+    # here unloaded, against a default bound of 20 s.
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    }
     done = subprocess.run([sys.executable, "-c", driver], env=env, cwd=work, text=True,
                           capture_output=True, timeout=400)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
