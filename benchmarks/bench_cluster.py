@@ -51,10 +51,15 @@ def make_pair(path: Path, rows: int, features: int = 256, chunk_rows: int = 8192
     rng = np.random.default_rng(0)
     wx, wy = rng.standard_normal((32, features)), rng.standard_normal((32, features))
     arrays = {
-        k: root.create_array(k, shape=(rows, features), chunks=(chunk_rows, features),
-                             dtype="float32", compressors=[BloscCodec(cname="lz4", clevel=5)])
+        k: root.create_array(
+            k,
+            shape=(rows, features),
+            chunks=(chunk_rows, features),
+            dtype="float32",
+            compressors=[BloscCodec(cname="lz4", clevel=5)],
+        )
         for k in ("x", "y")
-    }  # fmt: skip
+    }
     for s in range(0, rows, chunk_rows):
         m = min(chunk_rows, rows - s)
         z = rng.standard_normal((m, 32))
@@ -102,35 +107,63 @@ def child(mode: str, workers: int, store: str, threads: int) -> dict[str, float]
 
     limit = "1GiB" if mode == "matrix" else "auto"
     # what a user gets: sd.connect("local") (loopback, its worker settings)
-    with sd.connect("local", n_workers=workers, threads_per_worker=1, processes=True,
-                    dashboard_address="127.0.0.1:0", memory_limit=limit, quiet=True) as conn:  # fmt: skip
+    with sd.connect(
+        "local",
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address="127.0.0.1:0",
+        memory_limit=limit,
+        quiet=True,
+    ) as conn:
         client = conn.client
         client.run(lambda: __import__("svcca_dask"))  # imports not timed
         t = time.perf_counter()
         try:
             score, ok = call(), 1.0
         except Exception as err:  # the matrix may fail (KilledWorker): reported
-            print(f"{mode} on {workers} workers failed: {type(err).__name__}: {err}", file=sys.stderr)
+            print(
+                f"{mode} on {workers} workers failed: {type(err).__name__}: {err}", file=sys.stderr
+            )
             score, ok = float("nan"), 0.0
         wall = time.perf_counter() - t
 
         def stats(dask_worker: object) -> tuple[int, int]:
             import resource as r
 
-            return (dask_worker.transfer_outgoing_bytes_total,
-                    r.getrusage(r.RUSAGE_SELF).ru_maxrss * 1024)  # fmt: skip
+            return (
+                dask_worker.transfer_outgoing_bytes_total,
+                r.getrusage(r.RUSAGE_SELF).ru_maxrss * 1024,
+            )
 
         got = client.run(stats).values()
-    return {"wall": wall, "moved": float(sum(m for m, _ in got)),
-            "peak": float(max(p for _, p in got)), "score": float(score), "ok": ok}  # fmt: skip
+    return {
+        "wall": wall,
+        "moved": float(sum(m for m, _ in got)),
+        "peak": float(max(p for _, p in got)),
+        "score": float(score),
+        "ok": ok,
+    }
 
 
 def run(mode: str, workers: int, store: Path, threads: int) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, __file__, "--child", mode, "--workers", str(workers),
-         "--store", str(store), "--threads", str(threads)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            mode,
+            "--workers",
+            str(workers),
+            "--store",
+            str(store),
+            "--threads",
+            str(threads),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -138,7 +171,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2, help="threads of the threaded runs (the cores)")
+    p.add_argument(
+        "--threads", type=int, default=2, help="threads of the threaded runs (the cores)"
+    )
     p.add_argument("--data", type=Path, default=Path("benchmarks/data"))
     p.add_argument("--skip-matrix", action="store_true")
     p.add_argument("--child", choices=["svcca", "matrix"], help=argparse.SUPPRESS)
@@ -161,17 +196,29 @@ def main() -> None:
             else:
                 runs[w].append(run("svcca", w, pair, args.threads))
     med = {w: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for w, rs in runs.items()}
-    print(f"svcca of two {args.rows:,} x 256 float32 layers ({data / 1e9:.2f} GB), "
-          f"medians of {args.repeat}:")  # fmt: skip
-    names = {0: f"threads ({args.threads})", -1: "threads (1)", 1: "1 worker x 1 thread",
-             2: "2 workers x 1 thread"}  # fmt: skip
+    print(
+        f"svcca of two {args.rows:,} x 256 float32 layers ({data / 1e9:.2f} GB), "
+        f"medians of {args.repeat}:"
+    )
+    names = {
+        0: f"threads ({args.threads})",
+        -1: "threads (1)",
+        1: "1 worker x 1 thread",
+        2: "2 workers x 1 thread",
+    }
     for w, m in med.items():
-        print(f"  {names[w]:22s} {m['wall']:7.2f} s   moved {m['moved'] / 1e6:8.2f} MB "
-              f"({100 * m['moved'] / data:5.2f}% of the data)   peak {m['peak'] / 1e9:5.2f} GB")  # fmt: skip
+        print(
+            f"  {names[w]:22s} {m['wall']:7.2f} s   moved {m['moved'] / 1e6:8.2f} MB "
+            f"({100 * m['moved'] / data:5.2f}% of the data)   peak {m['peak'] / 1e9:5.2f} GB"
+        )
     print(f"  2 workers / threads: {med[2]['wall'] / med[0]['wall']:.2f}x (target <= 1.15)")
-    print(f"  1 worker / 2 workers: {med[1]['wall'] / med[2]['wall']:.2f}x (target >= 1.8; "
-          f"this machine's threads, 1 / {args.threads}: {med[-1]['wall'] / med[0]['wall']:.2f}x)")  # fmt: skip
-    print(f"  moved at most {100 * max(m['moved'] for m in med.values()) / data:.2f}% (target <= 3%)")
+    print(
+        f"  1 worker / 2 workers: {med[1]['wall'] / med[2]['wall']:.2f}x (target >= 1.8; "
+        f"this machine's threads, 1 / {args.threads}: {med[-1]['wall'] / med[0]['wall']:.2f}x)"
+    )
+    print(
+        f"  moved at most {100 * max(m['moved'] for m in med.values()) / data:.2f}% (target <= 3%)"
+    )
     scores = {round(r["score"], 12) for rs in runs.values() for r in rs}
     print(f"  scores: {sorted(scores)}")
     if args.skip_matrix:
@@ -180,12 +227,16 @@ def main() -> None:
     make_layers(layers)
     thr = run("matrix", 0, layers, args.threads)
     clu = run("matrix", 2, layers, args.threads)
-    print(f"CKA similarity_matrix of {MATRIX['layers']} layers x {MATRIX['features']} x "
-          f"{MATRIX['rows']:,} rows:")  # fmt: skip
+    print(
+        f"CKA similarity_matrix of {MATRIX['layers']} layers x {MATRIX['features']} x "
+        f"{MATRIX['rows']:,} rows:"
+    )
     print(f"  threads: {thr['wall']:.2f} s, peak {thr['peak'] / 1e9:.2f} GB (target < 2 GB)")
-    print(f"  2 workers x 1 thread at 1 GiB: {'completes' if clu['ok'] else 'FAILS'} in "
-          f"{clu['wall']:.2f} s, peak worker {clu['peak'] / 1e9:.2f} GB, moved "
-          f"{clu['moved'] / 1e6:.1f} MB; same mean score: {abs(clu['score'] - thr['score']) < 1e-12}")  # fmt: skip
+    print(
+        f"  2 workers x 1 thread at 1 GiB: {'completes' if clu['ok'] else 'FAILS'} in "
+        f"{clu['wall']:.2f} s, peak worker {clu['peak'] / 1e9:.2f} GB, moved "
+        f"{clu['moved'] / 1e6:.1f} MB; same mean score: {abs(clu['score'] - thr['score']) < 1e-12}"
+    )
 
 
 if __name__ == "__main__":

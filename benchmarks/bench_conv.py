@@ -131,7 +131,7 @@ def run_measure(store: str, conv: str, memory_limit: str | None, lanes: int | No
 
     info: dict = {}
     if conv == "dft":
-        run = accumulate._DFTRun(x, y, conv=opt, layout=None, names=("x", "y"))
+        run = accumulate.DFTRun(x, y, conv=opt, layout=None, names=("x", "y"))
         info = {"passes": len(run.bands), "lanes": run.lanes}
     t = time.perf_counter()
     with Profiler() as prof:
@@ -154,7 +154,7 @@ def _steady_per_image(results: list, n: int, passes: int, lanes: int) -> float:
     of the others. Lanes run at once: per image = median / images per fold /
     min(lanes, cores).
     """
-    folds = sorted((t for t in results if "_dft_fold" in str(t.key)), key=lambda t: t.start_time)
+    folds = sorted((t for t in results if "dft_fold" in str(t.key)), key=lambda t: t.start_time)
     per_pass = len(folds) // passes
     cores = os.cpu_count() or 1
     total = 0.0
@@ -176,15 +176,23 @@ def run_finalize_only(c: int, f: int) -> dict:
     from svcca_dask.conv import measures as dft_measures
 
     rng = np.random.default_rng(0)
-    block = plan._freq_blocks(f, 2 * c)[0]
+    block = plan.frequency_blocks(f, 2 * c)[0]
     nb = block.stop - block.start
     z = rng.standard_normal((nb, 4 * c, 2 * c)) + 1j * rng.standard_normal((nb, 4 * c, 2 * c))
     cov = np.swapaxes(z.conj(), 1, 2) @ z
     st = accumulate.DFTStats(
-        n=4 * c, frequencies=np.zeros((nb, 2), int), multiplicity=np.ones(nb, int), band=(1, 1),
-        sizes=(c, c), mean=np.zeros((nb, 2 * c), complex), cov=cov, x_shape=(c, 1, 1),
-        y_shape=(c, 1, 1), x_scale=1.0, y_scale=1.0,
-    )  # fmt: skip
+        n=4 * c,
+        frequencies=np.zeros((nb, 2), int),
+        multiplicity=np.ones(nb, int),
+        band=(1, 1),
+        sizes=(c, c),
+        mean=np.zeros((nb, 2 * c), complex),
+        cov=cov,
+        x_shape=(c, 1, 1),
+        y_shape=(c, 1, 1),
+        x_scale=1.0,
+        y_scale=1.0,
+    )
     n_blocks = -(-f // nb)
     t = time.perf_counter()
     tasks = [delayed(dft_measures._cca_part)(st, epsilon=1e-10) for _ in range(n_blocks)]
@@ -275,8 +283,15 @@ def run_limit(store: str, conv: str, barrier: str | None = None, count: int = 1)
                 t = time.perf_counter()
                 for s0 in range(0, m, k):  # one ZHERK per frequency and k images
                     for i in range(f):
-                        zherk(1.0, zf[i, :, s0 : s0 + k].T, beta=1.0, c=acc[i].T, trans=2,
-                              lower=0, overwrite_c=1)  # fmt: skip
+                        zherk(
+                            1.0,
+                            zf[i, :, s0 : s0 + k].T,
+                            beta=1.0,
+                            c=acc[i].T,
+                            trans=2,
+                            lower=0,
+                            overwrite_c=1,
+                        )
                 out[key] = min(out[key], time.perf_counter() - t)
     return out
 
@@ -334,8 +349,11 @@ def run_svd() -> dict:
     for svd in ("covariance", "randomized", "tsqr"):
         t = time.perf_counter()
         res = sd.svcca(x, y, keep=0.99, svd=svd)
-        out[svd] = {"wall_s": time.perf_counter() - t, "coef": res.coefficients.tolist(),
-                    "kept": [res.x_kept, res.y_kept]}  # fmt: skip
+        out[svd] = {
+            "wall_s": time.perf_counter() - t,
+            "coef": res.coefficients.tolist(),
+            "kept": [res.x_kept, res.y_kept],
+        }
     return out
 
 
@@ -428,20 +446,26 @@ def main() -> None:
     sizes = a.sizes or [a.images, 2 * a.images]
     if sizes[0] < LIMIT_IMAGES:
         ap.error(f"the first main pair needs at least {LIMIT_IMAGES} images (the limit reads them)")
-    print(f"# conv benchmark: pairs of {C} x {H} x {W} float32 layers (NCHW, Zarr, blosc-lz4, "
-          f"{CHUNK} images per chunk); {os.cpu_count()} cores; load average "
-          f"{os.getloadavg()[0]:.1f} at the start")  # fmt: skip
+    print(
+        f"# conv benchmark: pairs of {C} x {H} x {W} float32 layers (NCHW, Zarr, blosc-lz4, "
+        f"{CHUNK} images per chunk); {os.cpu_count()} cores; load average "
+        f"{os.getloadavg()[0]:.1f} at the start"
+    )
     for n in sizes:
         t = time.perf_counter()
         make_pair(data / f"main-{n}.zarr", n, C, H, W)
-        print(f"# data: {n} images, {2 * n * C * H * W * 4 / 1e9:.2f} GB for both layers "
-              f"(written in {time.perf_counter() - t:.0f} s or cached)")  # fmt: skip
+        print(
+            f"# data: {n} images, {2 * n * C * H * W * 4 / 1e9:.2f} GB for both layers "
+            f"(written in {time.perf_counter() - t:.0f} s or cached)"
+        )
 
     f_unique = (H * W - 4) // 2 + 4
     cores = os.cpu_count() or 1
     fin = _child("finalize", str(C), str(f_unique))
-    print(f"# per-frequency CCA after the pass (fixed cost, any number of images): "
-          f"{fin['wall_s']:.1f} s for {f_unique} frequencies of {C}+{C} channels")  # fmt: skip
+    print(
+        f"# per-frequency CCA after the pass (fixed cost, any number of images): "
+        f"{fin['wall_s']:.1f} s for {f_unique} frequencies of {C}+{C} channels"
+    )
     store0 = str(data / f"main-{sizes[0]}.zarr")
     lim = _child("limit", store0, "dft")
     li = lim["images"]
@@ -462,15 +486,17 @@ def main() -> None:
     }
     all_s = _children(cores, "limit", store0, "samples")
     per_img["samples"] = float(np.mean([r["syrk_s"] for r in all_s])) / lim_s["images"] / cores
-    print(f"# limits per image ({cores} cores, {li} images in memory; one process per core at "
-          f"once, one thread each, time / cores): rfft2 {1e3 * both['rfft2_s'] / li / cores:.1f} "
-          f"ms + Gram of each stored chunk ({CHUNK} images) as one ZHERK per frequency "
-          f"{1e3 * both['zherk_s'] / li / cores:.1f} ms = {1e3 * per_img['zherk']:.1f} ms (the "
-          f"limit), or of all {li} images at once {1e3 * per_img['zherk_best']:.1f} ms (the "
-          f"strict limit); samples: SYRK {1e3 * per_img['samples']:.1f} ms. One process alone, "
-          f"time / cores (perfect scaling): {1e3 * one_core['zherk']:.1f} ms; samples "
-          f"{1e3 * one_core['samples']:.1f} ms; the Gram as einsum "
-          f"{1e3 * lim['einsum_s'] / li / cores:.1f} ms")  # fmt: skip
+    print(
+        f"# limits per image ({cores} cores, {li} images in memory; one process per core at "
+        f"once, one thread each, time / cores): rfft2 {1e3 * both['rfft2_s'] / li / cores:.1f} "
+        f"ms + Gram of each stored chunk ({CHUNK} images) as one ZHERK per frequency "
+        f"{1e3 * both['zherk_s'] / li / cores:.1f} ms = {1e3 * per_img['zherk']:.1f} ms (the "
+        f"limit), or of all {li} images at once {1e3 * per_img['zherk_best']:.1f} ms (the "
+        f"strict limit); samples: SYRK {1e3 * per_img['samples']:.1f} ms. One process alone, "
+        f"time / cores (perfect scaling): {1e3 * one_core['zherk']:.1f} ms; samples "
+        f"{1e3 * one_core['samples']:.1f} ms; the Gram as einsum "
+        f"{1e3 * lim['einsum_s'] / li / cores:.1f} ms"
+    )
 
     big = sizes[-1]
     runs = [("dft", a.memory_limit, "-", f"dft, {a.memory_limit}", sizes)]
@@ -478,9 +504,11 @@ def main() -> None:
     if a.all:  # one pass, one accumulator per lane
         runs.append(("dft", a.all_limit, "2", f"dft, {a.all_limit}, 2 lanes", [big]))
     runs += [("samples", "-", "-", "samples", sizes)]
-    print(f"\n{'cca(conv=...)':24s} {'images':>6s} {'wall s':>7s} {'GB/s':>5s} {'peak MB':>8s} "
-          f"{'passes':>6s} {'lanes':>5s} {'ms/image':>8s} {'fixed s':>7s} {'ratio':>5s} "
-          f"{'1-core':>6s} {'strict':>6s} {'2,000 images: s':>15s} {'ratio':>5s}")  # fmt: skip
+    print(
+        f"\n{'cca(conv=...)':24s} {'images':>6s} {'wall s':>7s} {'GB/s':>5s} {'peak MB':>8s} "
+        f"{'passes':>6s} {'lanes':>5s} {'ms/image':>8s} {'fixed s':>7s} {'ratio':>5s} "
+        f"{'1-core':>6s} {'strict':>6s} {'2,000 images: s':>15s} {'ratio':>5s}"
+    )
     for conv, limit, lanes, label, ns in runs:
         for n in ns:
             store = str(data / f"main-{n}.zarr")
@@ -493,17 +521,21 @@ def main() -> None:
             strict = per_img["zherk_best" if conv == "dft" else "samples"]
             fixed = r["wall_s"] - n * per
             w2k = fixed + 2000 * per
-            print(f"{label:24s} {n:6d} {r['wall_s']:7.1f} {gb / r['wall_s']:5.2f} "
-                  f"{r['peak_mb']:8.0f} {r.get('passes', 1):6d} {r.get('lanes', '-')!s:>5s} "
-                  f"{1e3 * per:8.1f} {fixed:7.1f} {per / lim_img:5.2f} {per / ideal:6.2f} "
-                  f"{per / strict:6.2f} "
-                  f"{w2k:15.0f} {w2k / (2000 * lim_img):5.2f}")  # fmt: skip
-    print("# ms/image: the folds' steady cost, every pass; fixed: the rest of the wall time (the first "
-          "pass's first write of its accumulator, the per-frequency CCA, graph and pass set-up); "
-          "ratio: to the limit measured on all cores at once (dft: rfft2 + one ZHERK per "
-          "frequency and stored chunk; samples: the SYRK); 1-core: to one core's time / cores; "
-          f"strict: to the ZHERK of {li} images at once. The einsum yardstick is "
-          f"{one_core['einsum'] / one_core['zherk']:.0f}x slower than ZHERK here.")  # fmt: skip
+            print(
+                f"{label:24s} {n:6d} {r['wall_s']:7.1f} {gb / r['wall_s']:5.2f} "
+                f"{r['peak_mb']:8.0f} {r.get('passes', 1):6d} {r.get('lanes', '-')!s:>5s} "
+                f"{1e3 * per:8.1f} {fixed:7.1f} {per / lim_img:5.2f} {per / ideal:6.2f} "
+                f"{per / strict:6.2f} "
+                f"{w2k:15.0f} {w2k / (2000 * lim_img):5.2f}"
+            )
+    print(
+        "# ms/image: the folds' steady cost, every pass; fixed: the rest of the wall time (the first "
+        "pass's first write of its accumulator, the per-frequency CCA, graph and pass set-up); "
+        "ratio: to the limit measured on all cores at once (dft: rfft2 + one ZHERK per "
+        "frequency and stored chunk; samples: the SYRK); 1-core: to one core's time / cores; "
+        f"strict: to the ZHERK of {li} images at once. The einsum yardstick is "
+        f"{one_core['einsum'] / one_core['zherk']:.0f}x slower than ZHERK here."
+    )
 
     if not a.skip_small:
         c, h, w = 80, 32, 32
@@ -511,11 +543,13 @@ def main() -> None:
         make_pair(store, a.images, c, h, w)
         _warm(str(store))
         s = _child("small", str(store))
-        print(f"\nsmall pair ({a.images} images of {c} x {h} x {w}, {C * H * W / (c * h * w):.1f}x "
-              f"smaller per image): ours {s['ours_s']:.1f} s, in-memory per-frequency loop "
-              f"{s['reference_s']:.1f} s, speedup {s['reference_s'] / s['ours_s']:.1f}x; "
-              f"max |coefficient difference| {s['max_abs_diff']:.1e}; peak {s['peak_mb']:.0f} MB "
-              f"(both in one process)")  # fmt: skip
+        print(
+            f"\nsmall pair ({a.images} images of {c} x {h} x {w}, {C * H * W / (c * h * w):.1f}x "
+            f"smaller per image): ours {s['ours_s']:.1f} s, in-memory per-frequency loop "
+            f"{s['reference_s']:.1f} s, speedup {s['reference_s'] / s['ours_s']:.1f}x; "
+            f"max |coefficient difference| {s['max_abs_diff']:.1e}; peak {s['peak_mb']:.0f} MB "
+            f"(both in one process)"
+        )
 
     if not a.skip_svd:
         s = _child("svd")
@@ -526,8 +560,10 @@ def main() -> None:
         for k in ("covariance", "tsqr", "randomized"):
             coef = np.array(s[k]["coef"])
             diff = np.max(np.abs(coef - exact)) if coef.size == exact.size else float("nan")
-            print(f"  svd={k:11s} {s[k]['wall_s']:6.1f} s  kept {s[k]['kept']}  "
-                  f"max |coef - covariance| {diff:.1e}")  # fmt: skip
+            print(
+                f"  svd={k:11s} {s[k]['wall_s']:6.1f} s  kept {s[k]['kept']}  "
+                f"max |coef - covariance| {diff:.1e}"
+            )
 
 
 if __name__ == "__main__":

@@ -101,7 +101,11 @@ def run_reference(store: Path) -> dict:
 
     rho = np.linalg.svd(isqrt(c[:dx, :dx]) @ c[:dx, dx:] @ isqrt(c[dx:, dx:]), compute_uv=False)
     wall = time.perf_counter() - t
-    return {"wall_s": wall, "score": float(rho[: min(dx, ry.shape[1])].mean()), "kept": [dx, ry.shape[1]]}
+    return {
+        "wall_s": wall,
+        "score": float(rho[: min(dx, ry.shape[1])].mean()),
+        "kept": [dx, ry.shape[1]],
+    }
 
 
 def run_gram(store: Path) -> dict:
@@ -131,19 +135,30 @@ def child(mode: str, store: Path) -> None:
 def measure(mode: str, store: Path) -> dict:
     proc = subprocess.run(
         [sys.executable, __file__, "--child", mode, "--store", str(store)],
-        capture_output=True, text=True, check=True, env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ.copy(),
     )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--features", type=int, default=256)
-    p.add_argument("--chunk-rows", type=int, default=8192, help="Zarr chunk rows (8 MiB float32 at 256 wide)")
+    p.add_argument(
+        "--chunk-rows", type=int, default=8192, help="Zarr chunk rows (8 MiB float32 at 256 wide)"
+    )
     p.add_argument("--store", type=Path, default=Path("benchmarks/data/core.zarr"))
-    p.add_argument("--repeat", type=int, default=3, help="runs of gram and svcca; the median is reported")
-    p.add_argument("--skip-reference", action="store_true", help="skip the in-memory NumPy reference")
+    p.add_argument(
+        "--repeat", type=int, default=3, help="runs of gram and svcca; the median is reported"
+    )
+    p.add_argument(
+        "--skip-reference", action="store_true", help="skip the in-memory NumPy reference"
+    )
     p.add_argument("--child", choices=list(MODES), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
@@ -152,8 +167,10 @@ def main() -> None:
 
     t = time.perf_counter()
     make_store(a.store, a.rows, a.features, a.chunk_rows)
-    print(f"store: {a.store} ({a.rows:,} x {a.features} float32 x 2, "
-          f"{2 * a.rows * a.features * 4 / 1e9:.2f} GB raw), ready in {time.perf_counter() - t:.1f} s")
+    print(
+        f"store: {a.store} ({a.rows:,} x {a.features} float32 x 2, "
+        f"{2 * a.rows * a.features * 4 / 1e9:.2f} GB raw), ready in {time.perf_counter() - t:.1f} s"
+    )
     modes = ["gram", "svcca"] + ([] if a.skip_reference else ["reference"])
     results: dict[str, list[dict]] = {m: [] for m in modes}
     for i in range(a.repeat):  # interleave the modes so noise hits them alike
@@ -164,15 +181,26 @@ def main() -> None:
     med = {m: float(np.median([r["wall_s"] for r in rs])) for m, rs in results.items()}
     peak = {m: max(r["peak_rss_mb"] for r in rs) for m, rs in results.items()}
     gb = 2 * a.rows * a.features * 4 / 1e9
-    print(f"{'mode':<10} {'median s':>9} {'rows/s':>12} {'GB/s':>6} {'peak RSS MB':>12} {'x gram':>7}")
+    print(
+        f"{'mode':<10} {'median s':>9} {'rows/s':>12} {'GB/s':>6} {'peak RSS MB':>12} {'x gram':>7}"
+    )
     for m in modes:
-        print(f"{m:<10} {med[m]:>9.2f} {a.rows / med[m]:>12,.0f} {gb / med[m]:>6.2f} "
-              f"{peak[m]:>12.0f} {med[m] / med['gram']:>7.2f}")
-    print(f"svcca score {results['svcca'][0]['score']:.6f}, kept {results['svcca'][0]['kept']}"
-          + ("" if a.skip_reference else
-             f"; reference score {results['reference'][0]['score']:.6f}, kept {results['reference'][0]['kept']}"))
+        print(
+            f"{m:<10} {med[m]:>9.2f} {a.rows / med[m]:>12,.0f} {gb / med[m]:>6.2f} "
+            f"{peak[m]:>12.0f} {med[m] / med['gram']:>7.2f}"
+        )
+    print(
+        f"svcca score {results['svcca'][0]['score']:.6f}, kept {results['svcca'][0]['kept']}"
+        + (
+            ""
+            if a.skip_reference
+            else f"; reference score {results['reference'][0]['score']:.6f}, kept {results['reference'][0]['kept']}"
+        )
+    )
     if not a.skip_reference:
-        print(f"speedup of svcca over the in-memory reference: {med['reference'] / med['svcca']:.2f}x")
+        print(
+            f"speedup of svcca over the in-memory reference: {med['reference'] / med['svcca']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

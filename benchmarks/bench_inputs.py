@@ -81,8 +81,10 @@ def write_inputs(root: Path, n: int) -> None:
 
     block = 100_000
     rng = np.random.default_rng(0)
-    mm = {k: np.lib.format.open_memmap(root / f"{k}.npy", mode="w+", dtype=np.float32, shape=(n, d))
-          for k, d in WIDTHS.items()}  # fmt: skip
+    mm = {
+        k: np.lib.format.open_memmap(root / f"{k}.npy", mode="w+", dtype=np.float32, shape=(n, d))
+        for k, d in WIDTHS.items()
+    }
     mix = rng.standard_normal((WIDTHS["x"], WIDTHS["y"])).astype(np.float32) / 8
     for a in range(0, n, block):
         b = min(n, a + block)
@@ -99,8 +101,13 @@ def write_inputs(root: Path, n: int) -> None:
         store.append("x", np.asarray(x[a : a + block]))
         store.append("y", np.asarray(y[a : a + block]))
     for i, a in enumerate(range(0, n, shard)):
-        save_file({"x": np.ascontiguousarray(x[a : a + shard]), "y": np.ascontiguousarray(y[a : a + shard])},
-                  str(root / "st" / f"part-{i:05d}.safetensors"))  # fmt: skip
+        save_file(
+            {
+                "x": np.ascontiguousarray(x[a : a + shard]),
+                "y": np.ascontiguousarray(y[a : a + shard]),
+            },
+            str(root / "st" / f"part-{i:05d}.safetensors"),
+        )
 
     def column(a: np.ndarray) -> pa.Array:
         return pa.FixedSizeListArray.from_arrays(
@@ -173,8 +180,10 @@ def main() -> None:
         t = time.perf_counter()
         write_inputs(root, args.rows)
         data = sum((root / f"{k}.npy").stat().st_size for k in WIDTHS)
-        print(f"{args.rows} rows, x (N, 512) + y (N, 128) float32: {data / 1e9:.2f} GB "
-              f"(written in {time.perf_counter() - t:.0f} s)")  # fmt: skip
+        print(
+            f"{args.rows} rows, x (N, 512) + y (N, 128) float32: {data / 1e9:.2f} GB "
+            f"(written in {time.perf_counter() - t:.0f} s)"
+        )
         kinds = ("store", "memmap", "hf-datasets", "safetensors")
         runs: dict[str, list[dict]] = {k: [] for k in kinds}
         for _ in range(args.repeat):  # interleaved

@@ -82,8 +82,12 @@ def open_layers(root: Path, *, counting: bool) -> tuple[dict, dict]:
         store: Any = LocalStore(str(root / f"{net}.zarr"), read_only=True)
         if counting:
             store = bench_matrix.CountingStore(store)
-        out.append({f"{net}{i}": zarr.open_array(store, path=f"layer{i}", mode="r")
-                    for i in range(len(WIDTHS))})
+        out.append(
+            {
+                f"{net}{i}": zarr.open_array(store, path=f"layer{i}", mode="r")
+                for i in range(len(WIDTHS))
+            }
+        )
     return out[0], out[1]
 
 
@@ -131,9 +135,11 @@ def main() -> None:
         root = Path(tmp)
         t, _ = timed(lambda: make_stores(root, args.rows, args.chunk_rows))
         d = sum(WIDTHS)
-        print(f"data: 2 networks x 8 layers, widths {WIDTHS} (sum {d} per network), "
-              f"{args.rows} rows, chunks of {args.chunk_rows} rows, float32 blosc-lz4 "
-              f"(written in {t:.1f} s)")
+        print(
+            f"data: 2 networks x 8 layers, widths {WIDTHS} (sum {d} per network), "
+            f"{args.rows} rows, chunks of {args.chunk_rows} rows, float32 blosc-lz4 "
+            f"(written in {t:.1f} s)"
+        )
 
         xs, ys = open_layers(root, counting=True)
         runs = {}
@@ -149,58 +155,83 @@ def main() -> None:
 
         runs["64 calls"] = reads_of(calls)
         runs["tiled"] = reads_of(
-            lambda: sd.similarity_matrix(xs, ys, measure="svcca", max_width=d + 2 * max(WIDTHS)))
+            lambda: sd.similarity_matrix(xs, ys, measure="svcca", max_width=d + 2 * max(WIDTHS))
+        )
         ref = runs["64 calls"][1]
         print("\nthreads (no client), SVCCA 8 x 8:")
         print(f"  {'':9} {'wall s':>8} {'chunk reads':>12} {'MB read':>9}  max |score - 64 calls|")
         for name, (secs, out, chunks, nbytes) in runs.items():
             scores = out.scores if hasattr(out, "scores") else out
-            extra = f"  (tile rows {out.tile_rows}, tiles {out.tiles})" if hasattr(out, "tiles") else ""
-            print(f"  {name:9} {secs:8.2f} {chunks:12d} {nbytes / 1e6:9.1f}  "
-                  f"{np.abs(scores - ref).max():.1e}{extra}")
+            extra = (
+                f"  (tile rows {out.tile_rows}, tiles {out.tiles})" if hasattr(out, "tiles") else ""
+            )
+            print(
+                f"  {name:9} {secs:8.2f} {chunks:12d} {nbytes / 1e6:9.1f}  "
+                f"{np.abs(scores - ref).max():.1e}{extra}"
+            )
         one, calls = runs["one-pass"], runs["64 calls"]
-        print(f"  64 calls / one-pass: wall x{calls[0] / one[0]:.2f}, bytes read x{calls[3] / one[3]:.1f}")
+        print(
+            f"  64 calls / one-pass: wall x{calls[0] / one[0]:.2f}, bytes read x{calls[3] / one[3]:.1f}"
+        )
 
         joint, blocks = kernel()
-        print(f"\nkernel, one 4096-row chunk of all 16 layers, 1 BLAS thread: joint SYRK "
-              f"{joint * 1e3:.0f} ms, needed blocks only (16 own SYRKs + cross GEMM) "
-              f"{blocks * 1e3:.0f} ms: joint/needed x{joint / blocks:.2f}")
+        print(
+            f"\nkernel, one 4096-row chunk of all 16 layers, 1 BLAS thread: joint SYRK "
+            f"{joint * 1e3:.0f} ms, needed blocks only (16 own SYRKs + cross GEMM) "
+            f"{blocks * 1e3:.0f} ms: joint/needed x{joint / blocks:.2f}"
+        )
 
-        z = np.concatenate([np.asarray(a[:], dtype=np.float64) for a in [*xs.values(), *ys.values()]], 1)
+        z = np.concatenate(
+            [np.asarray(a[:], dtype=np.float64) for a in [*xs.values(), *ys.values()]], 1
+        )
         z -= z.mean(0)
         t_gram = float(np.median([timed(lambda z=z: z.T @ z)[0] for _ in range(3)]))
-        print(f"yardstick: in-memory NumPy Gram of the 16 stacked layers ({z.shape[0]} x "
-              f"{z.shape[1]} float64, all cores) {t_gram:.2f} s; one-pass matrix / Gram "
-              f"x{one[0] / t_gram:.1f}")
+        print(
+            f"yardstick: in-memory NumPy Gram of the 16 stacked layers ({z.shape[0]} x "
+            f"{z.shape[1]} float64, all cores) {t_gram:.2f} s; one-pass matrix / Gram "
+            f"x{one[0] / t_gram:.1f}"
+        )
         del z
 
         from contextlib import ExitStack
 
         from distributed import Client, LocalCluster
 
-        px, py = ({k: str(root / f"{net}.zarr" / f"layer{i}") for i, k in enumerate(names)}
-                  for net, names in (("A", xs), ("B", ys)))
-        print("\none-pass SVCCA 8 x 8 on a LocalCluster (threads_per_worker=1), "
-              "runs alternated between the two clusters, best of 3:")
+        px, py = (
+            {k: str(root / f"{net}.zarr" / f"layer{i}") for i, k in enumerate(names)}
+            for net, names in (("A", xs), ("B", ys))
+        )
+        print(
+            "\none-pass SVCCA 8 x 8 on a LocalCluster (threads_per_worker=1), "
+            "runs alternated between the two clusters, best of 3:"
+        )
         times: dict[int, list[float]] = {1: [], 2: []}
         with ExitStack() as stack:
             clients = {}
             for n_workers in (1, 2):
-                cluster = stack.enter_context(LocalCluster(
-                    n_workers=n_workers, threads_per_worker=1, host="127.0.0.1",
-                    dashboard_address="127.0.0.1:0"))
+                cluster = stack.enter_context(
+                    LocalCluster(
+                        n_workers=n_workers,
+                        threads_per_worker=1,
+                        host="127.0.0.1",
+                        dashboard_address="127.0.0.1:0",
+                    )
+                )
                 clients[n_workers] = stack.enter_context(Client(cluster, set_as_default=False))
             for _ in range(4):  # the first round warms the workers (imports, Zarr metadata)
                 for n_workers, client in clients.items():
                     with client.as_current():
                         times[n_workers].append(
-                            timed(lambda: sd.similarity_matrix(px, py, measure="svcca"))[0])
+                            timed(lambda: sd.similarity_matrix(px, py, measure="svcca"))[0]
+                        )
         best = {k: min(v[1:]) for k, v in times.items()}
         for n_workers, t in best.items():
             print(f"  {n_workers} worker process(es): {t:.2f} s")
         times = best
-        print(f"  1 worker / 2 workers: x{times[1] / times[2]:.2f} "
-              f"(this machine has {len(__import__('os').sched_getaffinity(0))} cores, shared)")
+        print(
+            f"  1 worker / 2 workers: x{times[1] / times[2]:.2f} "
+            f"(this machine has {len(__import__('os').sched_getaffinity(0))} cores, shared)"
+        )
 
 
 if __name__ == "__main__":

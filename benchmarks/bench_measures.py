@@ -87,25 +87,43 @@ def child(mode: str, store: Path, rows: int) -> None:
 
 def measure(mode: str, store: Path, rows: int) -> dict:
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", mode, "--store", str(store),
-         "--gram-rows", str(rows)],
-        capture_output=True, text=True, check=True, env=os.environ.copy(),
-    )  # fmt: skip
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            mode,
+            "--store",
+            str(store),
+            "--gram-rows",
+            str(rows),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ.copy(),
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--features", type=int, default=256)
     p.add_argument("--chunk-rows", type=int, default=8192)
     p.add_argument("--store", type=Path, default=Path("benchmarks/data/core.zarr"))
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--gram-gib", type=float, default=3.0,
-                   help="memory for the Gram estimator: two n x n float64 matrices and a product")
+    p.add_argument(
+        "--gram-gib",
+        type=float,
+        default=3.0,
+        help="memory for the Gram estimator: two n x n float64 matrices and a product",
+    )
     p.add_argument("--gram-rows", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--child", choices=["cka", "debiased", "gram", "debiased_small"],
-                   help=argparse.SUPPRESS)
+    p.add_argument(
+        "--child", choices=["cka", "debiased", "gram", "debiased_small"], help=argparse.SUPPRESS
+    )
     a = p.parse_args()
     if a.child:
         child(a.child, a.store, a.gram_rows or 0)
@@ -113,8 +131,10 @@ def main() -> None:
     gram_rows = int(np.sqrt(a.gram_gib * 2**30 / (8 * 3)))  # K, L and K * L at once
     t = time.perf_counter()
     make_store(a.store, a.rows, a.features, a.chunk_rows)
-    print(f"store: {a.store} ({a.rows:,} x {a.features} float32 x 2), ready in "
-          f"{time.perf_counter() - t:.1f} s; Gram estimator on the first {gram_rows:,} rows")
+    print(
+        f"store: {a.store} ({a.rows:,} x {a.features} float32 x 2), ready in "
+        f"{time.perf_counter() - t:.1f} s; Gram estimator on the first {gram_rows:,} rows"
+    )
     modes = ["cka", "debiased", "gram"]
     results: dict[str, list[dict]] = {m: [] for m in modes}
     for _ in range(a.repeat):
@@ -130,11 +150,15 @@ def main() -> None:
     print(f"debiased / plain CKA of the same pass: {med['debiased'] / med['cka']:.2f}x")
     per_row_stream = med["debiased"] / a.rows
     per_row_gram = med["gram"] / gram_rows
-    print(f"per row: stream {per_row_stream * 1e6:.2f} us, Gram {per_row_gram * 1e6:.2f} us at "
-          f"{gram_rows:,} rows (the Gram's cost grows with n; the stream's does not)")
-    print(f"first {gram_rows:,} rows: stream {small['score']:.12f}, Gram "
-          f"{results['gram'][0]['score']:.12f}, difference "
-          f"{abs(small['score'] - results['gram'][0]['score']):.1e}")
+    print(
+        f"per row: stream {per_row_stream * 1e6:.2f} us, Gram {per_row_gram * 1e6:.2f} us at "
+        f"{gram_rows:,} rows (the Gram's cost grows with n; the stream's does not)"
+    )
+    print(
+        f"first {gram_rows:,} rows: stream {small['score']:.12f}, Gram "
+        f"{results['gram'][0]['score']:.12f}, difference "
+        f"{abs(small['score'] - results['gram'][0]['score']):.1e}"
+    )
 
 
 if __name__ == "__main__":

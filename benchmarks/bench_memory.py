@@ -23,7 +23,11 @@ import time
 CASES = {
     "covariance 40,000 x (1,024 + 1,024), 1,000-row chunks": ("dense", 40_000, 1024, 1000, 8),
     "covariance 40,000 x (1,024 + 1,024), 250-row chunks, split_every=2": (
-        "dense", 40_000, 1024, 250, 2,
+        "dense",
+        40_000,
+        1024,
+        250,
+        2,
     ),
     "randomized 512 x (50,000 + 50,000), k=118, 4 chunks": ("rand", 512, 50_000, 128, 118),
     "randomized 512 x (50,000 + 50,000), k=118, 16 chunks": ("rand", 512, 50_000, 32, 118),
@@ -92,8 +96,10 @@ def main() -> None:
     for name, case in (QUICK if args.quick else CASES).items():
         out = subprocess.run(
             [sys.executable, "-c", CHILD, json.dumps(case)],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         mib = 2**20
         print(
@@ -102,8 +108,10 @@ def main() -> None:
         )
     t = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", REFUSAL], capture_output=True, text=True)
-    print(f"flattened ResNet layer1, 512 images (process {time.perf_counter() - t:.1f} s): "
-          f"{(out.stdout or out.stderr).strip()}")
+    print(
+        f"flattened ResNet layer1, 512 images (process {time.perf_counter() - t:.1f} s): "
+        f"{(out.stdout or out.stderr).strip()}"
+    )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,14 @@ def _upload(local: Path, url: str, opts: dict) -> None:
     dst = zarr.open_group(url, mode="w", zarr_format=3, storage_options=opts)
     for name in ("x", "y"):
         a = src[name]
-        b = dst.create_array(name, shape=a.shape, chunks=a.chunks, dtype=a.dtype,
-                             compressors=a.compressors, dimension_names=("sample", "neuron"))  # fmt: skip
+        b = dst.create_array(
+            name,
+            shape=a.shape,
+            chunks=a.chunks,
+            dtype=a.dtype,
+            compressors=a.compressors,
+            dimension_names=("sample", "neuron"),
+        )
         step = a.chunks[0] * 8
         for i in range(0, a.shape[0], step):
             b[i : i + step] = a[i : i + step]
@@ -73,9 +79,11 @@ def main() -> None:
     local = a.store or Path(f"benchmarks/data/stores-{a.rows}.zarr")
     make_store(local, a.rows, 256, 8192)
     port = _port()
-    server = subprocess.Popen([shutil.which("moto_server") or "moto_server", "-H", "127.0.0.1",
-                               "-p", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)  # fmt: skip
+    server = subprocess.Popen(
+        [shutil.which("moto_server") or "moto_server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(2)
         import s3fs
@@ -86,14 +94,18 @@ def main() -> None:
         t = time.perf_counter()
         _upload(local, url, opts)
         print(f"{a.rows:,} x 256 float32 x 2 uploaded to moto in {time.perf_counter() - t:.1f} s")
-        runs: dict[str, list[float]] = {k: [] for k in ("svcca local", "svcca s3",
-                                                        "read local", "read s3")}  # fmt: skip
+        runs: dict[str, list[float]] = {
+            k: [] for k in ("svcca local", "svcca s3", "read local", "read s3")
+        }
         for _ in range(a.repeat):
             runs["svcca local"].append(_timed(lambda: sd.svcca(f"{local}/x", f"{local}/y")))
             runs["svcca s3"].append(
                 _timed(lambda: sd.svcca(f"{url}/x", f"{url}/y", storage_options=opts))
             )
-            for where, base, kw in (("local", str(local), {}), ("s3", url, {"storage_options": opts})):
+            for where, base, kw in (
+                ("local", str(local), {}),
+                ("s3", url, {"storage_options": opts}),
+            ):
                 import zarr
 
                 arrs = [zarr.open_array(f"{base}/{n}", mode="r", **kw) for n in "xy"]
@@ -103,10 +115,12 @@ def main() -> None:
         med = {k: float(np.median(v)) for k, v in runs.items()}
         for k, v in med.items():
             print(f"{k:<12} {v:7.2f} s")
-        print(f"s3 / local: svcca {med['svcca s3'] / med['svcca local']:.2f}x, "
-              f"read {med['read s3'] / med['read local']:.2f}x; reading is "
-              f"{med['read s3'] / med['svcca s3']:.0%} of the s3 svcca, "
-              f"{med['read local'] / med['svcca local']:.0%} of the local one")  # fmt: skip
+        print(
+            f"s3 / local: svcca {med['svcca s3'] / med['svcca local']:.2f}x, "
+            f"read {med['read s3'] / med['read local']:.2f}x; reading is "
+            f"{med['read s3'] / med['svcca s3']:.0%} of the s3 svcca, "
+            f"{med['read local'] / med['svcca local']:.0%} of the local one"
+        )
     finally:
         server.terminate()
         server.wait(10)

@@ -27,8 +27,12 @@ def run_job(job_path: str) -> dict[str, Any]:
     from pipeline.runner import run_job as run
 
     report = run(load_job(job_path), progress=False)
-    return {"output": report.output, "computed": report.computed, "reused": report.reused,
-            "kept": report.kept}  # fmt: skip
+    return {
+        "output": report.output,
+        "computed": report.computed,
+        "reused": report.reused,
+        "kept": report.kept,
+    }
 
 
 @task

@@ -372,9 +372,11 @@ def freeze_plan(
     names = list(layers) if layers is not None else [n for n in cs.layers if n in curves]
     convergence = {n: {cs.fractions[s]: v for s, v in curves.get(n, {}).items()} for n in names}
     schedule = freeze_schedule(
-        {n: c for n, c in convergence.items() if c}, layers=names, threshold=threshold,
+        {n: c for n, c in convergence.items() if c},
+        layers=names,
+        threshold=threshold,
         trainable_last=trainable_last,
-    )  # fmt: skip
+    )
     at = {f: s for s, f in cs.fractions.items()}
     return {
         "reference": cs.reference,

@@ -119,14 +119,33 @@ def _add_compare(subparsers: Any) -> None:
         default=None,
         help="SVCCA's SVD step (default auto: the covariance when it fits, else randomized)",
     )
-    p.add_argument("--n-components", type=int, default=None, metavar="K",
-                   help="--svd randomized: directions computed first (default min(d, 128))")
-    p.add_argument("--n-power-iter", type=int, default=None, metavar="Q",
-                   help="--svd randomized: power iterations (default 2)")
-    p.add_argument("--n-oversamples", type=int, default=None, metavar="P",
-                   help="--svd randomized: extra random directions (default 10)")
-    p.add_argument("--seed", type=int, default=None,
-                   help="--svd randomized: seed of the random test matrix (default 0)")
+    p.add_argument(
+        "--n-components",
+        type=int,
+        default=None,
+        metavar="K",
+        help="--svd randomized: directions computed first (default min(d, 128))",
+    )
+    p.add_argument(
+        "--n-power-iter",
+        type=int,
+        default=None,
+        metavar="Q",
+        help="--svd randomized: power iterations (default 2)",
+    )
+    p.add_argument(
+        "--n-oversamples",
+        type=int,
+        default=None,
+        metavar="P",
+        help="--svd randomized: extra random directions (default 10)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="--svd randomized: seed of the random test matrix (default 0)",
+    )
     p.add_argument(
         "--debiased",
         action="store_const",
@@ -134,19 +153,40 @@ def _add_compare(subparsers: Any) -> None:
         default=None,
         help="--measure cka: debiased CKA (unbiased HSIC; unrelated layers score near 0)",
     )
-    p.add_argument("--missing-chunks", choices=("error", "fill"), default=None,
-                   help="a chunk a plain Zarr array never stored: error (default: refused, "
-                   "naming the rows) or fill (Zarr's fill value, for write_empty_chunks=False)")
-    p.add_argument("--rows", choices=("check", "trust"), default=None,
-                   help="check (default): refuse layers whose recorded data orders or sample "
-                   "ids differ; trust: compare them as they are")
-    p.add_argument("--folds", type=int, default=None, metavar="K",
-                   help="cca, svcca, pwcca: held-out score over K sample blocks (directions "
-                   "fit on the other K - 1)")
-    p.add_argument("--alpha", type=float, default=None,
-                   help="--measure shape: 0 any invertible map (CCA) ... 1 rotations (default 1)")
-    p.add_argument("--metric", choices=("angular", "euclidean"), default=None,
-                   help="--measure shape: the distance (default angular, in [0, pi])")
+    p.add_argument(
+        "--missing-chunks",
+        choices=("error", "fill"),
+        default=None,
+        help="a chunk a plain Zarr array never stored: error (default: refused, "
+        "naming the rows) or fill (Zarr's fill value, for write_empty_chunks=False)",
+    )
+    p.add_argument(
+        "--rows",
+        choices=("check", "trust"),
+        default=None,
+        help="check (default): refuse layers whose recorded data orders or sample "
+        "ids differ; trust: compare them as they are",
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        metavar="K",
+        help="cca, svcca, pwcca: held-out score over K sample blocks (directions "
+        "fit on the other K - 1)",
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="--measure shape: 0 any invertible map (CCA) ... 1 rotations (default 1)",
+    )
+    p.add_argument(
+        "--metric",
+        choices=("angular", "euclidean"),
+        default=None,
+        help="--measure shape: the distance (default angular, in [0, pi])",
+    )
     p.add_argument(
         "--cluster",
         default=None,
@@ -246,9 +286,11 @@ def _add_report(subparsers: Any) -> None:
     p.add_argument("results", metavar="RESULTS_DIR", help="the output folder of a run")
     p.add_argument("--out", default=None, help="report folder (default: RESULTS_DIR/report)")
     p.add_argument(
-        "--threshold", type=float, default=DEFAULT_THRESHOLD,
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
         help=f"score at which a layer counts as converged, in the text (default {DEFAULT_THRESHOLD})",
-    )  # fmt: skip
+    )
     p.set_defaults(handler=_report)
 
 
@@ -268,13 +310,16 @@ def _add_freeze(subparsers: Any) -> None:
     )
     p.add_argument("--measure", default=None, help="default svcca (when the table has it)")
     p.add_argument(
-        "--layers", default=None,
+        "--layers",
+        default=None,
         help="comma-separated layer names, input to output (default: the table's order)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--trainable-last", type=int, default=1,
+        "--trainable-last",
+        type=int,
+        default=1,
         help="top layers that never freeze (default 1: the logits)",
-    )  # fmt: skip
+    )
     p.set_defaults(handler=_freeze)
 
 
@@ -319,12 +364,23 @@ def _compare(args: argparse.Namespace) -> int:
     from .runner import compare_pair
 
     names = (
-        "keep", "epsilon", "conv", "dft_memory_limit", "svd",
-        "n_components", "n_power_iter", "n_oversamples", "seed", "debiased", "alpha", "metric", "folds", "missing_chunks", "rows",
-    )  # fmt: skip
-    options: dict[str, Any] = {
-        k: getattr(args, k) for k in names if getattr(args, k) is not None
-    }
+        "keep",
+        "epsilon",
+        "conv",
+        "dft_memory_limit",
+        "svd",
+        "n_components",
+        "n_power_iter",
+        "n_oversamples",
+        "seed",
+        "debiased",
+        "alpha",
+        "metric",
+        "folds",
+        "missing_chunks",
+        "rows",
+    )
+    options: dict[str, Any] = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     out = compare_pair(
         args.x,
         args.y,
@@ -389,9 +445,12 @@ def _freeze(args: argparse.Namespace) -> int:
 
     layers = None if args.layers is None else [n for n in args.layers.split(",") if n]
     plan = freeze_plan(
-        load_results(args.results), threshold=args.threshold, measure=args.measure,
-        layers=layers, trainable_last=args.trainable_last,
-    )  # fmt: skip
+        load_results(args.results),
+        threshold=args.threshold,
+        measure=args.measure,
+        layers=layers,
+        trainable_last=args.trainable_last,
+    )
     print(json.dumps(plan, indent=2))
     return 0
 
@@ -404,8 +463,11 @@ def _layers(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{**i.to_dict(), "plain": store.plain} for i in infos], indent=2))
         return 0
-    kind = ("a plain Zarr group: completeness read from its chunks" if store.plain
-            else "an activation store: completeness recorded by its writer")  # fmt: skip
+    kind = (
+        "a plain Zarr group: completeness read from its chunks"
+        if store.plain
+        else "an activation store: completeness recorded by its writer"
+    )
     print(f"{args.store}: {kind}")
     if not infos:
         print(f"{args.store}: no layers")

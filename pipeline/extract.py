@@ -424,8 +424,10 @@ def extract_activations(
     if done:
         log.warning(
             "resuming %s after the %d samples every array completed (the model is not run "
-            "on the batches before)", path, done,
-        )  # fmt: skip
+            "on the batches before)",
+            path,
+            done,
+        )
 
     hooks = _Hooks(model, names, reuse)
     was_training = model.training

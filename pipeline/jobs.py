@@ -139,9 +139,7 @@ def call_options(options: Mapping[str, Any]) -> dict[str, Any]:
     limit = opts.pop("dft_memory_limit", None)
     if limit is not None:
         if opts.get("conv", "dft") != "dft":
-            raise ValueError(
-                f"dft_memory_limit applies to conv='dft', not conv={opts['conv']!r}"
-            )
+            raise ValueError(f"dft_memory_limit applies to conv='dft', not conv={opts['conv']!r}")
         opts["conv"] = DFT(memory_limit=limit)
     randomized = {k: opts.pop(k) for k in _RANDOMIZED if k in opts}
     if randomized:
@@ -153,9 +151,18 @@ def call_options(options: Mapping[str, Any]) -> dict[str, Any]:
         opts["svd"] = RandomizedSVD(**randomized)
     return opts
 
+
 _TOP_KEYS = (
-    "output", "stores", "layers", "pairs", "against", "target", "measures", "options",
-    "cluster", "storage_options",
+    "output",
+    "stores",
+    "layers",
+    "pairs",
+    "against",
+    "target",
+    "measures",
+    "options",
+    "cluster",
+    "storage_options",
 )
 
 
@@ -499,8 +506,11 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
         from svcca_dask.matrix import MATRIX_MEASURES
 
         takes = {o for m in measures for o in MATRIX_MEASURES[m]} | {
-            "conv", "layout", "missing_chunks", "rows"
-        }  # fmt: skip
+            "conv",
+            "layout",
+            "missing_chunks",
+            "rows",
+        }
         other = sorted(k for k in options if k not in takes)
         if other or options.get("conv") == "samples":
             raise JobError(
@@ -578,9 +588,6 @@ def parse_job(spec: Mapping[str, Any], *, base_dir: str = ".", source: str = "<d
         target=target,
         target_columns=columns,
     )
-
-
-
 
 
 def _check_option(key: str, value: Any, where: str) -> None:

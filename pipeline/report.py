@@ -465,8 +465,10 @@ def write_report(
     for label, name in (results or {}).items():
         if not (out / name).exists():
             raise FileNotFoundError(f"results {label!r}: {name!r} is not in {out}")
-    page = _templates().get_template("report.html.j2").render(
-        title=title, intro=intro, results=results or {}, sections=list(sections)
+    page = (
+        _templates()
+        .get_template("report.html.j2")
+        .render(title=title, intro=intro, results=results or {}, sections=list(sections))
     )
     path = out / "index.html"
     path.write_text(page, encoding="utf-8")

@@ -94,9 +94,12 @@ def write_results_report(
     if (Path(results.path) / "job.json").is_file():
         links["job parameters (JSON)"] = os.path.relpath(Path(results.path) / "job.json", out)
     return rp.write_report(
-        out, sections, title=f"svcca-dask results: {Path(results.path).resolve().name}",
-        intro=_intro(results, cs), results=links,
-    )  # fmt: skip
+        out,
+        sections,
+        title=f"svcca-dask results: {Path(results.path).resolve().name}",
+        intro=_intro(results, cs),
+        results=links,
+    )
 
 
 class _Figures:
@@ -160,11 +163,15 @@ def _dynamics(
     if full:  # layer x layer products (pairs = "all"), the paper's figure
         path = figures.path(f"dynamics-{measure}")
         rp.plot_heatmaps(
-            {f"{s} ({100 * cs.fractions[s]:.0f}%)": m for s, m in mats.items()}, path,
-            rows=layers, cols=ref_layers, row_label="layer at the checkpoint",
-            col_label=f"layer of {cs.reference}", title=f"Learning dynamics ({label})",
+            {f"{s} ({100 * cs.fractions[s]:.0f}%)": m for s, m in mats.items()},
+            path,
+            rows=layers,
+            cols=ref_layers,
+            row_label="layer at the checkpoint",
+            col_label=f"layer of {cs.reference}",
+            title=f"Learning dynamics ({label})",
             **_scale(measure, *mats.values()),
-        )  # fmt: skip
+        )
         diag = {s: _diagonal(mats[s], layers, ref_layers) for s in shown}
         text = (
             f"{label} of every layer of {len(cs.checkpoints)} checkpoint(s) against every "
@@ -194,9 +201,12 @@ def _dynamics(
     if curves:
         path = figures.path(f"convergence-{measure}")
         rp.plot_convergence(
-            curves, path, reference=cs.reference, ylabel=f"{label} with {cs.reference}",
+            curves,
+            path,
+            reference=cs.reference,
+            ylabel=f"{label} with {cs.reference}",
             threshold=None if measure == "shape" else threshold,
-        )  # fmt: skip
+        )
         sections.append(
             rp.Section(
                 f"Per-layer convergence: {label}",
@@ -259,9 +269,15 @@ def _store_pairs(
         m = score_matrix(pair, xs, ys, xl, yl)
         path = figures.path(f"heatmap-{xs}-{ys}-{measure}")
         rp.plot_heatmaps(
-            {f"{xs} ~ {ys}": m}, path, rows=xl, cols=yl, row_label=f"layer of {xs}",
-            col_label=f"layer of {ys}", title=f"{label}: {xs} against {ys}", **_scale(measure, m),
-        )  # fmt: skip
+            {f"{xs} ~ {ys}": m},
+            path,
+            rows=xl,
+            cols=yl,
+            row_label=f"layer of {xs}",
+            col_label=f"layer of {ys}",
+            title=f"{label}: {xs} against {ys}",
+            **_scale(measure, m),
+        )
         i, j = np.unravel_index(np.nanargmax(m), m.shape)
         k, l_ = np.unravel_index(np.nanargmin(m), m.shape)
         text = (
@@ -290,10 +306,15 @@ def _classes(results: Results, measure: str, figures: _Figures) -> list[rp.Secti
         path = figures.path(f"classes-{xs}-{measure}")
         kind = "class indicator" if target.rpartition("/")[2] == "labels" else "class column"
         rp.plot_heatmaps(
-            {f"{xs} against {target}": m}, path, rows=layers, cols=[class_of(c) for c in cols],
-            row_label="layer", col_label=kind, title=f"Class sensitivity ({label})",
+            {f"{xs} against {target}": m},
+            path,
+            rows=layers,
+            cols=[class_of(c) for c in cols],
+            row_label="layer",
+            col_label=kind,
+            title=f"Class sensitivity ({label})",
             **_scale(measure, m),
-        )  # fmt: skip
+        )
         i, j = np.unravel_index(np.nanargmax(m), m.shape)
         means = np.nanmean(m, axis=1)
         text = (

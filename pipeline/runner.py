@@ -49,7 +49,6 @@ __all__ = ["COLUMNS", "RunReport", "compare_pair", "open_cluster", "run_job"]
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class RunReport:
     """What a run did.
@@ -85,7 +84,6 @@ class RunReport:
             f"{self.computed} result(s) computed, {self.reused} reused{kept}; "
             f"table: {os.path.join(self.output, 'results.csv')}"
         )
-
 
 
 # --------------------------------------------------------------------------- #
@@ -409,9 +407,7 @@ def _groups(job: Job, tasks: list[_Task]) -> list[_Group]:
     return list(groups.values())
 
 
-def _compute(
-    job: Job, group: _Group, advance: Callable[[int], Any]
-) -> Iterator[tuple[_Task, Any]]:
+def _compute(job: Job, group: _Group, advance: Callable[[int], Any]) -> Iterator[tuple[_Task, Any]]:
     """Yield ``(task, result)`` of a group: one similarity-matrix pass, or one pass
     per pair; ``advance(k)`` as ``k`` more tasks are done (a matrix's pairs tile
     row by tile row, as the library finishes them; others one by one)."""
@@ -427,10 +423,11 @@ def _compute(
         mats = svcca_dask.class_sensitivity(
             {r: job.layer_input(group.x_store, r) for r in rows},
             job.layer_input(group.y_store, name),
-            measures=group.measures, classes=list(classes),
+            measures=group.measures,
+            classes=list(classes),
             on_pair=lambda r, c: advance(per_pair.get((r, classes[c]), 0)),
             **group.matrix_options(),
-        )  # fmt: skip
+        )
         by_column = {c: k for k, c in classes.items()}
         for t in group.tasks:
             yield t, mats[t.measure][(t.pair.x_layer, by_column[t.pair.y_layer])]
@@ -444,13 +441,18 @@ def _compute(
         ys = None if same else {c: job.layer_input(group.y_store, c) for c in cols}
         log.info(
             "similarity matrices %s: %s (%d x %d)",
-            ", ".join(group.measures), group.x_store, len(rows), len(cols),
+            ", ".join(group.measures),
+            group.x_store,
+            len(rows),
+            len(cols),
         )
         mats = svcca_dask.similarity_matrices(
-            xs, ys, measures=group.measures,
+            xs,
+            ys,
+            measures=group.measures,
             on_pair=lambda r, c: advance(per_pair.get((r, c), 0)),
             **group.matrix_options(),
-        )  # fmt: skip
+        )
         for t in group.tasks:
             yield t, mats[t.measure][(t.pair.x_layer, t.pair.y_layer)]
         return
@@ -622,5 +624,3 @@ def _run(
     meta.update(state="finished", finished=_now(), computed=report.computed, reused=report.reused)
     atomic_json(meta_path, meta)
     return report
-
-

@@ -143,8 +143,9 @@ def hfrk_update(c: np.ndarray, z: np.ndarray, *, nogil: bool = True) -> None:
 
         for f in range(f_count):
             # the f2py wrapper copies to Fortran order: a (k, n) = z[f].T, trans="C"
-            out = zhfrk(n, k, 1.0, z[f].T, 1.0, c[f], transr="N", uplo="L", trans="C",
-                        overwrite_c=1)  # fmt: skip
+            out = zhfrk(
+                n, k, 1.0, z[f].T, 1.0, c[f], transr="N", uplo="L", trans="C", overwrite_c=1
+            )
             if not np.may_share_memory(out, c[f]):  # pragma: no cover - f2py copied c
                 c[f] = out
         return
@@ -154,8 +155,17 @@ def hfrk_update(c: np.ndarray, z: np.ndarray, *, nogil: bool = True) -> None:
     z0, c0 = z.ctypes.data, c.ctypes.data
     zs, cs = z.strides[0], c.strides[0]
     for f in range(f_count):
-        _call(fn, b"N", b"L", b"C", *refs, z0 + f * zs, ctypes.byref(ld), ctypes.byref(one),
-              c0 + f * cs)
+        _call(
+            fn,
+            b"N",
+            b"L",
+            b"C",
+            *refs,
+            z0 + f * zs,
+            ctypes.byref(ld),
+            ctypes.byref(one),
+            c0 + f * cs,
+        )
 
 
 #: Rows per block of the lower-triangle fill in :func:`unpack`.
@@ -216,8 +226,16 @@ def unpack(c: np.ndarray, n: int, *, nogil: bool = True) -> np.ndarray:
             # the Fortran lower triangle of conj(Z Z^H) is, read row-major, the
             # upper triangle of its transpose: of Z Z^H itself
             packed = np.ascontiguousarray(c[f])
-            _call(fn, b"N", b"L", ctypes.byref(n_i), packed.ctypes.data, out[f].ctypes.data,
-                  ctypes.byref(n_i), ctypes.byref(info))  # fmt: skip
+            _call(
+                fn,
+                b"N",
+                b"L",
+                ctypes.byref(n_i),
+                packed.ctypes.data,
+                out[f].ctypes.data,
+                ctypes.byref(n_i),
+                ctypes.byref(info),
+            )
             code = info.value
         if code != 0:  # pragma: no cover - LAPACK argument error
             raise RuntimeError(f"ztfttr failed with info={code}")
@@ -290,8 +308,9 @@ def trsm_lower(
                 b[f] = solve_triangular(low[f], b[f], lower=True, trans=trans, check_finite=False)
             else:  # X op(L) = B  <=>  op(L)^H X^H = B^H
                 other = "C" if trans == "N" else "N"
-                x = solve_triangular(low[f], b[f].conj().T, lower=True, trans=other,
-                                     check_finite=False)  # fmt: skip
+                x = solve_triangular(
+                    low[f], b[f].conj().T, lower=True, trans=other, check_finite=False
+                )
                 b[f] = x.conj().T
         return b
     lda, ldb = _row_stride(low, "low"), _row_stride(b, "b")
@@ -304,6 +323,16 @@ def trsm_lower(
     ls, bs = low.strides[0], b.strides[0]
     args = (ctypes.byref(m_i), ctypes.byref(n_i), alpha.ctypes.data)
     for f in range(f_count):
-        _call(fn, fside, b"U", ftrans, b"N", *args, l0 + f * ls, ctypes.byref(lda_i),
-              b0 + f * bs, ctypes.byref(ldb_i))  # fmt: skip
+        _call(
+            fn,
+            fside,
+            b"U",
+            ftrans,
+            b"N",
+            *args,
+            l0 + f * ls,
+            ctypes.byref(lda_i),
+            b0 + f * bs,
+            ctypes.byref(ldb_i),
+        )
     return b

@@ -66,8 +66,10 @@ def _rows(batch: np.ndarray, mask: Any, name: str) -> np.ndarray:
         return batch[keep]
     if batch.ndim == 2:
         return batch
-    raise ValueError(f"{name} must be (batch, features) or token activations (batch, tokens, "
-                     f"features), got shape {batch.shape}")  # fmt: skip
+    raise ValueError(
+        f"{name} must be (batch, features) or token activations (batch, tokens, "
+        f"features), got shape {batch.shape}"
+    )
 
 
 class Accumulator:
@@ -121,12 +123,16 @@ class Accumulator:
             )
         taken = {o for m in measures for o in MATRIX_MEASURES[m]}
         if set(options) - taken:
-            raise TypeError(f"no measure of {', '.join(measures)} takes option "
-                            f"{', '.join(sorted(set(options) - taken))}; options: {', '.join(sorted(taken))}")  # fmt: skip
+            raise TypeError(
+                f"no measure of {', '.join(measures)} takes option "
+                f"{', '.join(sorted(set(options) - taken))}; options: {', '.join(sorted(taken))}"
+            )
         check_folds(folds)
         if folds is not None and (n_samples is None or n_samples < 4 * folds):
-            raise ValueError("folds= needs n_samples= (the rows that will be fed, at least 4 per "
-                             "fold): the folds are contiguous blocks of them")  # fmt: skip
+            raise ValueError(
+                "folds= needs n_samples= (the rows that will be fed, at least 4 per "
+                "fold): the folds are contiguous blocks of them"
+            )
         self.measures, self.options, self.folds = measures, dict(options), folds
         self.n_samples, self.max_features = n_samples, int(max_features)
         self.rows: tuple[Hashable, ...] | None = None  # the x layers (or "x")
@@ -172,13 +178,17 @@ class Accumulator:
         sizes = tuple(int(b.shape[1]) for b in blocks)
         if self.sizes is None:
             if sum(sizes) > self.max_features:
-                raise ValueError(f"the layers have {sum(sizes)} features together, more than "
-                                 f"max_features={self.max_features} (a d x d float64 co-moment)")  # fmt: skip
+                raise ValueError(
+                    f"the layers have {sum(sizes)} features together, more than "
+                    f"max_features={self.max_features} (a d x d float64 co-moment)"
+                )
             self.rows, self.columns, self.sizes = rows, cols, sizes
             self.pair = not isinstance(xs, Mapping)
         elif (rows, cols, sizes) != (self.rows, self.columns, self.sizes):
-            raise ValueError(f"this batch's layers {rows}, {cols} of widths {sizes} differ from the "
-                             f"first batch's {self.rows}, {self.columns} of widths {self.sizes}")  # fmt: skip
+            raise ValueError(
+                f"this batch's layers {rows}, {cols} of widths {sizes} differ from the "
+                f"first batch's {self.rows}, {self.columns} of widths {self.sizes}"
+            )
         m = int(blocks[0].shape[0])
         if any(int(b.shape[0]) != m for b in blocks):
             raise ValueError(
@@ -229,8 +239,13 @@ class Accumulator:
     # ----------------------------------------------------------------- results
 
     def _moments(self, part: dict[str, Any]) -> Moments:
-        return Moments(n=int(part["n"]), mean=part["mean"], comoment=part["m2"],
-                       sizes=self.sizes, norms=part.get("q"))  # type: ignore[arg-type]  # fmt: skip
+        return Moments(
+            n=int(part["n"]),
+            mean=part["mean"],
+            comoment=part["m2"],
+            sizes=self.sizes,
+            norms=part.get("q"),
+        )  # type: ignore[arg-type]
 
     def result(self) -> dict[str, Any]:
         """Each measure's result: a pair's result (``update(x, y)``), or a
@@ -246,8 +261,13 @@ class Accumulator:
                 raise ValueError(
                     f"{self.n} rows accumulated of the n_samples={self.n_samples} the folds were cut for"
                 )
-            folds = [(self._moments(moments_combine([p for j, p in enumerate(parts) if j != i])),
-                      self._moments(parts[i])) for i in range(self.folds)]  # fmt: skip
+            folds = [
+                (
+                    self._moments(moments_combine([p for j, p in enumerate(parts) if j != i])),
+                    self._moments(parts[i]),
+                )
+                for i in range(self.folds)
+            ]
         rows = self.rows or ()
         cols = self.columns if self.columns is not None else rows
         offset = 0 if self.columns is None else len(rows)
@@ -264,15 +284,31 @@ class Accumulator:
                 warn_notes(getattr(out[m], "warnings", ()))
                 continue
             scores = np.array([[results[(r, c)].score for c in cols] for r in rows])
-            out[m] = SimilarityMatrix(scores=scores, rows=rows, columns=cols, measure=m,
-                                      results=results, n_samples=self.n, tile_rows=1, tiles=1)  # fmt: skip
+            out[m] = SimilarityMatrix(
+                scores=scores,
+                rows=rows,
+                columns=cols,
+                measure=m,
+                results=results,
+                n_samples=self.n,
+                tile_rows=1,
+                tiles=1,
+            )
             flagged = [n for res in results.values() for n in getattr(res, "warnings", ())[:1]]
             if flagged:
                 warn_notes([f"{m}: {len(flagged)} of {len(results)} pairs, e.g. {flagged[0]}"])
         return out
 
-    def _pair(self, measure: str, whole: Moments, folds: Any, i: int, j: int,
-              names: tuple[str, str], opts: dict[str, Any]) -> Any:  # fmt: skip
+    def _pair(
+        self,
+        measure: str,
+        whole: Moments,
+        folds: Any,
+        i: int,
+        j: int,
+        names: tuple[str, str],
+        opts: dict[str, Any],
+    ) -> Any:
         def fit(p: Any) -> Any:
             return FROM_STATS[measure](p, names=names, **opts)
 
@@ -293,15 +329,22 @@ class Accumulator:
         path = os.fspath(path)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         g = zarr.open_group(tmp, mode="w")
-        g.attrs.update({
-            "format": _FORMAT, "measures": list(self.measures), "options": self.options,
-            "folds": self.folds, "n_samples": self.n_samples, "max_features": self.max_features,
-            "rows": None if self.rows is None else [str(r) for r in self.rows],
-            "columns": None if self.columns is None else [str(c) for c in self.columns],
-            "sizes": None if self.sizes is None else list(self.sizes), "n": self.n,
-            "pair": self.pair,
-            "parts": [None if p is None else int(p["n"]) for p in self.parts],
-        })  # fmt: skip
+        g.attrs.update(
+            {
+                "format": _FORMAT,
+                "measures": list(self.measures),
+                "options": self.options,
+                "folds": self.folds,
+                "n_samples": self.n_samples,
+                "max_features": self.max_features,
+                "rows": None if self.rows is None else [str(r) for r in self.rows],
+                "columns": None if self.columns is None else [str(c) for c in self.columns],
+                "sizes": None if self.sizes is None else list(self.sizes),
+                "n": self.n,
+                "pair": self.pair,
+                "parts": [None if p is None else int(p["n"]) for p in self.parts],
+            }
+        )
         for k, p in enumerate(self.parts):
             if p is not None:
                 for key in ("mean", "m2", "q", "v"):
@@ -321,8 +364,13 @@ class Accumulator:
         a = dict(g.attrs)
         if a.get("format") != _FORMAT:
             raise ValueError(f"{os.fspath(path)} is not a saved svcca-dask Accumulator")
-        acc = cls(measures=a["measures"], folds=a["folds"], n_samples=a["n_samples"],
-                  max_features=a["max_features"], **a["options"])  # fmt: skip
+        acc = cls(
+            measures=a["measures"],
+            folds=a["folds"],
+            n_samples=a["n_samples"],
+            max_features=a["max_features"],
+            **a["options"],
+        )
         acc.rows = None if a["rows"] is None else tuple(a["rows"])
         acc.columns = None if a["columns"] is None else tuple(a["columns"])
         acc.sizes = None if a["sizes"] is None else tuple(a["sizes"])

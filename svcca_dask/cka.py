@@ -11,7 +11,7 @@ import numpy as np
 from ._config import DEFAULT_MAX_FEATURES, DEFAULT_SPLIT_EVERY
 from .conv.measures import dft_measure
 from .inputs import ArrayLike
-from .measures import ConvOption, _pair_stats, _prepare
+from .measures import ConvOption, pair_statistics, prepare_pair
 from .results import CKAResult
 from .stats import PairStats
 
@@ -124,8 +124,16 @@ def linear_cka(
     """
     if not isinstance(debiased, bool):
         raise TypeError(f"debiased must be True or False, got {debiased!r}")
-    pair = _prepare(
-        x, y, conv=conv, layout=layout, mask=mask, sample_ids=sample_ids, rows=rows, storage_options=storage_options, missing_chunks=missing_chunks,
+    pair = prepare_pair(
+        x,
+        y,
+        conv=conv,
+        layout=layout,
+        mask=mask,
+        sample_ids=sample_ids,
+        rows=rows,
+        storage_options=storage_options,
+        missing_chunks=missing_chunks,
     )  # lazy: nothing read yet
     if debiased and pair.dft:
         raise ValueError(
@@ -134,5 +142,5 @@ def linear_cka(
         )
     if pair.dft:
         return dft_measure("cka", pair.x, pair.y, conv=conv, layout=pair.layouts)  # type: ignore[no-any-return]
-    p = _pair_stats(pair, split_every=split_every, max_features=max_features, norms=debiased)
+    p = pair_statistics(pair, split_every=split_every, max_features=max_features, norms=debiased)
     return cka_from_stats(p, debiased=debiased)

@@ -252,8 +252,15 @@ def _no_cluster_options(
     jobs: int | None,
     options: dict[str, Any],
 ) -> None:
-    given = [k for k, v in (("n_workers", n_workers), ("threads_per_worker", threads_per_worker),
-                            ("jobs", jobs)) if v is not None] + sorted(options)
+    given = [
+        k
+        for k, v in (
+            ("n_workers", n_workers),
+            ("threads_per_worker", threads_per_worker),
+            ("jobs", jobs),
+        )
+        if v is not None
+    ] + sorted(options)
     if given:
         raise ValueError(
             f"{', '.join(given)}: options for starting a cluster, but {spec!r} joins a running "

@@ -192,9 +192,19 @@ def similarity_matrix(
             f"its options are: {', '.join(allowed) or 'none'}"
         )
     return similarity_matrices(
-        xs, ys, measures=(measure,), conv=conv, layout=layout, max_width=max_width,
-        split_every=split_every, return_results=return_results, on_pair=on_pair, rows=rows,
-        storage_options=storage_options, missing_chunks=missing_chunks, **options,
+        xs,
+        ys,
+        measures=(measure,),
+        conv=conv,
+        layout=layout,
+        max_width=max_width,
+        split_every=split_every,
+        return_results=return_results,
+        on_pair=on_pair,
+        rows=rows,
+        storage_options=storage_options,
+        missing_chunks=missing_chunks,
+        **options,
     )[measure]
 
 
@@ -290,8 +300,12 @@ def similarity_matrices(
     by_key: dict[str, int] = {}
 
     def index_of(side: str, name: Hashable, value: ArrayLike) -> int:
-        layer = open_layer(value, name=f"{side}[{name!r}]", storage_options=storage_options,
-                           missing_chunks=missing_chunks)  # fmt: skip
+        layer = open_layer(
+            value,
+            name=f"{side}[{name!r}]",
+            storage_options=storage_options,
+            missing_chunks=missing_chunks,
+        )
         key = layer.data.name
         if key not in by_key:
             by_key[key] = len(opened)
@@ -308,7 +322,9 @@ def similarity_matrices(
                 f"{labels[0]} has {opened[0].rows}, {lab} has {v.rows}"
             )
     opened = align_rows(opened, rows=rows)  # every layer's rows against the first's
-    arrays = [_layer(v, name=lab, conv=conv, layout=layout) for v, lab in zip(opened, labels, strict=True)]
+    arrays = [
+        _layer(v, name=lab, conv=conv, layout=layout) for v, lab in zip(opened, labels, strict=True)
+    ]
     n = arrays[0].shape[0]
     widths = [int(a.shape[1]) for a in arrays]
     for i in dict.fromkeys(row_idx):
@@ -328,9 +344,13 @@ def similarity_matrices(
     # debiased CKA's per-sample norms are merged with the whole co-moment
     blockwise = not (row_set & set(col_idx)) and not debiased
     plan, split_every = _memory_plan(
-        row_idx, col_idx, arrays, row_set if blockwise else None,
-        max_width=max_width, split_every=split_every,
-    )  # fmt: skip
+        row_idx,
+        col_idx,
+        arrays,
+        row_set if blockwise else None,
+        max_width=max_width,
+        split_every=split_every,
+    )
     on_cluster = current_client() is not None
     # on threads, pairs that share a layer share its eigendecomposition and
     # whitening across tile rows; on a cluster each tile row's task has its own
@@ -350,9 +370,12 @@ def similarity_matrices(
             ]
         # one task per row group reads each layer of the tile row once, for every tile
         graphs = accumulate_graphs(
-            tile_arrays, names=names, split_every=split_every,
-            regions=regions if blockwise else None, norms=debiased,
-        )  # fmt: skip
+            tile_arrays,
+            names=names,
+            split_every=split_every,
+            regions=regions if blockwise else None,
+            norms=debiased,
+        )
         n_tiles += len(tile_row)
         jobs = [
             (r, c, homes[frozenset((i, j))], i, j)
@@ -361,9 +384,15 @@ def similarity_matrices(
             if frozenset((i, j)) in homes
         ]
         finish = functools.partial(
-            _finish_tile_row, tile_row=tile_row, widths=widths, jobs=jobs,
-            names=(rows, cols), blockwise=blockwise, measures=measures, options=options,
-        )  # fmt: skip
+            _finish_tile_row,
+            tile_row=tile_row,
+            widths=widths,
+            jobs=jobs,
+            names=(rows, cols),
+            blockwise=blockwise,
+            measures=measures,
+            options=options,
+        )
         if on_cluster:  # the eigendecompositions and CCAs run where the statistics are
             (done,) = compute(delayed(finish, pure=True)(graphs, shared=None))
         else:
@@ -395,7 +424,9 @@ def similarity_matrices(
     }
 
 
-def _shared_options(measures: Sequence[str], options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def _shared_options(
+    measures: Sequence[str], options: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
     """Each measure's options, with the eigendecomposition and whitening that pairs
     sharing a layer share (:class:`_Shared`; the whitening of a layer's live
     covariance is the same for every measure)."""
@@ -431,10 +462,15 @@ def _finish_tile_row(
         stats: list[Any] = [_CrossBlocks.from_out(out) for out in outs]
     else:
         stats = [
-            Moments(n=int(out["n"]), mean=out["mean"], comoment=out["m2"],
-                    sizes=tuple(widths[k] for k in tile), norms=out.get("q"))
+            Moments(
+                n=int(out["n"]),
+                mean=out["mean"],
+                comoment=out["m2"],
+                sizes=tuple(widths[k] for k in tile),
+                norms=out.get("q"),
+            )
             for out, tile in zip(outs, tile_row, strict=True)
-        ]  # fmt: skip
+        ]
     positions = [{k: p for p, k in enumerate(tile)} for tile in tile_row]
     rows, cols = names
 

@@ -78,8 +78,11 @@ def _cca_fields(
     lx = _live(p.sxx, epsilon, names[0])
     ly = _live(p.syy, epsilon, names[1])
     rho, a, b = cca_from_cov(
-        p.sxx[np.ix_(lx, lx)], p.sxy[np.ix_(lx, ly)], p.syy[np.ix_(ly, ly)],
-        epsilon=epsilon, inv_sqrt=inv_sqrt,
+        p.sxx[np.ix_(lx, lx)],
+        p.sxy[np.ix_(lx, ly)],
+        p.syy[np.ix_(ly, ly)],
+        epsilon=epsilon,
+        inv_sqrt=inv_sqrt,
     )
     note = sample_size_note(p.n, int(rho.shape[-1]))
     return {
@@ -238,7 +241,7 @@ def _check_conv(conv: Any) -> str:
     return conv
 
 
-def _prepare(
+def prepare_pair(
     x: ArrayLike,
     y: ArrayLike,
     *,
@@ -255,8 +258,14 @@ def _prepare(
     token layers per ``conv`` and ``mask`` (:mod:`svcca_dask.tokens`)."""
     mode = _check_conv(conv)
     lx, ly = layout if isinstance(layout, tuple) else (layout, layout)
-    x, y = open_pair(x, y, sample_ids=sample_ids, rows=rows, storage_options=storage_options,
-                     missing_chunks=missing_chunks)  # fmt: skip
+    x, y = open_pair(
+        x,
+        y,
+        sample_ids=sample_ids,
+        rows=rows,
+        storage_options=storage_options,
+        missing_chunks=missing_chunks,
+    )
     if is_token_layer(x) or is_token_layer(y):
         xt, yt = prepare_tokens(x, y, mode, (lx, ly), mask)
         check_pair(xt, yt)
@@ -301,7 +310,7 @@ def _repeated(side: Any, reps: int, name: str) -> Any:
         "positions match a per-image target. conv='dft' (its DC frequency: spatial sums) or "
         "conv='mean' compares per image.",
         UserWarning,
-        stacklevel=4,  # _repeated, _prepare, the measure, the user
+        stacklevel=4,  # _repeated, prepare_pair, the measure, the user
     )
     return repeat_rows(side, reps)
 
@@ -324,7 +333,7 @@ _WIDE_REMEDIES = (
 )
 
 
-def _pair_stats(
+def pair_statistics(
     pair: _Pair, *, split_every: int, max_features: int, norms: bool = False
 ) -> PairStats:
     _check_width(pair.x, pair.y, max_features)
@@ -416,17 +425,27 @@ def cca(
     """
     check_epsilon(epsilon)
     check_folds(folds)
-    pair = _prepare(
-        x, y, conv=conv, layout=layout, mask=mask, sample_ids=sample_ids, rows=rows, storage_options=storage_options, missing_chunks=missing_chunks,
+    pair = prepare_pair(
+        x,
+        y,
+        conv=conv,
+        layout=layout,
+        mask=mask,
+        sample_ids=sample_ids,
+        rows=rows,
+        storage_options=storage_options,
+        missing_chunks=missing_chunks,
     )
     if pair.dft:
         return _warned(_dft("cca", pair, conv, epsilon, folds))
     if folds is not None:
-        return _held_out(pair, folds, split_every, max_features,
-                         lambda p: cca_from_stats(p, epsilon=epsilon))  # fmt: skip
+        return _held_out(
+            pair, folds, split_every, max_features, lambda p: cca_from_stats(p, epsilon=epsilon)
+        )
     return _warned(
         cca_from_stats(
-            _pair_stats(pair, split_every=split_every, max_features=max_features), epsilon=epsilon
+            pair_statistics(pair, split_every=split_every, max_features=max_features),
+            epsilon=epsilon,
         )
     )
 
@@ -441,22 +460,28 @@ def _dft(
             "folds= is not available with conv='dft'; use conv='mean', 'samples' or 'flatten'"
         )
     return dft_measure(
-        measure, pair.x, pair.y, conv=conv, layout=pair.layouts,
-        epsilon=dead_threshold(epsilon), **kw,
-    )  # fmt: skip
+        measure,
+        pair.x,
+        pair.y,
+        conv=conv,
+        layout=pair.layouts,
+        epsilon=dead_threshold(epsilon),
+        **kw,
+    )
 
 
-def _held_out(
-    pair: _Pair, folds: int, split_every: int, max_features: int, fit: Any
-) -> Any:
+def _held_out(pair: _Pair, folds: int, split_every: int, max_features: int, fit: Any) -> Any:
     """A measure with held-out scores (:mod:`svcca_dask.folds`), one pass."""
     _check_width(pair.x, pair.y, max_features)
     full, splits = fold_stats(
-        pair.x, pair.y, folds=folds, split_every=split_every,
+        pair.x,
+        pair.y,
+        folds=folds,
+        split_every=split_every,
         what=f"the covariance path of {int(pair.x.shape[0])} samples x "
         f"({int(pair.x.shape[1])} + {int(pair.y.shape[1])}) features in {folds} folds",
         remedies=_WIDE_REMEDIES,
-    )  # fmt: skip
+    )
     return held_out(fit, full, splits)
 
 
@@ -528,8 +553,16 @@ def svcca(
     keep_pair(keep)
     check_epsilon(epsilon)
     check_folds(folds)
-    pair = _prepare(
-        x, y, conv=conv, layout=layout, mask=mask, sample_ids=sample_ids, rows=rows, storage_options=storage_options, missing_chunks=missing_chunks,
+    pair = prepare_pair(
+        x,
+        y,
+        conv=conv,
+        layout=layout,
+        mask=mask,
+        sample_ids=sample_ids,
+        rows=rows,
+        storage_options=storage_options,
+        missing_chunks=missing_chunks,
     )
     methods = _svd_methods(svd, pair, max_features)
     if pair.dft:
@@ -541,16 +574,27 @@ def svcca(
                 f"covariance path (dx + dy <= max_features={max_features}, svd='auto' or "
                 "'covariance')"
             )
-        return _held_out(pair, folds, split_every, max_features,
-                         lambda p: svcca_from_stats(p, keep=keep, epsilon=epsilon))  # fmt: skip
+        return _held_out(
+            pair,
+            folds,
+            split_every,
+            max_features,
+            lambda p: svcca_from_stats(p, keep=keep, epsilon=epsilon),
+        )
     if methods is None:
-        p = _pair_stats(pair, split_every=split_every, max_features=max_features)
+        p = pair_statistics(pair, split_every=split_every, max_features=max_features)
         return _warned(svcca_from_stats(p, keep=keep, epsilon=epsilon))
-    return _warned(_svcca_two_stage(
-        pair, methods=methods, keep=keep, epsilon=epsilon, split_every=split_every,
-        options=svd if isinstance(svd, RandomizedSVD) else RandomizedSVD(),
-        max_features=max_features,
-    ))  # fmt: skip
+    return _warned(
+        _svcca_two_stage(
+            pair,
+            methods=methods,
+            keep=keep,
+            epsilon=epsilon,
+            split_every=split_every,
+            options=svd if isinstance(svd, RandomizedSVD) else RandomizedSVD(),
+            max_features=max_features,
+        )
+    )
 
 
 def _svd_methods(svd: Any, pair: _Pair, max_features: int) -> tuple[str, str] | None:
@@ -597,9 +641,14 @@ def _svcca_two_stage(
     keep_x, keep_y = keep_pair(keep)
     names = ("x", "y")
     sx, sy = reduce_pair(
-        (pair.x, pair.y), methods=methods, keep=(keep_x, keep_y), options=options,
-        epsilon=epsilon, names=names, split_every=split_every,
-    )  # fmt: skip
+        (pair.x, pair.y),
+        methods=methods,
+        keep=(keep_x, keep_y),
+        options=options,
+        epsilon=epsilon,
+        names=names,
+        split_every=split_every,
+    )
     _check_width(sx.directions, sy.directions, max_features)  # (d, k): k columns each
     m = projected_stats((pair.x, pair.y), (sx, sy), names=names, split_every=split_every)
     f = _cca_fields(pair_stats(m), epsilon, names)
@@ -678,13 +727,26 @@ def pwcca(
     check_epsilon(epsilon)
     check_side(side)
     check_folds(folds)
-    pair = _prepare(
-        x, y, conv=conv, layout=layout, mask=mask, sample_ids=sample_ids, rows=rows, storage_options=storage_options, missing_chunks=missing_chunks,
+    pair = prepare_pair(
+        x,
+        y,
+        conv=conv,
+        layout=layout,
+        mask=mask,
+        sample_ids=sample_ids,
+        rows=rows,
+        storage_options=storage_options,
+        missing_chunks=missing_chunks,
     )
     if pair.dft:
         return _warned(_dft("pwcca", pair, conv, epsilon, folds, side=side))
     if folds is not None:
-        return _held_out(pair, folds, split_every, max_features,
-                         lambda p: pwcca_from_stats(p, epsilon=epsilon, side=side))  # fmt: skip
-    p = _pair_stats(pair, split_every=split_every, max_features=max_features)
+        return _held_out(
+            pair,
+            folds,
+            split_every,
+            max_features,
+            lambda p: pwcca_from_stats(p, epsilon=epsilon, side=side),
+        )
+    p = pair_statistics(pair, split_every=split_every, max_features=max_features)
     return _warned(pwcca_from_stats(p, epsilon=epsilon, side=side))

@@ -174,7 +174,6 @@ class CKAResult:
     debiased: bool = False
 
 
-
 @dataclass(frozen=True)
 class ShapeResult:
     """A linear shape metric (Williams et al. 2021): the distance between two
@@ -336,4 +335,3 @@ class SimilarityMatrix:
     def score(self, row: Hashable, column: Hashable) -> float:
         """The score of one pair, by layer names."""
         return float(self.scores[self.rows.index(row), self.columns.index(column)])
-

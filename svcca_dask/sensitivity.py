@@ -135,11 +135,17 @@ def class_sensitivity(
         )
     opts = {"storage_options": storage_options, "missing_chunks": missing_chunks}
     layers = {k: open_layer(v, name=f"xs[{k!r}]", **opts) for k, v in xs.items()}
-    *checked, target_layer = align_rows([*layers.values(), open_layer(target, name="target", **opts)],
-                                        rows=rows)  # fmt: skip
+    *checked, target_layer = align_rows(
+        [*layers.values(), open_layer(target, name="target", **opts)], rows=rows
+    )
     columns = target_columns(target_layer, classes=classes)
     return similarity_matrices(
-        dict(zip(layers, checked, strict=True)), columns, measures=measures,
-        conv="mean" if conv == "dft" else conv, layout=layout, on_pair=on_pair, rows="trust",
+        dict(zip(layers, checked, strict=True)),
+        columns,
+        measures=measures,
+        conv="mean" if conv == "dft" else conv,
+        layout=layout,
+        on_pair=on_pair,
+        rows="trust",
         **options,
-    )  # fmt: skip
+    )

@@ -25,7 +25,7 @@ import numpy as np
 
 from ._config import DEFAULT_MAX_FEATURES, DEFAULT_SPLIT_EVERY
 from .inputs import ArrayLike
-from .measures import ConvOption, _pair_stats, _prepare
+from .measures import ConvOption, pair_statistics, prepare_pair
 from .results import ShapeResult
 from .stats import PairStats
 
@@ -41,8 +41,10 @@ _TOL = 1e-7
 
 def check_shape(alpha: Any, metric: Any) -> None:
     """Refuse an ``alpha`` outside [0, 1] or an unknown ``metric``, before any pass."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not (
-        0.0 <= float(alpha) <= 1.0
+    if (
+        isinstance(alpha, bool)
+        or not isinstance(alpha, (int, float, np.floating))
+        or not (0.0 <= float(alpha) <= 1.0)
     ):
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
     if metric not in SHAPE_METRICS:
@@ -60,9 +62,7 @@ def _partial_whitening(c: np.ndarray, alpha: float, padded: int) -> np.ndarray:
     lam = np.maximum(lam, _TOL)
     d = alpha + (1 - alpha) * lam ** (-0.5)
     every = np.concatenate([lam, np.full(padded, _TOL)])
-    new_var = np.sum(
-        alpha**2 * every + 2 * alpha * (1 - alpha) * np.sqrt(every) + (1 - alpha) ** 2
-    )
+    new_var = np.sum(alpha**2 * every + 2 * alpha * (1 - alpha) * np.sqrt(every) + (1 - alpha) ** 2)
     d = d * np.sqrt(np.sum(every) / new_var)
     return (v * d) @ v.T
 
@@ -143,12 +143,20 @@ def shape_distance(
         ``score`` is the distance: lower is more alike.
     """
     check_shape(alpha, metric)
-    pair = _prepare(
-        x, y, conv=conv, layout=layout, mask=mask, sample_ids=sample_ids, rows=rows, storage_options=storage_options, missing_chunks=missing_chunks,
+    pair = prepare_pair(
+        x,
+        y,
+        conv=conv,
+        layout=layout,
+        mask=mask,
+        sample_ids=sample_ids,
+        rows=rows,
+        storage_options=storage_options,
+        missing_chunks=missing_chunks,
     )  # lazy: nothing read yet
     if pair.dft:
         raise ValueError(
             "shape_distance takes conv='mean' (the default), 'samples' or 'flatten', not 'dft'"
         )
-    p = _pair_stats(pair, split_every=split_every, max_features=max_features)
+    p = pair_statistics(pair, split_every=split_every, max_features=max_features)
     return shape_from_stats(p, alpha=alpha, metric=metric)

@@ -224,9 +224,13 @@ def moments_chunk(
         acc = None
         for a in range(0, m, step):  # merged as they come: two partials at a time, not all
             part = _piece_moments(
-                [b[a : a + step] for b in blocks], names, row_start + a, regions, chunk_starts,
+                [b[a : a + step] for b in blocks],
+                names,
+                row_start + a,
+                regions,
+                chunk_starts,
                 norms,
-            )  # fmt: skip
+            )
             acc = part if acc is None else moments_combine([acc, part], inplace=True)
         return acc
     return _piece_moments(blocks, names, row_start, regions, chunk_starts, norms)
@@ -251,7 +255,7 @@ def _piece_moments(
     with np.errstate(over="ignore", invalid="ignore"):
         col_sum = buf.sum(axis=0)
     if not np.all(np.isfinite(col_sum)):
-        _raise_non_finite(blocks, names, row_start, chunk_starts)
+        raise_non_finite(blocks, names, row_start, chunk_starts)
     mean = col_sum / m
     buf -= mean
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
@@ -277,7 +281,10 @@ def _piece_moments(
 
 
 def _norm_moments(
-    buf: np.ndarray, widths: Sequence[int], blocks: Sequence[np.ndarray], names: Sequence[str] | None
+    buf: np.ndarray,
+    widths: Sequence[int],
+    blocks: Sequence[np.ndarray],
+    names: Sequence[str] | None,
 ) -> dict[str, Any]:
     """The per-sample squared norms' statistics of a centred chunk (see
     :func:`moments_chunk`); fourth powers that overflow are an error."""
@@ -359,7 +366,7 @@ def _check_range(
             )
 
 
-def _raise_non_finite(
+def raise_non_finite(
     blocks: Sequence[np.ndarray],
     names: Sequence[str] | None,
     row_start: int,
@@ -426,7 +433,9 @@ def moments_combine(parts: Sequence[dict[str, Any]], *, inplace: bool = False) -
         d = p["mean"] - mean
         f = n * nb / tot
         if norms:  # both parts' norms about the merged mean, before m2 changes
-            qa, va = _shift_norms({"q": q, "v": v, "m2": m2, "n": n, "edges": edges}, -d * (nb / tot))
+            qa, va = _shift_norms(
+                {"q": q, "v": v, "m2": m2, "n": n, "edges": edges}, -d * (nb / tot)
+            )
             qb, vb = _shift_norms(p, d * (n / tot))
             q, v = qa + qb, va + vb
         if regions is None:
@@ -466,10 +475,7 @@ def _copy(m2: Any) -> Any:
 def _tree(parts: list[Delayed], split_every: int) -> Delayed:
     combine = delayed(moments_combine, pure=True)
     while len(parts) > 1:
-        parts = [
-            combine(parts[i : i + split_every])
-            for i in range(0, len(parts), split_every)
-        ]
+        parts = [combine(parts[i : i + split_every]) for i in range(0, len(parts), split_every)]
     return parts[0]
 
 
@@ -490,9 +496,12 @@ def accumulate_graph(
     per-sample norms' statistics (see :func:`moments_chunk`).
     """
     (graph,) = accumulate_graphs(
-        [arrays], names=None if names is None else [names], split_every=split_every,
-        regions=None if regions is None else [regions], norms=norms,
-    )  # fmt: skip
+        [arrays],
+        names=None if names is None else [names],
+        split_every=split_every,
+        regions=None if regions is None else [regions],
+        norms=norms,
+    )
     return graph
 
 
@@ -543,9 +552,15 @@ def accumulate_graphs(
             row_starts.append(s0)
             starts_of.append([[own[a.name] for a in arrays] for arrays in groups])
         out = task(
-            rows, layout=layout, names=names, row_starts=row_starts, regions=regions,
-            chunk_starts=starts_of, norms=norms, single=len(groups) == 1,
-        )  # fmt: skip
+            rows,
+            layout=layout,
+            names=names,
+            row_starts=row_starts,
+            regions=regions,
+            chunk_starts=starts_of,
+            norms=norms,
+            single=len(groups) == 1,
+        )
         for g in range(len(groups)):
             per_group[g].append(out if len(groups) == 1 else pick(out, g))
     return [_tree(parts, split_every) for parts in per_group]
@@ -579,12 +594,15 @@ def moments_chunks(
         blocks = load_all(pieces)
         parts = [
             moments_chunk(
-                *[blocks[k] for k in idx], names=None if names is None else names[g],
-                row_start=row_starts[j], regions=None if regions is None else regions[g],
-                chunk_starts=chunk_starts[j][g], norms=norms,
+                *[blocks[k] for k in idx],
+                names=None if names is None else names[g],
+                row_start=row_starts[j],
+                regions=None if regions is None else regions[g],
+                chunk_starts=chunk_starts[j][g],
+                norms=norms,
             )
             for g, idx in enumerate(layout)
-        ]  # fmt: skip
+        ]
         del blocks
         if acc is None:
             acc = parts

@@ -48,9 +48,9 @@ def is_token_layer(x: Any) -> bool:
 
 
 def _check_layout(x: Any, layout: str | None, name: str) -> None:
-    from .conv.layout import _dimension_names
+    from .conv.layout import stored_dimension_names
 
-    names = _dimension_names(x)
+    names = stored_dimension_names(x)
     if names is not None:
         roles = []
         for dim in names:
@@ -123,9 +123,12 @@ def token_features(
             raise ValueError("a 2-D side against a token layer needs the token counts")
         blocks = da.from_array(counts, chunks=(arr.chunks[0],))
         return da.map_blocks(
-            _repeat, arr, blocks[:, None],
-            dtype=arr.dtype, chunks=(_chunk_rows(counts, arr.chunks[0]), arr.chunks[1]),
-        )  # fmt: skip
+            _repeat,
+            arr,
+            blocks[:, None],
+            dtype=arr.dtype,
+            chunks=(_chunk_rows(counts, arr.chunks[0]), arr.chunks[1]),
+        )
     t, d = int(arr.shape[1]), int(arr.shape[2])
     if mask is None:  # every token
         return arr.mean(axis=1, dtype=np.float64) if mode == "mean" else arr.reshape(n * t, d)
@@ -133,14 +136,23 @@ def token_features(
     if mode == "mean":
         starts = da.from_array(np.arange(n), chunks=(arr.chunks[0],))
         return da.map_blocks(
-            _masked_mean, arr, keep[:, :, None], starts[:, None, None],
-            dtype=np.float64, chunks=(arr.chunks[0], (d,)), drop_axis=1,
-        )  # fmt: skip
+            _masked_mean,
+            arr,
+            keep[:, :, None],
+            starts[:, None, None],
+            dtype=np.float64,
+            chunks=(arr.chunks[0], (d,)),
+            drop_axis=1,
+        )
     per_row = counts if counts is not None else compute(keep.sum(axis=1))[0]
     return da.map_blocks(
-        _select, arr, keep[:, :, None], dtype=arr.dtype,
-        chunks=(_chunk_rows(per_row, arr.chunks[0]), (d,)), drop_axis=1,
-    )  # fmt: skip
+        _select,
+        arr,
+        keep[:, :, None],
+        dtype=arr.dtype,
+        chunks=(_chunk_rows(per_row, arr.chunks[0]), (d,)),
+        drop_axis=1,
+    )
 
 
 def _chunk_rows(counts: np.ndarray, chunks: tuple[int, ...]) -> tuple[int, ...]:

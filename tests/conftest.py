@@ -66,7 +66,9 @@ class DaskProcesses:
         """The tail of every process's output, for failure messages."""
         out = []
         for p in sorted(self.log_dir.glob("*.log")):
-            out.append(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-30:]))
+            out.append(
+                f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-30:])
+            )
         return "\n".join(out)
 
     def stop(self) -> None:
@@ -123,16 +125,29 @@ def start_dask_processes_in(
     def spawn(name: str, args: list[str]) -> subprocess.Popen:
         with open(directory / f"{name}.log", "wb") as log:  # the child keeps its own copy
             return subprocess.Popen(
-                _dask_command(*args), stdout=log, stderr=subprocess.STDOUT, env=proc_env,
-                cwd=directory, start_new_session=True,
+                _dask_command(*args),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=proc_env,
+                cwd=directory,
+                start_new_session=True,
             )
 
     scheduler = spawn(
         "scheduler",
         # --dashboard-address too: without it the HTTP server (/health, /metrics,
         # the dashboard) listens on every interface, even with --no-dashboard
-        ["scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
-         "--scheduler-file", str(sched_file)],
+        [
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--dashboard-address",
+            "127.0.0.1:0",
+            "--scheduler-file",
+            str(sched_file),
+        ],
     )
     workers: dict[str, subprocess.Popen] = {}
     procs = DaskProcesses("", sched_file, scheduler, workers, directory)
@@ -144,9 +159,23 @@ def start_dask_processes_in(
             name = f"worker-{i}"
             workers[name] = spawn(
                 name,
-                ["worker", address, "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0",
-                 "--nthreads", str(nthreads), "--no-nanny", "--name", name,
-                 "--death-timeout", "60", "--local-directory", str(directory / name)],
+                [
+                    "worker",
+                    address,
+                    "--host",
+                    "127.0.0.1",
+                    "--dashboard-address",
+                    "127.0.0.1:0",
+                    "--nthreads",
+                    str(nthreads),
+                    "--no-nanny",
+                    "--name",
+                    name,
+                    "--death-timeout",
+                    "60",
+                    "--local-directory",
+                    str(directory / name),
+                ],
             )
         _wait_for_workers(procs, n_workers, deadline, security)
     except BaseException:
@@ -207,7 +236,10 @@ def start_dask_processes(tmp_path: Path) -> Iterator[Callable[..., DaskProcesses
     ) -> DaskProcesses:
         procs = start_dask_processes_in(
             tmp_path / f"dask-{len(started)}",
-            n_workers=n_workers, nthreads=nthreads, env=env, security=security,
+            n_workers=n_workers,
+            nthreads=nthreads,
+            env=env,
+            security=security,
         )
         started.append(procs)
         return procs

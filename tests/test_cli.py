@@ -281,11 +281,14 @@ def test_extract_checks_layers_before_the_data_and_imports_from_the_current_fold
     tmp_path, capsys, monkeypatch
 ):
     pytest.importorskip("torch")
-    (tmp_path / "models.py").write_text(MODEL_FILE + """
+    (tmp_path / "models.py").write_text(
+        MODEL_FILE
+        + """
 
 def no_data():
     raise AssertionError("the data callable ran before --layers was checked")
-""")
+"""
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     out = tmp_path / "acts.zarr"

@@ -123,7 +123,8 @@ def test_worker_sigkilled_during_comparison(start_dask_processes):
         running_at_kill = thread.is_alive()
         chunk_states = client.run_on_scheduler(
             lambda dask_scheduler: [
-                ts.state for ts in dask_scheduler.tasks.values()
+                ts.state
+                for ts in dask_scheduler.tasks.values()
                 if str(ts.key).startswith("moments_chunk")
             ]
         )
@@ -137,7 +138,9 @@ def test_worker_sigkilled_during_comparison(start_dask_processes):
         assert procs.workers[victim].returncode == -9  # SIGKILL, no clean shutdown
         assert not thread.is_alive() and "error" not in out, out.get("error")
         # the scheduler saw the loss, and the survivor finished the comparison
-        assert [info["name"] for info in client.scheduler_info()["workers"].values()] == ["worker-0"]
+        assert [info["name"] for info in client.scheduler_info()["workers"].values()] == [
+            "worker-0"
+        ]
     result = out["result"]
     np.testing.assert_allclose(result.coefficients, reference.coefficients, rtol=0, atol=1e-12)
     np.testing.assert_allclose(result.score, reference.score, rtol=0, atol=1e-12)
@@ -195,9 +198,13 @@ def test_no_heartbeat_traceback_from_a_closing_worker():
     log.addHandler(handler)
     try:
         with connect(
-            "local", n_workers=1, threads_per_worker=1, processes=False,
-            dashboard_address="127.0.0.1:0", quiet=True,
-        ) as conn:  # fmt: skip
+            "local",
+            n_workers=1,
+            threads_per_worker=1,
+            processes=False,
+            dashboard_address="127.0.0.1:0",
+            quiet=True,
+        ) as conn:
             (worker,) = conn.cluster.workers.values()
             assert "svcca-dask-quiet-close" in worker.plugins
             log.error("%s.", HEARTBEAT_FAILED)  # a running worker's failure is shown
@@ -264,8 +271,9 @@ def test_by_hand_processes_listen_on_loopback_only(dask_processes):
 
 
 def test_connect_local_listens_on_loopback_only():
-    with connect("local", n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0",
-                 quiet=True) as conn:
+    with connect(
+        "local", n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0", quiet=True
+    ) as conn:
         assert conn.scheduler_address.startswith("tcp://127.0.0.1:")
         worker_pids = conn.client.run(os.getpid)
         assert all(a.startswith("tcp://127.0.0.1:") for a in worker_pids)
@@ -288,21 +296,27 @@ def _make_certs(directory: Path) -> None:
         pytest.skip("openssl is needed to make the test certificates")
     subprocess.run(
         ["bash", str(CLUSTER / "tls" / "make-certs.sh"), str(directory)],
-        check=True, capture_output=True, timeout=120,
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
 
 
 def test_tls_config_from_cluster_folder(start_dask_processes, tmp_path):
     certs = tmp_path / "tls"
     _make_certs(certs)
-    text = (CLUSTER / "tls" / "dask-tls.yaml").read_text().replace("/etc/svcca-dask/tls", str(certs))
+    text = (
+        (CLUSTER / "tls" / "dask-tls.yaml").read_text().replace("/etc/svcca-dask/tls", str(certs))
+    )
     config_dir = tmp_path / "dask-config"
     config_dir.mkdir()
     (config_dir / "dask-tls.yaml").write_text(text)
     with dask.config.set(_flatten(yaml.safe_load(text))):
         security = Security()  # the client's side of the same file
     # the scheduler and worker get TLS from the config file alone
-    procs = start_dask_processes(n_workers=1, env={"DASK_CONFIG": str(config_dir)}, security=security)
+    procs = start_dask_processes(
+        n_workers=1, env={"DASK_CONFIG": str(config_dir)}, security=security
+    )
     assert procs.address.startswith("tls://127.0.0.1:")
 
     x = _layers(n=800)
@@ -315,8 +329,10 @@ def test_tls_config_from_cluster_folder(start_dask_processes, tmp_path):
     other = tmp_path / "other-ca"
     _make_certs(other)
     outsider = Security(
-        tls_ca_file=str(other / "ca.pem"), tls_client_cert=str(other / "node.pem"),
-        tls_client_key=str(other / "node-key.pem"), require_encryption=True,
+        tls_ca_file=str(other / "ca.pem"),
+        tls_client_cert=str(other / "node.pem"),
+        tls_client_key=str(other / "node-key.pem"),
+        require_encryption=True,
     )
     with pytest.raises(OSError):  # a certificate from another CA is refused
         Client(procs.address, timeout=3, security=outsider, set_as_default=False)
@@ -324,6 +340,7 @@ def test_tls_config_from_cluster_folder(start_dask_processes, tmp_path):
 
 def test_jobqueue_config_makes_a_slurm_job_script(capsys):
     import dask_jobqueue  # noqa: F401  (the [test] extra installs it: a missing one fails here)
+
     cfg = yaml.safe_load((CLUSTER / "slurm" / "jobqueue.yaml").read_text())["jobqueue"]["slurm"]
     settings = {f"jobqueue.slurm.{k}": v for k, v in cfg.items()}
     settings["jobqueue.slurm.interface"] = "lo"  # this machine has no ib0; keeps it on loopback

@@ -277,7 +277,7 @@ def test_dft_independent_of_chunking_lanes_and_bands():
 
 def test_bands_split_the_frequencies():
     x, y = translation_invariant(cx=3, cy=2, h=6, w=6, n0=12)
-    run = accumulate._DFTRun(
+    run = accumulate.DFTRun(
         x, y, conv=sd.DFT(memory_limit=4_000, lanes=1), layout="NCHW", names=("x", "y")
     )
     assert len(run.bands) > 1  # 25 per-frequency covariances of 5 x 5 complex need several bands
@@ -294,7 +294,7 @@ def test_narrow_bands_use_a_direct_dft_of_their_columns(layout):
     if layout == "NHWC":
         x, y = nhwc(x), nhwc(y)
     one = sd.cca(x, y, conv=sd.DFT(memory_limit=2**30), layout=layout)
-    run = accumulate._DFTRun(
+    run = accumulate.DFTRun(
         x, y, conv=sd.DFT(memory_limit=2_000, lanes=1), layout=layout, names=("x", "y")
     )
     cols = [np.unique(np.abs(run.plan.frequencies[b, 1])).size for b in run.bands]
@@ -316,7 +316,7 @@ def test_coefficients_are_each_images_fft2_at_the_planned_frequencies(
     rng = np.random.default_rng(12)
     m, c, h, w = 11, 3, 6, 20
     x = rng.standard_normal((m, c, h, w)) + 3
-    plan = cplan._dft_plan((c, h, w), (c, h, w), layout, layout)
+    plan = cplan.plan_frequencies((c, h, w), (c, h, w), layout, layout)
     freqs = plan.frequencies
     idx = np.flatnonzero(np.abs(freqs[:, 1]) <= 1) if narrow else np.arange(freqs.shape[0])
     g = plan.gather((c, h, w), idx)
@@ -327,7 +327,9 @@ def test_coefficients_are_each_images_fft2_at_the_planned_frequencies(
     transform._coefficients_into(buf, 1, x if layout == "NCHW" else nhwc(x), layout, (c, h, w), g)
     spectrum = np.fft.fft2(x, axes=(2, 3))[:, :, freqs[idx, 0] % h, freqs[idx, 1] % w]
     np.testing.assert_allclose(buf[:, 1 : c + 1, :m], spectrum.transpose(2, 1, 0), atol=1e-10)
-    assert np.isnan(buf[:, 0]).all() and np.isnan(buf[:, c + 1]).all() and np.isnan(buf[..., m]).all()
+    assert (
+        np.isnan(buf[:, 0]).all() and np.isnan(buf[:, c + 1]).all() and np.isnan(buf[..., m]).all()
+    )
 
 
 def test_fold_is_the_chan_merge():
@@ -335,12 +337,14 @@ def test_fold_is_the_chan_merge():
     rng = np.random.default_rng(6)
     x = rng.standard_normal((30, 2, 4, 4)) + 7
     y = rng.standard_normal((30, 3, 4, 4))
-    plan = cplan._dft_plan((2, 4, 4), (3, 4, 4), "NCHW", "NCHW")
+    plan = cplan.plan_frequencies((2, 4, 4), (3, 4, 4), "NCHW", "NCHW")
     idx = np.arange(plan.frequencies.shape[0])
     acc = None
     parts = []
     for sl in (slice(0, 11), slice(11, 12), slice(12, 30)):
-        acc = transform._dft_fold(acc, x[sl], y[sl], plan=plan, idx=idx, names=("x", "y"), row_start=0)
+        acc = transform.dft_fold(
+            acc, x[sl], y[sl], plan=plan, idx=idx, names=("x", "y"), row_start=0
+        )
         z = np.empty((idx.size, 5, sl.stop - sl.start + 1), dtype=complex)
         transform._coefficients_into(z, 0, x[sl], "NCHW", (2, 4, 4), plan.gather((2, 4, 4), idx))
         transform._coefficients_into(z, 2, y[sl], "NCHW", (3, 4, 4), plan.gather((3, 4, 4), idx))
@@ -361,17 +365,17 @@ def test_fold_pieces_and_threads_change_nothing(threads):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((25, 3, 6, 5)) + 3
     y = rng.standard_normal((25, 4, 6, 5))
-    plan = cplan._dft_plan((3, 6, 5), (4, 6, 5), "NCHW", "NCHW")
+    plan = cplan.plan_frequencies((3, 6, 5), (4, 6, 5), "NCHW", "NCHW")
     idx = np.arange(plan.frequencies.shape[0])
     kw = {"plan": plan, "idx": idx, "names": ("x", "y"), "row_start": 0, "with_scale": True}
-    one = transform._dft_fold(None, x[:9], y[:9], **kw)
-    one = transform._dft_fold(one, x[9:], y[9:], **kw)
+    one = transform.dft_fold(None, x[:9], y[:9], **kw)
+    one = transform.dft_fold(one, x[9:], y[9:], **kw)
     cuts = [(0, 4), (4, 9)], [(9, 10), (10, 18), (18, 25)]
     many = None
     for group in cuts:
         xs = [x[a:b] for a, b in group]
         ys = [y[a:b] for a, b in group]
-        many = transform._dft_fold(many, xs, ys, **kw, threads=threads)
+        many = transform.dft_fold(many, xs, ys, **kw, threads=threads)
     assert many["n"] == one["n"] == 25
     np.testing.assert_allclose(many["mean"], one["mean"], rtol=1e-13, atol=1e-12)
     np.testing.assert_allclose(many["m2"], one["m2"], rtol=1e-12, atol=1e-10)
@@ -386,7 +390,9 @@ def test_dft_stats_public():
     np.testing.assert_allclose(st.cov, np.swapaxes(st.cov.conj(), 1, 2))  # Hermitian
     r = sdconv.cca_from_dft_stats(st)
     np.testing.assert_allclose(r.coefficients, sd.cca(flat(x), flat(y)).coefficients, atol=1e-8)
-    assert sdconv.cka_from_dft_stats(st).score == pytest.approx(ref_cka(flat(x), flat(y)), abs=1e-10)
+    assert sdconv.cka_from_dft_stats(st).score == pytest.approx(
+        ref_cka(flat(x), flat(y)), abs=1e-10
+    )
     assert sdconv.svcca_from_dft_stats(st, keep=0.99).score > 0
     assert sdconv.pwcca_from_dft_stats(st).score > 0
 
@@ -420,9 +426,12 @@ def test_layout_from_zarr_dimension_names(tmp_path, layout, names):
     paths = []
     for label, a in (("x", x), ("y", y)):
         z = zarr.create_array(
-            store=str(tmp_path / f"{label}.zarr"), shape=a.shape, chunks=(50, *a.shape[1:]),
-            dtype="f8", dimension_names=names,
-        )  # fmt: skip
+            store=str(tmp_path / f"{label}.zarr"),
+            shape=a.shape,
+            chunks=(50, *a.shape[1:]),
+            dtype="f8",
+            dimension_names=names,
+        )
         z[:] = a
         paths.append(str(tmp_path / f"{label}.zarr"))
     r = sd.cca(*paths, conv="dft")  # no layout argument: the store says it
@@ -482,8 +491,9 @@ def test_samples_and_mean_against_in_memory():
     # a 2-D side with conv="samples": the same row for every position of its image
     logits = rng.standard_normal((60, 2))
     with pytest.warns(
-        UserWarning, match=r"conv='samples' against a 2-D y: its row for each of the 60 images "
-        r"is repeated at each of the other layer's 25 spatial positions"
+        UserWarning,
+        match=r"conv='samples' against a 2-D y: its row for each of the 60 images "
+        r"is repeated at each of the other layer's 25 spatial positions",
     ):
         r = sd.cca(x, logits, conv="samples", layout="NCHW")
     np.testing.assert_allclose(
@@ -512,9 +522,12 @@ def test_dft_and_randomized_svd_on_a_distributed_cluster(tmp_path):
     root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
     for name, a in (("x", x), ("y", y)):
         arr = root.create_array(
-            name, shape=a.shape, chunks=(40, *a.shape[1:]), dtype="f8",
+            name,
+            shape=a.shape,
+            chunks=(40, *a.shape[1:]),
+            dtype="f8",
             dimension_names=("sample", "channel", "height", "width"),
-        )  # fmt: skip
+        )
         arr[:] = a
     px, py = str(tmp_path / "s.zarr" / "x"), str(tmp_path / "s.zarr" / "y")
     on_threads = {
@@ -524,10 +537,15 @@ def test_dft_and_randomized_svd_on_a_distributed_cluster(tmp_path):
         "flat": sd.svcca(px, py, conv="flatten", keep=5, svd="randomized"),
     }
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                     dashboard_address=None) as cluster,
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
         Client(cluster),
-    ):  # fmt: skip
+    ):
         on_cluster = {
             "cca": sd.cca(px, py),
             "svcca": sd.svcca(px, py, keep=0.9, conv=sd.DFT(memory_limit=3_000)),
@@ -545,11 +563,11 @@ def test_dft_and_randomized_svd_on_a_distributed_cluster(tmp_path):
 
 
 _SEEN_THREADS: list[int] = []
-_FOLD = transform._dft_fold
+_FOLD = transform.dft_fold
 
 
 def _spy_fold(*args, **kwargs):
-    """``_dft_fold``, noting its ``threads`` (module level: tasks pickle it by
+    """``dft_fold``, noting its ``threads`` (module level: tasks pickle it by
     reference, and the in-process workers append to this module's list)."""
     _SEEN_THREADS.append(kwargs["threads"])
     return _FOLD(*args, **kwargs)
@@ -563,13 +581,14 @@ def test_fold_tasks_use_a_workers_spare_threads_on_a_cluster(monkeypatch):
     x, y = translation_invariant(cx=3, cy=2, h=4, w=4, shift=10.0)
     want = sd.cca(x, y, conv=sd.DFT(lanes=1), layout="NCHW")
     seen = _SEEN_THREADS
-    monkeypatch.setattr(accumulate, "_dft_fold", _spy_fold)
+    monkeypatch.setattr(accumulate, "dft_fold", _spy_fold)
     with (
-        LocalCluster(n_workers=2, threads_per_worker=2, processes=False,
-                     dashboard_address=None) as cluster,
+        LocalCluster(
+            n_workers=2, threads_per_worker=2, processes=False, dashboard_address=None
+        ) as cluster,
         Client(cluster),
-    ):  # fmt: skip
-        assert [cplan._task_threads(n) for n in (1, 2, 3, 4, 8)] == [2, 2, 1, 1, 1]
+    ):
+        assert [cplan.task_threads(n) for n in (1, 2, 3, 4, 8)] == [2, 2, 1, 1, 1]
         seen.clear()
         got = sd.cca(x, y, conv=sd.DFT(lanes=1), layout="NCHW")
     assert seen and set(seen) == {2}
@@ -585,18 +604,20 @@ def test_default_lanes_on_a_cluster_never_add_passes():
     x, y = translation_invariant(cx=3, cy=2, h=4, w=4, shift=10.0)  # 10 frequencies, D = 5
 
     def run(limit):
-        return accumulate._DFTRun(x, y, conv=sd.DFT(memory_limit=limit), layout="NCHW",
-                             names=("x", "y"))  # fmt: skip
+        return accumulate.DFTRun(
+            x, y, conv=sd.DFT(memory_limit=limit), layout="NCHW", names=("x", "y")
+        )
 
     want = sd.cca(x, y, conv=sd.DFT(memory_limit=6_000), layout="NCHW")
     with (
-        LocalCluster(n_workers=2, threads_per_worker=2, processes=False,
-                     dashboard_address=None) as cluster,
+        LocalCluster(
+            n_workers=2, threads_per_worker=2, processes=False, dashboard_address=None
+        ) as cluster,
         Client(cluster),
-    ):  # fmt: skip
+    ):
         assert (run(10**6).lanes, len(run(10**6).bands)) == (4, 1)  # all fit
         # 12,000 bytes: one band for one or two lanes, two bands for three or four
-        assert len(cplan._bands(run(12_000).plan, 3, 12_000)) == 2
+        assert len(cplan.frequency_bands(run(12_000).plan, 3, 12_000)) == 2
         assert (run(12_000).lanes, len(run(12_000).bands)) == (2, 1)
         # 4,000 bytes: two bands for one lane, more for two
         assert (run(4_000).lanes, len(run(4_000).bands)) == (1, 2)
@@ -605,22 +626,22 @@ def test_default_lanes_on_a_cluster_never_add_passes():
 
 
 def test_task_groups_merge_stored_chunks_never_split():
-    assert cplan._task_groups((8, 8, 8, 8, 8), 16) == [[0, 1], [2, 3], [4]]
-    assert cplan._task_groups((8, 8, 8), 5) == [[0], [1], [2]]  # a chunk is never split
-    assert cplan._task_groups((10, 3, 3, 3), 6) == [[0], [1, 2], [3]]
+    assert cplan.task_groups((8, 8, 8, 8, 8), 16) == [[0, 1], [2, 3], [4]]
+    assert cplan.task_groups((8, 8, 8), 5) == [[0], [1], [2]]  # a chunk is never split
+    assert cplan.task_groups((10, 3, 3, 3), 6) == [[0], [1, 2], [3]]
 
 
 def test_one_lane_on_threads_holds_the_statistics_once():
     """On the threaded scheduler the default is one lane whose tasks use every thread."""
     x, y = translation_invariant(cx=3, cy=2)
-    run = accumulate._DFTRun(x, y, conv="dft", layout="NCHW", names=("x", "y"))
+    run = accumulate.DFTRun(x, y, conv="dft", layout="NCHW", names=("x", "y"))
     assert run.lanes == 1
     accs, _ = run._graph(run.bands[0])
     assert len(accs) == 1
 
 
 def test_recycler_hands_arrays_to_the_next_band_zeroed():
-    arrays = buffers._Recycler()
+    arrays = buffers.Recycler()
     a = arrays.take((3, 4), zero=True)
     a[:] = 7
     b = arrays.take((2, 5))  # within a band: never the same memory twice
@@ -636,7 +657,7 @@ def test_recycler_hands_arrays_to_the_next_band_zeroed():
 
 def test_a_run_drops_its_arrays_after_the_last_band():
     x, y = translation_invariant(cx=3, cy=2, h=6, w=6, n0=12)
-    run = accumulate._DFTRun(
+    run = accumulate.DFTRun(
         x, y, conv=sd.DFT(memory_limit=4_000, lanes=1), layout="NCHW", names=("x", "y")
     )
     first = run.arrays
@@ -650,7 +671,7 @@ def test_a_run_drops_its_arrays_after_the_last_band():
 def test_dft_bands_on_the_local_processes_scheduler():
     """Tasks pickled to other processes (the recycler travels empty) give the same result."""
     x, y = translation_invariant(cx=3, cy=2, h=6, w=6, n0=12)
-    arrays = buffers._Recycler()
+    arrays = buffers.Recycler()
     arrays.take((2, 2))
     arrays.release()
     assert not pickle.loads(pickle.dumps(arrays))._free
@@ -671,9 +692,12 @@ def _blosc_array(group: zarr.Group, name: str, a: np.ndarray, **kwargs) -> zarr.
     opts = {"chunks": (8, *a.shape[1:]), "compressors": BloscCodec(cname="lz4", shuffle="shuffle")}
     opts.update(kwargs)
     return group.create_array(
-        name, shape=a.shape, dtype=a.dtype, dimension_names=("sample", "channel", "height", "width"),
+        name,
+        shape=a.shape,
+        dtype=a.dtype,
+        dimension_names=("sample", "channel", "height", "width"),
         **opts,
-    )  # fmt: skip
+    )
 
 
 def test_stored_chunks_read_what_zarr_reads(tmp_path):
@@ -683,7 +707,7 @@ def test_stored_chunks_read_what_zarr_reads(tmp_path):
     arr = _blosc_array(group, "x", x, fill_value=7.0)
     arr[:16] = x[:16]  # rows 16-20: a chunk never written, read as the fill value
     for source in (arr, zarr.open_array(str(tmp_path / "s.zarr" / "x"), mode="r")):
-        readers = io_chunks._stored_chunks(source, da.from_zarr(source))
+        readers = io_chunks.stored_chunk_readers(source, da.from_zarr(source))
         assert readers is not None
         assert [r.rows for r in readers] == [8, 8, 5]
         got = np.concatenate([r() for r in readers])
@@ -694,9 +718,9 @@ def test_stored_chunks_read_what_zarr_reads(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kind", ["zstd", "no compressor", "sharded", "big-endian", "split features", "rechunked",
-             "numpy"],
-)  # fmt: skip
+    "kind",
+    ["zstd", "no compressor", "sharded", "big-endian", "split features", "rechunked", "numpy"],
+)
 def test_stored_chunks_only_where_the_direct_read_is_zarrs(tmp_path, kind):
     from zarr.codecs import BytesCodec, ZstdCodec
 
@@ -712,12 +736,12 @@ def test_stored_chunks_only_where_the_direct_read_is_zarrs(tmp_path, kind):
     arr = _blosc_array(group, "x", x, **opts)
     arr[:] = x
     xd = da.from_zarr(arr)
-    assert io_chunks._stored_chunks(arr, xd) is None or kind in ("rechunked", "numpy")
+    assert io_chunks.stored_chunk_readers(arr, xd) is None or kind in ("rechunked", "numpy")
     if kind == "rechunked":
-        assert io_chunks._stored_chunks(arr, xd.rechunk({0: 4})) is None
+        assert io_chunks.stored_chunk_readers(arr, xd.rechunk({0: 4})) is None
     if kind == "numpy":
-        assert io_chunks._stored_chunks(x, da.from_array(x, chunks=(8, 3, 4, 5))) is None
-    run = accumulate._DFTRun(arr, arr, conv=sd.DFT(), layout=None, names=("x", "y"))
+        assert io_chunks.stored_chunk_readers(x, da.from_array(x, chunks=(8, 3, 4, 5))) is None
+    run = accumulate.DFTRun(arr, arr, conv=sd.DFT(), layout=None, names=("x", "y"))
     assert (run.stored[0] is not None) == (kind in ("rechunked", "numpy"))  # those arrays fit
 
 
@@ -727,16 +751,16 @@ def test_dft_from_blosc_zarr_reads_stored_chunks_directly(tmp_path, monkeypatch)
     for name, a in (("x", x), ("y", y)):
         _blosc_array(group, name, a)[:] = a
     calls: list[str] = []
-    read = io_chunks._StoredChunk.__call__
+    read = io_chunks.StoredChunk.__call__
 
     def spy(self):
         calls.append(self.path)
         return read(self)
 
-    monkeypatch.setattr(io_chunks._StoredChunk, "__call__", spy)
+    monkeypatch.setattr(io_chunks.StoredChunk, "__call__", spy)
     px, py = str(tmp_path / "s.zarr" / "x"), str(tmp_path / "s.zarr" / "y")
     opt = sd.DFT(memory_limit=1_000)  # a few frequencies per band
-    passes = len(accumulate._DFTRun(px, py, conv=opt, layout=None, names=("x", "y")).bands)
+    passes = len(accumulate.DFTRun(px, py, conv=opt, layout=None, names=("x", "y")).bands)
     assert passes > 1
     direct = sd.cca(px, py, conv=opt)
     assert len(calls) == passes * 2 * -(-x.shape[0] // 8)  # every chunk of both, every pass

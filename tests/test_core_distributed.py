@@ -13,7 +13,9 @@ MEASURES = ("cca", "svcca", "pwcca", "linear_cka")
 def test_threads_and_distributed_agree(tmp_path):
     rng = np.random.default_rng(0)
     z = rng.standard_normal((4000, 3))
-    x = (z @ rng.standard_normal((3, 16)) + rng.standard_normal((4000, 16)) + 1e3).astype(np.float32)
+    x = (z @ rng.standard_normal((3, 16)) + rng.standard_normal((4000, 16)) + 1e3).astype(
+        np.float32
+    )
     y = (z @ rng.standard_normal((3, 8)) + rng.standard_normal((4000, 8))).astype(np.float32)
     root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
     for name, a in (("x", x), ("y", y)):
@@ -23,8 +25,13 @@ def test_threads_and_distributed_agree(tmp_path):
     on_threads = {m: getattr(sd, m)(px, py) for m in MEASURES}  # no client: threaded scheduler
 
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                     dashboard_address=None) as cluster,
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
         Client(cluster) as client,
     ):
         for m in MEASURES:
@@ -39,4 +46,6 @@ def test_threads_and_distributed_agree(tmp_path):
             ref = on_threads[m]
             assert on_cluster.score == pytest.approx(ref.score, rel=1e-12)
             if hasattr(ref, "coefficients"):
-                np.testing.assert_allclose(on_cluster.coefficients, ref.coefficients, rtol=1e-12, atol=1e-14)
+                np.testing.assert_allclose(
+                    on_cluster.coefficients, ref.coefficients, rtol=1e-12, atol=1e-14
+                )

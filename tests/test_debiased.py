@@ -39,8 +39,9 @@ def test_equals_the_gram_estimator_on_large_means_from_many_chunks(tmp_path, mon
 def test_per_sample_norm_statistics_merge_exactly(monkeypatch):
     monkeypatch.setattr("svcca_dask._config.DEFAULT_CHUNK_BYTES", 8 * 40 * 30)
     x, y = _pair(n=500, seed=3)
-    m = accumulate([da.from_array(x, chunks=41), da.from_array(y, chunks=41)], norms=True,
-                   split_every=3)  # fmt: skip
+    m = accumulate(
+        [da.from_array(x, chunks=41), da.from_array(y, chunks=41)], norms=True, split_every=3
+    )
     a = np.sum((x - x.mean(0)) ** 2, axis=1)
     b = np.sum((y - y.mean(0)) ** 2, axis=1)
     want = np.array([[a @ a, a @ b], [b @ a, b @ b]])
@@ -66,7 +67,10 @@ def test_conv_layers_and_matrices():
     with pytest.raises(ValueError, match="debiased=True is not available with conv='dft'"):
         sd.linear_cka(conv, fc, layout="NCHW", debiased=True)
     xs = {f"a{i}": rng.standard_normal((300, 6 + i)) + 100 for i in range(3)}
-    ys = {"b0": xs["a0"][:, :4] + rng.standard_normal((300, 4)), "b1": rng.standard_normal((300, 5))}
+    ys = {
+        "b0": xs["a0"][:, :4] + rng.standard_normal((300, 4)),
+        "b1": rng.standard_normal((300, 5)),
+    }
     for other, width in ((ys, 8192), (None, 15)):  # disjoint sides; tiles of a self matrix
         m = sd.similarity_matrix(xs, other, measure="cka", debiased=True, max_width=width)
         cols = other or xs
@@ -102,15 +106,29 @@ def test_job_and_cli(tmp_path, capsys):
     assert main(["compare", px, py, "--measure", "cka", "--debiased", "--no-progress"]) == 0
     assert float(capsys.readouterr().out) == pytest.approx(want, abs=1e-6)
     job = parse_job(
-        {"output": "out", "stores": {"a": "a.zarr", "b": "b.zarr"}, "measures": ["cka", "svcca"],
-         "pairs": "all", "options": {"debiased": True, "keep": 5}, "cluster": "threads"},
+        {
+            "output": "out",
+            "stores": {"a": "a.zarr", "b": "b.zarr"},
+            "measures": ["cka", "svcca"],
+            "pairs": "all",
+            "options": {"debiased": True, "keep": 5},
+            "cluster": "threads",
+        },
         base_dir=str(tmp_path),
-    )  # fmt: skip
+    )
     rows = run_job(job, progress=False).rows
     (row,) = [r for r in rows if r["measure"] == "cka" and r["x_store"] != r["y_store"]][:1]
     assert row["score"] == pytest.approx(want, abs=1e-10)
     from pipeline.jobs import JobError
 
     with pytest.raises(JobError, match=r"options\.debiased must be true or false"):
-        parse_job({"output": "o", "stores": {"a": "a.zarr"}, "measures": ["cka"], "pairs": "all",
-                   "options": {"debiased": "yes"}}, base_dir=str(tmp_path))  # fmt: skip
+        parse_job(
+            {
+                "output": "o",
+                "stores": {"a": "a.zarr"},
+                "measures": ["cka"],
+                "pairs": "all",
+                "options": {"debiased": "yes"},
+            },
+            base_dir=str(tmp_path),
+        )

@@ -192,16 +192,16 @@ def test_matrix_from_rows_places_scores_and_leaves_gaps() -> None:
 
 
 def test_neuron_check_compares_directions_with_neurons() -> None:
-    from pipeline.demo.checks import _neuron_check
+    from pipeline.demo.checks import neuron_check
 
     rng = np.random.default_rng(0)
     latent = rng.standard_normal((800, 6))
     x = latent @ rng.standard_normal((6, 12))  # two nets: same subspace, other neuron bases
     y = latent @ rng.standard_normal((6, 10))
-    c = _neuron_check(x, y, sd.svcca(x, y, keep=0.99))
+    c = neuron_check(x, y, sd.svcca(x, y, keep=0.99))
     assert c["holds"]  # directions align perfectly, mixed neurons do not
     assert c["direction_corr"][1] > 0.99 and max(c["neuron_corr_best_match"]) < 0.99
-    same = _neuron_check(x, x.copy(), sd.svcca(x, x.copy(), keep=0.99))
+    same = neuron_check(x, x.copy(), sd.svcca(x, x.copy(), keep=0.99))
     assert not same["holds"]  # identical nets: neurons match as well as directions
     np.testing.assert_allclose(same["neuron_corr_same_rank"], 1.0, atol=1e-8)
 
@@ -218,7 +218,7 @@ def _dyn(diagonals: dict[str, list[float]]) -> dict[str, np.ndarray]:
 
 
 def test_convergence_check_needs_a_margin_and_a_first_layer_that_learned() -> None:
-    from pipeline.demo.checks import _convergence_check
+    from pipeline.demo.checks import convergence_check
 
     layers = ["conv1", "conv2", "fc1", "logits"]
     diag = {
@@ -227,16 +227,16 @@ def test_convergence_check_needs_a_margin_and_a_first_layer_that_learned() -> No
         "fc1": [0.52, 0.90, 0.988, 1.0],
         "logits": [0.6, 0.98, 0.998, 1.0],
     }
-    c = _convergence_check(_dyn(diag), layers, first="conv1", last="fc1")
+    c = convergence_check(_dyn(diag), layers, first="conv1", last="fc1")
     assert c["holds"]  # 0.98 leads 0.90 by more than 0.02, and conv1 gained 0.09
     assert c["curves"]["fc1"]["35%"] == 0.90 and "leads by 0.080" in c["text"]
     close = dict(diag, fc1=[0.52, 0.97, 0.99, 1.0])
-    assert not _convergence_check(_dyn(close), layers, first="conv1", last="fc1")["holds"]
+    assert not convergence_check(_dyn(close), layers, first="conv1", last="fc1")["holds"]
     # a first layer that scores 1 at 0% (affine in the pixels) has learned nothing visible
     trivial = dict(diag, conv1=[1.0, 1.0, 1.0, 1.0])
-    assert not _convergence_check(_dyn(trivial), layers, first="conv1", last="fc1")["holds"]
+    assert not convergence_check(_dyn(trivial), layers, first="conv1", last="fc1")["holds"]
     with pytest.raises(ValueError, match="first and last must be two of the layers"):
-        _convergence_check(_dyn(diag), layers, first="conv1", last="fc9")
+        convergence_check(_dyn(diag), layers, first="conv1", last="fc9")
 
 
 def test_cli_has_the_demo_subcommand() -> None:

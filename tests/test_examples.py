@@ -67,7 +67,9 @@ def test_the_cron_line_reruns_the_job_as_checkpoints_appear(tmp_path):
 
 def test_the_prefect_flow_computes_only_new_pairs_and_redraws_the_report(tmp_path):
     work = _copy(tmp_path)
-    driver = CHECKPOINT + f"""
+    driver = (
+        CHECKPOINT
+        + f"""
 sys.path.insert(0, {str(EXAMPLES)!r})
 import json
 from prefect_flow import checkpoints
@@ -78,6 +80,7 @@ for steps in ((100, 200), (300,)):
     runs.append(checkpoints({str(work / "checkpoints.toml")!r}))
 print("RUNS=" + json.dumps(runs))
 """
+    )
     # Prefect's telemetry writes to the ephemeral server's SQLite file while the flow
     # does (on a loaded machine one of them gets "database is locked") and looks up a
     # host this machine cannot reach; its ephemeral API server takes 16-20 s to start
@@ -90,8 +93,14 @@ print("RUNS=" + json.dumps(runs))
         "DO_NOT_TRACK": "1",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     }
-    done = subprocess.run([sys.executable, "-c", driver], env=env, cwd=work, text=True,
-                          capture_output=True, timeout=400)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", driver],
+        env=env,
+        cwd=work,
+        text=True,
+        capture_output=True,
+        timeout=400,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     runs = json.loads(done.stdout.split("RUNS=")[-1])
     assert [(r["computed"], r["reused"], r["kept"]) for r in runs] == [(2, 0, 0), (4, 0, 2)]

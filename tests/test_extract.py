@@ -229,7 +229,10 @@ def test_resume_over_shuffled_data_is_refused(tmp_path):
     shuffled = torch.utils.data.DataLoader(
         loader.dataset, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(3)
     )
-    with pytest.raises(ValueError, match="first sample differs"), pytest.warns(UserWarning, match="shuffles"):
+    with (
+        pytest.raises(ValueError, match="first sample differs"),
+        pytest.warns(UserWarning, match="shuffles"),
+    ):
         extract_activations(model, shuffled, tmp_path / "a.zarr", layers=["fc"], progress=False)
     s = extract_activations(model, loader, tmp_path / "a.zarr", layers=["fc"], progress=False)
     assert s.info("fc").complete  # the same data resumes
@@ -391,14 +394,20 @@ def test_ctrl_c_keeps_the_batches_done_and_the_rerun_resumes_after_them(tmp_path
     crashed = open_store(tmp_path / "b.zarr")
     assert {crashed.complete_samples(n) for n in LAYERS} == {24}  # six batches kept
     forwards = {"n": 0}
-    hook = model.register_forward_pre_hook(lambda m, a: forwards.__setitem__("n", forwards["n"] + 1))
+    hook = model.register_forward_pre_hook(
+        lambda m, a: forwards.__setitem__("n", forwards["n"] + 1)
+    )
     with caplog.at_level(logging.WARNING, logger="pipeline.extract"):
-        resumed = extract_activations(model, loader, tmp_path / "b.zarr", layers=LAYERS, progress=False)
+        resumed = extract_activations(
+            model, loader, tmp_path / "b.zarr", layers=LAYERS, progress=False
+        )
     hook.remove()
     assert forwards["n"] == 4  # batches 7 to 10 only
     assert "resuming" in caplog.text and "after the 24 samples" in caplog.text  # it says where
     for name in [*LAYERS, "labels"]:
-        np.testing.assert_array_equal(resumed.read(name).data.compute(), full.read(name).data.compute())
+        np.testing.assert_array_equal(
+            resumed.read(name).data.compute(), full.read(name).data.compute()
+        )
 
 
 def test_a_failed_start_leaves_no_store(tmp_path):
@@ -411,8 +420,9 @@ def test_a_failed_start_leaves_no_store(tmp_path):
             raise RuntimeError("the model is broken")
 
     with pytest.raises(RuntimeError, match="broken"):
-        extract_activations(Broken(), [torch.zeros(3, 4)], tmp_path / "c.zarr", layers=["fc"],
-                            progress=False)  # fmt: skip
+        extract_activations(
+            Broken(), [torch.zeros(3, 4)], tmp_path / "c.zarr", layers=["fc"], progress=False
+        )
     assert not (tmp_path / "c.zarr").exists()
 
 
@@ -434,10 +444,13 @@ def _token_batches(n=48, t=7, batch=12):
     lengths = torch.randint(2, t + 1, (n,), generator=g)
     mask = (torch.arange(t)[None, :] < lengths[:, None]).long()
     return [
-        {"input_ids": ids[i : i + batch], "attention_mask": mask[i : i + batch],
-         "labels": torch.arange(i, i + batch) % 3}
+        {
+            "input_ids": ids[i : i + batch],
+            "attention_mask": mask[i : i + batch],
+            "labels": torch.arange(i, i + batch) % 3,
+        }
         for i in range(0, n, batch)
-    ], mask.bool().numpy()  # fmt: skip
+    ], mask.bool().numpy()
 
 
 def test_token_batches_store_the_attention_mask_and_token_dims(tmp_path):
@@ -478,8 +491,9 @@ def test_stores_extracted_in_different_orders_are_refused_and_the_same_order_acc
     plain = torch.utils.data.DataLoader(data, batch_size=8)
     extract_activations(model, plain, tmp_path / "a.zarr", layers=["fc"], labels=False)
     extract_activations(model, plain, tmp_path / "b.zarr", layers=["fc"], labels=False)
-    shuffled = torch.utils.data.DataLoader(data, batch_size=8, shuffle=True,
-                                           generator=torch.Generator().manual_seed(1))
+    shuffled = torch.utils.data.DataLoader(
+        data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(1)
+    )
     with pytest.warns(UserWarning, match=r"DataLoader shuffles"):
         extract_activations(model, shuffled, tmp_path / "s.zarr", layers=["fc"], labels=False)
     a, b, s = (str(tmp_path / f"{n}.zarr/fc") for n in "abs")
@@ -491,11 +505,19 @@ def test_stores_extracted_in_different_orders_are_refused_and_the_same_order_acc
     assert sd.linear_cka(a, s, rows="trust").score < 0.99  # said, not checked: a wrong number
     # without ids, the order digests refuse it before any pass
     no_ids = [(x["input"], 0) for x in data]
-    extract_activations(model, torch.utils.data.DataLoader(no_ids, batch_size=8), tmp_path / "c.zarr",
-                        layers=["fc"], labels=False)
+    extract_activations(
+        model,
+        torch.utils.data.DataLoader(no_ids, batch_size=8),
+        tmp_path / "c.zarr",
+        layers=["fc"],
+        labels=False,
+    )
     rev = torch.utils.data.DataLoader(no_ids[::-1], batch_size=8)
     extract_activations(model, rev, tmp_path / "d.zarr", layers=["fc"], labels=False)
-    with pytest.raises(sd.RowOrderError, match=r"different data orders: their rows first differ in the batch starting at row 0"):
+    with pytest.raises(
+        sd.RowOrderError,
+        match=r"different data orders: their rows first differ in the batch starting at row 0",
+    ):
         sd.svcca(str(tmp_path / "c.zarr/fc"), str(tmp_path / "d.zarr/fc"))
     m = sd.similarity_matrix({"a": a, "b": b}, measure="cka")  # matrices check too
     assert m.scores[0, 1] == pytest.approx(1.0)
@@ -515,7 +537,8 @@ def test_float16_extraction_refuses_values_it_cannot_hold(tmp_path):
 def test_a_model_fed_bfloat16_inputs_is_extracted(tmp_path):
     model = nn.Sequential(nn.Linear(4, 3)).to(torch.bfloat16)
     x = torch.randn(16, 4).to(torch.bfloat16)
-    extract_activations(model, [(x[:8], torch.zeros(8)), (x[8:], torch.zeros(8))], tmp_path / "b.zarr",
-                        layers=["0"])
+    extract_activations(
+        model, [(x[:8], torch.zeros(8)), (x[8:], torch.zeros(8))], tmp_path / "b.zarr", layers=["0"]
+    )
     got = sd.read_layer(str(tmp_path / "b.zarr"), "0").data.compute()
     np.testing.assert_allclose(got, model(x).float().detach().numpy())

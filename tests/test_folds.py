@@ -84,17 +84,25 @@ def test_in_jobs_and_the_cli(tmp_path, capsys):
         s.append("l1", arr)
         s.append("l2", arr[:, :30])
     px, py = str(tmp_path / "a.zarr" / "l1"), str(tmp_path / "b.zarr" / "l1")
-    assert main(["compare", px, py, "--measure", "cca", "--folds", "4", "--json",
-                 "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(["compare", px, py, "--measure", "cca", "--folds", "4", "--json", "--no-progress"])
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     ref = sd.cca(px, py, folds=4)
     assert out["score"] == pytest.approx(ref.score, rel=1e-12)
     assert out["in_sample_score"] > 0.4 and len(out["fold_scores"]) == 4
     job = parse_job(
-        {"output": "out", "stores": {"a": "a.zarr", "b": "b.zarr"}, "measures": ["cca", "cka"],
-         "pairs": "all", "options": {"folds": 4}, "cluster": "threads"},
+        {
+            "output": "out",
+            "stores": {"a": "a.zarr", "b": "b.zarr"},
+            "measures": ["cca", "cka"],
+            "pairs": "all",
+            "options": {"folds": 4},
+            "cluster": "threads",
+        },
         base_dir=str(tmp_path),
-    )  # fmt: skip
+    )
     rows = run_job(job, progress=False).rows  # folds: pair by pair, not one matrix pass
     cca_rows = [r for r in rows if r["measure"] == "cca"]
     assert len(cca_rows) == 4 and all(abs(r["score"]) < 0.1 for r in cca_rows)

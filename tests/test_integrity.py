@@ -80,11 +80,17 @@ def test_stores_written_without_checksums_still_read(tmp_path):
 
     s = create_store(tmp_path / "old.zarr")
     x = np.random.default_rng(1).standard_normal((300, 5)).astype(np.float32)
-    s.create_layer("fc", sample_shape=(5,), dtype="float32",
-                   compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")])  # fmt: skip
+    s.create_layer(
+        "fc",
+        sample_shape=(5,),
+        dtype="float32",
+        compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
+    )
     s.append("fc", x)
-    assert [c["name"] for c in json.loads((tmp_path / "old.zarr" / "fc" / "zarr.json")
-                                          .read_text())["codecs"]] == ["bytes", "blosc"]  # fmt: skip
+    assert [
+        c["name"]
+        for c in json.loads((tmp_path / "old.zarr" / "fc" / "zarr.json").read_text())["codecs"]
+    ] == ["bytes", "blosc"]
     got = sd.cca(str(tmp_path / "old.zarr" / "fc"), x)
     assert got.score == pytest.approx(1.0, abs=1e-6)
     assert zarr.open_array(tmp_path / "old.zarr" / "fc").nchunks >= 1

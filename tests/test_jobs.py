@@ -170,13 +170,27 @@ def test_svd_and_dft_options_reach_the_measures(stores):
 
     head = "pairs = 'same-name'\nmeasures = ['svcca']\ncluster = 'threads'\n"
     a, b = str(stores / "a.zarr"), str(stores / "b.zarr")
-    fc_job = load_job(write(stores, "layers = ['fc']\n" + head + BASE + (
-        "[options]\nkeep = 2\nsvd = 'randomized'\nn_power_iter = 3\n")))
+    fc_job = load_job(
+        write(
+            stores,
+            "layers = ['fc']\n"
+            + head
+            + BASE
+            + ("[options]\nkeep = 2\nsvd = 'randomized'\nn_power_iter = 3\n"),
+        )
+    )
     (row,) = run_job(fc_job, progress=False).rows
     ref = sd.svcca(f"{a}/fc", f"{b}/fc", keep=2, svd=sd.RandomizedSVD(n_power_iter=3))
     assert row["score"] == pytest.approx(ref.score, rel=1e-12)
-    conv_job = load_job(write(stores, "layers = ['conv1']\n" + head.replace("out", "o2") + BASE
-                              + "[options]\ndft_memory_limit = '1MiB'\n"))
+    conv_job = load_job(
+        write(
+            stores,
+            "layers = ['conv1']\n"
+            + head.replace("out", "o2")
+            + BASE
+            + "[options]\ndft_memory_limit = '1MiB'\n",
+        )
+    )
     (row,) = run_job(conv_job, force=True, progress=False).rows
     ref = sd.svcca(f"{a}/conv1", f"{b}/conv1", conv=sd.DFT(memory_limit="1MiB"))
     assert row["score"] == pytest.approx(ref.score, rel=1e-12)
@@ -201,8 +215,13 @@ def test_a_store_glob_expands_naturally_and_picks_up_new_checkpoints(tmp_path):
 
     for step in (100, 1000, 200):
         checkpoint(step)
-    spec = {"output": "out", "stores": {"ckpt": "ckpt/step-*.zarr"}, "measures": ["cka"],
-            "pairs": "same-name", "cluster": "threads"}  # fmt: skip
+    spec = {
+        "output": "out",
+        "stores": {"ckpt": "ckpt/step-*.zarr"},
+        "measures": ["cka"],
+        "pairs": "same-name",
+        "cluster": "threads",
+    }
     job = parse_job(spec, base_dir=str(tmp_path))
     assert list(job.stores) == ["step-100", "step-200", "step-1000"]  # natural order
     assert run_job(job, progress=False).computed == 3  # the three store pairs
@@ -217,17 +236,25 @@ def test_against_plans_store_pairs(stores):
     rng = np.random.default_rng(1)
     for name in ("c", "d"):
         create_store(stores / f"{name}.zarr").append("fc", rng.standard_normal((20, 2)))
-    spec = {"output": "out", "layers": "fc",
-            "stores": {n: f"{n}.zarr" for n in "abcd"}}  # fmt: skip
+    spec = {"output": "out", "layers": "fc", "stores": {n: f"{n}.zarr" for n in "abcd"}}
 
     def store_pairs(**kw):
-        return [(p.x_store, p.y_store) for p in parse_job({**spec, **kw}, base_dir=str(stores)).pairs]
+        return [
+            (p.x_store, p.y_store) for p in parse_job({**spec, **kw}, base_dir=str(stores)).pairs
+        ]
 
     assert store_pairs(against="last") == [("a", "d"), ("b", "d"), ("c", "d")]
-    assert store_pairs(against="last", pairs="all") == [("a", "d"), ("b", "d"), ("c", "d"), ("d", "d")]
+    assert store_pairs(against="last", pairs="all") == [
+        ("a", "d"),
+        ("b", "d"),
+        ("c", "d"),
+        ("d", "d"),
+    ]
     assert store_pairs(against="previous") == [("b", "a"), ("c", "b"), ("d", "c")]
     assert store_pairs(against="b") == [("a", "b"), ("c", "b"), ("d", "b")]
-    assert parse_job({**spec, "against": "last"}, base_dir=str(stores)).params()["against"] == "last"
+    assert (
+        parse_job({**spec, "against": "last"}, base_dir=str(stores)).params()["against"] == "last"
+    )
     with pytest.raises(JobError, match="did you mean 'b'"):
         store_pairs(against="bb")
     with pytest.raises(JobError, match="explicit list of pairs"):

@@ -32,9 +32,16 @@ def store(tmp_path_factory):
         s.create_layer(name, sample_shape=(D,), chunk_samples=CHUNK)
         s.append(name, x.astype(np.float32))
     conv = rng.standard_normal((2_000, 6, 8, 8)).astype(np.float32)
-    for name, c in (("conv1", conv), ("conv2", conv[:, ::-1] + 0.5 * rng.standard_normal(conv.shape))):
-        s.create_layer(name, sample_shape=c.shape[1:], chunk_samples=100,
-                       dims=("sample", "channel", "height", "width"))  # fmt: skip
+    for name, c in (
+        ("conv1", conv),
+        ("conv2", conv[:, ::-1] + 0.5 * rng.standard_normal(conv.shape)),
+    ):
+        s.create_layer(
+            name,
+            sample_shape=c.shape[1:],
+            chunk_samples=100,
+            dims=("sample", "channel", "height", "width"),
+        )
         s.append(name, c.astype(np.float32))
     return s
 
@@ -64,10 +71,11 @@ def threaded(store):
 @pytest.fixture
 def in_process():
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                     dashboard_address=None) as cluster,
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
         Client(cluster) as client,
-    ):  # fmt: skip
+    ):
         yield cluster, client
 
 
@@ -86,13 +94,21 @@ def test_no_activation_chunk_travels_between_workers(store, threaded, in_process
     assert all(b < chunk for _, b in peers), max(peers, key=lambda p: p[1])
     # what travelled: statistics (partials, lane accumulators, merged blocks), never a read
     kinds = {k.split("-")[0].strip("('\"") for k, _ in peers}
-    assert kinds <= {"moments_chunks", "moments_combine", "getitem", "_dft_fold", "_block_apply",
-                     "_scale_of"}, kinds  # fmt: skip
+    assert kinds <= {
+        "moments_chunks",
+        "moments_combine",
+        "getitem",
+        "dft_fold",
+        "_block_apply",
+        "_scale_of",
+    }, kinds
     assert got["svcca"].score == pytest.approx(threaded["svcca"].score, abs=1e-12)
-    np.testing.assert_allclose(got["matrix"].scores, threaded["matrices"]["svcca"].scores,
-                               rtol=0, atol=1e-12)  # fmt: skip
-    np.testing.assert_allclose(got["dft"].coefficients, threaded["dft"].coefficients,
-                               rtol=0, atol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(
+        got["matrix"].scores, threaded["matrices"]["svcca"].scores, rtol=0, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        got["dft"].coefficients, threaded["dft"].coefficients, rtol=0, atol=1e-12
+    )
 
 
 def test_a_matrix_finishes_on_the_cluster(store, threaded, in_process):
@@ -116,13 +132,20 @@ def test_a_small_worker_memory_limit_makes_small_tasks_with_the_same_result(stor
     assert on_threads.tile_rows == 1
     # in-process workers share this process's memory: the limit is a number to plan
     # with, so distributed's own pausing and spilling (of the whole process) stay off
-    off = {f"distributed.worker.memory.{k}": False for k in ("target", "spill", "pause", "terminate")}
+    off = {
+        f"distributed.worker.memory.{k}": False for k in ("target", "spill", "pause", "terminate")
+    }
     with (
         dask.config.set(off),
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None,
-                     memory_limit="24MiB") as cluster,
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=False,
+            dashboard_address=None,
+            memory_limit="24MiB",
+        ) as cluster,
         Client(cluster),
-    ):  # fmt: skip
+    ):
         small = sd.similarity_matrix(wide, measure="cka")
     assert small.tile_rows > 1  # narrower tiles to fit 12 MiB per worker
     np.testing.assert_allclose(small.scores, on_threads.scores, rtol=0, atol=1e-12)
@@ -132,10 +155,16 @@ def test_a_worker_killed_mid_band_on_the_dft_path(start_dask_processes, tmp_path
     rng = np.random.default_rng(3)
     s = create_store(tmp_path / "conv.zarr")
     x = rng.standard_normal((6_000, 8, 12, 12)).astype(np.float32)
-    y = (np.roll(x, 1, axis=2)[:, :6] + 0.3 * rng.standard_normal((6_000, 6, 12, 12))).astype(np.float32)
+    y = (np.roll(x, 1, axis=2)[:, :6] + 0.3 * rng.standard_normal((6_000, 6, 12, 12))).astype(
+        np.float32
+    )
     for name, a in (("x", x), ("y", y)):
-        s.create_layer(name, sample_shape=a.shape[1:], chunk_samples=50,
-                       dims=("sample", "channel", "height", "width"))  # fmt: skip
+        s.create_layer(
+            name,
+            sample_shape=a.shape[1:],
+            chunk_samples=50,
+            dims=("sample", "channel", "height", "width"),
+        )
         s.append(name, a)
     opts = {"conv": sd.DFT(memory_limit="400KiB", rows=50)}  # several bands, many folds
     px, py = f"{s.path}/x", f"{s.path}/y"
@@ -156,12 +185,13 @@ def test_a_worker_killed_mid_band_on_the_dft_path(start_dask_processes, tmp_path
         thread.start()
         # the victim: a worker running a band's folds that holds lane results of it
         held_by = lambda dask_scheduler: [  # noqa: E731
-            ws.address for ts in dask_scheduler.tasks.values()
-            if str(ts.key).startswith("_dft_fold") and ts.state == "memory"
+            ws.address
+            for ts in dask_scheduler.tasks.values()
+            if str(ts.key).startswith("dft_fold") and ts.state == "memory"
             for ws in ts.who_has or ()
-        ]  # fmt: skip
+        ]
         folding = lambda dask_worker: any(  # noqa: E731
-            str(ts.key).startswith("_dft_fold") for ts in dask_worker.state.executing
+            str(ts.key).startswith("dft_fold") for ts in dask_worker.state.executing
         )
         deadline, victim = time.monotonic() + 60, None
         while time.monotonic() < deadline and thread.is_alive() and victim is None:

@@ -25,7 +25,9 @@ def _layers(prefix: str, widths: list[int], *, n: int = 1200, seed: int = 0, shi
     rng = np.random.default_rng(seed)
     latent = np.random.default_rng(99).standard_normal((n, 6))
     return {
-        f"{prefix}{i}": latent @ rng.standard_normal((6, w)) + 0.7 * rng.standard_normal((n, w)) + shift
+        f"{prefix}{i}": latent @ rng.standard_normal((6, w))
+        + 0.7 * rng.standard_normal((n, w))
+        + shift
         for i, w in enumerate(widths)
     }
 
@@ -266,7 +268,10 @@ def test_cross_blocks_equal_the_joint_comoment_blocks():
     layers = np.split(z, np.cumsum(sizes)[:-1], axis=1)
     bounds = [0, 1, 90, 333, 334, 700]  # uneven chunks, one of a single row
     regions = _cross_regions(sizes, 2)
-    parts = [moments_chunk(*[v[a:b] for v in layers], regions=regions) for a, b in itertools.pairwise(bounds)]
+    parts = [
+        moments_chunk(*[v[a:b] for v in layers], regions=regions)
+        for a, b in itertools.pairwise(bounds)
+    ]
     out = moments_combine([moments_combine(parts[:2]), moments_combine(parts[2:])])
     blocks = _CrossBlocks.from_out(out)
     assert blocks.n_x == 2 and list(blocks.edges) == [0, 3, 8, 12, 14]
@@ -276,8 +281,12 @@ def test_cross_blocks_equal_the_joint_comoment_blocks():
     e = np.cumsum((0, *sizes))
     scale = np.abs(full).max()
     for k in range(4):  # own blocks: centred despite the 1e4 shift
-        np.testing.assert_allclose(out["own"][k], full[e[k]:e[k + 1], e[k]:e[k + 1]], atol=1e-9 * scale)
-    np.testing.assert_allclose(out["cross"], full[: e[2], e[2]:], atol=1e-9 * scale)  # x-y block only
+        np.testing.assert_allclose(
+            out["own"][k], full[e[k] : e[k + 1], e[k] : e[k + 1]], atol=1e-9 * scale
+        )
+    np.testing.assert_allclose(
+        out["cross"], full[: e[2], e[2] :], atol=1e-9 * scale
+    )  # x-y block only
     assert out["cross"].shape == (8, 6) and out["n"] == 700
     np.testing.assert_allclose(out["mean"], z.mean(0), rtol=1e-14)
 
@@ -323,9 +332,7 @@ def test_pairs_share_each_layers_eigh_and_whitening(measure, monkeypatch):
         return wrapped
 
     monkeypatch.setattr(matrix, "top_eigh", counting("eigh", linalg.top_eigh))
-    monkeypatch.setattr(
-        matrix, "whitening", lambda eps: counting("whiten", linalg.whitening(eps))
-    )
+    monkeypatch.setattr(matrix, "whitening", lambda eps: counting("whiten", linalg.whitening(eps)))
     xs = _layers("a", [5, 8, 3])
     ys = _layers("b", [6, 4], seed=1)
     m = sd.similarity_matrix(xs, ys, measure=measure)
@@ -346,7 +353,9 @@ def test_several_measures_share_one_pass():
     assert list(mats) == ["svcca", "pwcca", "cka"]
     for m, opts in (("svcca", {"keep": 0.9}), ("pwcca", {"side": "y"}), ("cka", {})):
         alone = sd.similarity_matrix(raw, measure=m, **opts)
-        np.testing.assert_allclose(mats[m].scores, alone.scores, rtol=1e-12)  # same numbers as one measure
+        np.testing.assert_allclose(
+            mats[m].scores, alone.scores, rtol=1e-12
+        )  # same numbers as one measure
     with pytest.raises(TypeError, match="no measure of svcca, cka takes option side"):
         sd.similarity_matrices(raw, measures=["svcca", "cka"], side="y")
     with pytest.raises(TypeError, match="measure='cka' takes no option keep"):

@@ -45,10 +45,14 @@ def test_canonical_weights_define_the_variates(kind):
     r = sd.cca(x, y)
     hx, hy = r.transform(x), r.transform(y, side="y")
     k = r.coefficients.size
-    np.testing.assert_allclose(np.cov(hx, rowvar=False), np.eye(k), atol=1e-6)  # unit variance, uncorrelated
+    np.testing.assert_allclose(
+        np.cov(hx, rowvar=False), np.eye(k), atol=1e-6
+    )  # unit variance, uncorrelated
     np.testing.assert_allclose(np.cov(hy, rowvar=False), np.eye(k), atol=1e-6)
     cross = np.cov(np.hstack([hx, hy]), rowvar=False)[:k, k:]
-    np.testing.assert_allclose(np.diag(cross), r.coefficients, atol=1e-6)  # paired variates correlate by rho
+    np.testing.assert_allclose(
+        np.diag(cross), r.coefficients, atol=1e-6
+    )  # paired variates correlate by rho
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.9, 0.99, 3, 7])
@@ -84,7 +88,9 @@ def test_pwcca_matches_definition(kind):
     x, y = DATA[kind]()
     r = sd.pwcca(x, y)
     score, alpha = ref_pwcca(x, y)
-    np.testing.assert_allclose(r.weights, alpha, atol=1e-7)  # alpha_i = sum_j |<h_i, x_j>|, normalized
+    np.testing.assert_allclose(
+        r.weights, alpha, atol=1e-7
+    )  # alpha_i = sum_j |<h_i, x_j>|, normalized
     assert r.score == pytest.approx(score, abs=1e-8)
     assert r.weights.sum() == pytest.approx(1.0)
     # the y side is the same definition with the roles swapped
@@ -113,7 +119,9 @@ def test_invertible_map_scores_one():
         # an ill-conditioned W is exact too once the ridge is off (epsilon is a ridge, see docs)
         r = measure(x, x @ w, epsilon=0.0, **opts)
         np.testing.assert_allclose(r.coefficients, 1.0, atol=1e-8)
-    assert sd.linear_cka(x, 3.0 * x @ q).score == pytest.approx(1.0)  # CKA: orthogonal maps and scaling
+    assert sd.linear_cka(x, 3.0 * x @ q).score == pytest.approx(
+        1.0
+    )  # CKA: orthogonal maps and scaling
 
 
 def test_symmetry_and_scaling():
@@ -121,7 +129,9 @@ def test_symmetry_and_scaling():
     a, b = sd.cca(x, y), sd.cca(y, x)
     np.testing.assert_allclose(a.coefficients, b.coefficients, atol=1e-10)  # swap x and y
     c = sd.cca(1e-3 * x, 1e5 * y + 7)
-    np.testing.assert_allclose(a.coefficients, c.coefficients, atol=1e-8)  # per-layer scale and shift
+    np.testing.assert_allclose(
+        a.coefficients, c.coefficients, atol=1e-8
+    )  # per-layer scale and shift
     assert sd.linear_cka(x, y).score == pytest.approx(sd.linear_cka(y, 4 * x).score)
 
 
@@ -140,8 +150,14 @@ def test_independent_of_chunking_and_split_every(measure):
     for chunks, split_every in [(100, 2), (777, 3), (3000, 8), (1, 64)]:
         if chunks == 1:
             chunks = 37
-        r = f(da.from_array(x, chunks=(chunks, 12)), da.from_array(y, chunks=(chunks * 2, 9)), split_every=split_every)
-        assert r.score == pytest.approx(ref.score, rel=1e-12)  # scheduler/chunking must not change results
+        r = f(
+            da.from_array(x, chunks=(chunks, 12)),
+            da.from_array(y, chunks=(chunks * 2, 9)),
+            split_every=split_every,
+        )
+        assert r.score == pytest.approx(
+            ref.score, rel=1e-12
+        )  # scheduler/chunking must not change results
         if hasattr(ref, "coefficients"):
             np.testing.assert_allclose(r.coefficients, ref.coefficients, rtol=1e-12, atol=1e-13)
 
@@ -202,8 +218,12 @@ def test_bad_inputs_raise_clear_errors(measure, tmp_path):
         measure(bad, x)
     with pytest.raises(FileNotFoundError, match=r"x: no Zarr array at .*missing.zarr/layer"):
         measure(str(tmp_path / "missing.zarr" / "layer"), x)
-    zarr.open_group(str(tmp_path / "g.zarr"), mode="w").create_array("a", shape=(100, 4), dtype="f4")
-    with pytest.raises(FileNotFoundError, match=r"y: .*g.zarr' is a Zarr group, not an array.*arrays: a"):
+    zarr.open_group(str(tmp_path / "g.zarr"), mode="w").create_array(
+        "a", shape=(100, 4), dtype="f4"
+    )
+    with pytest.raises(
+        FileNotFoundError, match=r"y: .*g.zarr' is a Zarr group, not an array.*arrays: a"
+    ):
         measure(x, str(tmp_path / "g.zarr"))
 
 

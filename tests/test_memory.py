@@ -71,11 +71,14 @@ def test_covariance_path_that_cannot_fit_is_refused_before_any_pass(monkeypatch)
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((500, 300)), rng.standard_normal((500, 200))
     monkeypatch.setattr("svcca_dask.measures.accumulate", _no_pass)
-    with dask.config.set({"svcca_dask.memory_limit": "1MiB"}), pytest.raises(
-        MemoryError,
-        match=r"the covariance path of 500 samples x \(300 \+ 200\) features would hold about "
-        r".* at its peak, more than the memory budget of 1.00 MiB \(the Dask config value "
-        r"svcca_dask.memory_limit\)\. Reduce the layers first",
+    with (
+        dask.config.set({"svcca_dask.memory_limit": "1MiB"}),
+        pytest.raises(
+            MemoryError,
+            match=r"the covariance path of 500 samples x \(300 \+ 200\) features would hold about "
+            r".* at its peak, more than the memory budget of 1.00 MiB \(the Dask config value "
+            r"svcca_dask.memory_limit\)\. Reduce the layers first",
+        ),
     ):
         sd.linear_cka(x, y)
 
@@ -86,8 +89,11 @@ def test_svd_step_covariance_is_planned_too(monkeypatch):
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((500, 300)), rng.standard_normal((500, 200))
     monkeypatch.setattr(svd, "_svd_compute", _no_pass)
-    with dask.config.set({"svcca_dask.memory_limit": "1MiB"}), pytest.raises(
-        MemoryError, match="the SVD step's covariance of 300 features and 200 features"
+    with (
+        dask.config.set({"svcca_dask.memory_limit": "1MiB"}),
+        pytest.raises(
+            MemoryError, match="the SVD step's covariance of 300 features and 200 features"
+        ),
     ):
         sd.svcca(x, y, keep=10, max_features=400)  # each side its own covariance
 
@@ -107,10 +113,13 @@ def test_matrix_that_cannot_fit_is_refused_before_any_pass(monkeypatch):
     rng = np.random.default_rng(0)
     xs = {f"l{i}": rng.standard_normal((3000, 64)) for i in range(4)}
     monkeypatch.setattr("svcca_dask.matrix.compute", _no_pass)
-    with dask.config.set({"svcca_dask.memory_limit": "1MiB"}), pytest.raises(
-        MemoryError,
-        match=r"a similarity matrix of 4 x 4 layers \(tiles at most 128 features wide, "
-        r"the widest pair 128\) would hold about",
+    with (
+        dask.config.set({"svcca_dask.memory_limit": "1MiB"}),
+        pytest.raises(
+            MemoryError,
+            match=r"a similarity matrix of 4 x 4 layers \(tiles at most 128 features wide, "
+            r"the widest pair 128\) would hold about",
+        ),
     ):
         sd.similarity_matrix(xs, measure="cca")
 
@@ -130,15 +139,19 @@ def test_dft_refuses_a_limit_below_one_frequency_before_any_pass(monkeypatch):
 
 def test_the_issues_flattened_layer_is_refused_in_seconds(monkeypatch):
     """512 images of a 256 x 56 x 56 layer flattened (802,816 features), keep=0.99:
-    it ran 10 minutes to 21 GB before the plan; now refused before any pass
-(``python benchmarks/bench_memory.py`` prints how long the refusal takes)."""
+        it ran 10 minutes to 21 GB before the plan; now refused before any pass
+    (``python benchmarks/bench_memory.py`` prints how long the refusal takes)."""
     import svcca_dask.svd as svd
 
     monkeypatch.setattr(svd, "_svd_compute", _no_pass)
     x = da.zeros((512, 256, 56, 56), chunks=(32, 256, 56, 56), dtype=np.float32)  # never read
-    with dask.config.set({"svcca_dask.memory_limit": "12GiB"}), pytest.raises(
-        MemoryError, match=r"x: the randomized SVD of 512 samples x 802816 features with 128 "
-        r"directions would hold about 17.8\d GiB"
+    with (
+        dask.config.set({"svcca_dask.memory_limit": "12GiB"}),
+        pytest.raises(
+            MemoryError,
+            match=r"x: the randomized SVD of 512 samples x 802816 features with 128 "
+            r"directions would hold about 17.8\d GiB",
+        ),
     ):
         sd.svcca(x, x + 1, keep=0.99, conv="flatten", layout="NCHW")  # no pass: _no_pass
 
@@ -161,9 +174,14 @@ def test_on_a_cluster_the_plan_is_one_workers():
     from svcca_dask.cluster import connect
 
     with connect(
-        "local", n_workers=2, threads_per_worker=3, processes=False, memory_limit="300MiB",
-        dashboard_address="127.0.0.1:0", quiet=True,
-    ):  # fmt: skip
+        "local",
+        n_workers=2,
+        threads_per_worker=3,
+        processes=False,
+        memory_limit="300MiB",
+        dashboard_address="127.0.0.1:0",
+        quiet=True,
+    ):
         # half a worker's limit: distributed pauses a worker at 80% of it
         assert memory.budget() == min(150 * 2**20, memory_budget())
         assert memory.worker_threads() == 3  # one worker's threads share its memory
@@ -171,4 +189,6 @@ def test_on_a_cluster_the_plan_is_one_workers():
         rng = np.random.default_rng(0)
         x = rng.standard_normal((500, 3000))
         with pytest.raises(MemoryError, match="50% of the smallest worker memory limit"):
-            sd.linear_cka(da.from_array(x), da.from_array(x) * 2, max_features=20_000, split_every=2)
+            sd.linear_cka(
+                da.from_array(x), da.from_array(x) * 2, max_features=20_000, split_every=2
+            )

@@ -34,8 +34,11 @@ def test_a_missing_chunk_is_refused_naming_the_rows(tmp_path, measure, monkeypat
     import svcca_dask.stats as stats
 
     monkeypatch.setattr(stats, "compute", lambda *a: pytest.fail("a pass started"))
-    with pytest.raises(IncompleteLayerError, match=r"has no stored chunk for rows 300-499 "
-                       r"\(2 of 10 chunks\).*missing_chunks='fill'"):  # fmt: skip
+    with pytest.raises(
+        IncompleteLayerError,
+        match=r"has no stored chunk for rows 300-499 "
+        r"\(2 of 10 chunks\).*missing_chunks='fill'",
+    ):
         measure(path, y)
 
 
@@ -69,7 +72,21 @@ def test_cli_and_jobs(tmp_path, capsys):
     yp = str(tmp_path / "b.zarr" / "fc")
     assert main(["compare", path, yp, "--measure", "cka", "--no-progress"]) == 1
     assert "has no stored chunk for rows 300-499" in capsys.readouterr().err
-    assert main(["compare", path, yp, "--measure", "cka", "--missing-chunks", "fill",
-                 "--json", "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "compare",
+                path,
+                yp,
+                "--measure",
+                "cka",
+                "--missing-chunks",
+                "fill",
+                "--json",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["score"] == pytest.approx(sd.linear_cka(filled, yp).score, rel=1e-10)

@@ -71,8 +71,11 @@ def _spawn(ns: str, args: list[str], log: Path) -> subprocess.Popen:
     with open(log, "wb") as out:
         return subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, "-m", "dask", *args],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )  # fmt: skip
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -102,9 +105,23 @@ def test_a_matrix_across_hosts_survives_losing_a_worker(namespaces, tmp_path):
 
     sched_ns, sched_ip = namespaces["s"]
     sched_file = tmp_path / "scheduler.json"
-    procs = [_spawn(sched_ns, ["scheduler", "--interface", "eth0", "--port", "8786",
-                               "--dashboard-address", f"{sched_ip}:0", "--scheduler-file",
-                               str(sched_file)], tmp_path / "scheduler.log")]  # fmt: skip
+    procs = [
+        _spawn(
+            sched_ns,
+            [
+                "scheduler",
+                "--interface",
+                "eth0",
+                "--port",
+                "8786",
+                "--dashboard-address",
+                f"{sched_ip}:0",
+                "--scheduler-file",
+                str(sched_file),
+            ],
+            tmp_path / "scheduler.log",
+        )
+    ]
     workers: dict[str, subprocess.Popen] = {}
     try:
         deadline = time.monotonic() + 60
@@ -114,13 +131,31 @@ def test_a_matrix_across_hosts_survives_losing_a_worker(namespaces, tmp_path):
         assert address == f"tcp://{sched_ip}:8786"  # its namespace's address, not loopback
         for role in ("w0", "w1"):
             ns, ip = namespaces[role]
-            workers[role] = _spawn(ns, ["worker", address, "--interface", "eth0", "--nthreads", "1",
-                                        "--no-nanny", "--name", role, "--death-timeout", "60",
-                                        "--dashboard-address", f"{ip}:0"], tmp_path / f"{role}.log")  # fmt: skip
+            workers[role] = _spawn(
+                ns,
+                [
+                    "worker",
+                    address,
+                    "--interface",
+                    "eth0",
+                    "--nthreads",
+                    "1",
+                    "--no-nanny",
+                    "--name",
+                    role,
+                    "--death-timeout",
+                    "60",
+                    "--dashboard-address",
+                    f"{ip}:0",
+                ],
+                tmp_path / f"{role}.log",
+            )
             procs.append(workers[role])
         with Client(address, timeout=30) as client:
             client.wait_for_workers(2, timeout=60)
-            hosts = sorted(w.split("//")[1].split(":")[0] for w in client.scheduler_info()["workers"])
+            hosts = sorted(
+                w.split("//")[1].split(":")[0] for w in client.scheduler_info()["workers"]
+            )
             assert hosts == [namespaces["w0"][1], namespaces["w1"][1]]  # two hosts
             first = sd.similarity_matrix(xs, measure="svcca")
             np.testing.assert_allclose(first.scores, reference.scores, rtol=0, atol=1e-12)

@@ -70,8 +70,15 @@ def test_matrix_options_are_checked_before_the_pass():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"memory_limit": 0}, {"memory_limit": "lots"}, {"memory_limit": -5}, {"lanes": 0},
-     {"rows": 0}, {"rows": 2.5}, {"lanes": True}],
+    [
+        {"memory_limit": 0},
+        {"memory_limit": "lots"},
+        {"memory_limit": -5},
+        {"lanes": 0},
+        {"rows": 0},
+        {"rows": 2.5},
+        {"lanes": True},
+    ],
 )
 def test_dft_options_are_checked_when_made(kwargs):
     with pytest.raises(ValueError, match=r"DFT|memory_limit"):

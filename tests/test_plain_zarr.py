@@ -62,10 +62,15 @@ def test_a_job_over_plain_groups_reruns_only_what_changed(tmp_path):
     x, _ = _plain_group(tmp_path / "a.zarr")
     _plain_group(tmp_path / "b.zarr")
     job = parse_job(
-        {"output": "out", "stores": {"a": "a.zarr", "b": "b.zarr"}, "measures": ["cka"],
-         "pairs": "same-name", "cluster": "threads"},
+        {
+            "output": "out",
+            "stores": {"a": "a.zarr", "b": "b.zarr"},
+            "measures": ["cka"],
+            "pairs": "same-name",
+            "cluster": "threads",
+        },
         base_dir=str(tmp_path),
-    )  # fmt: skip
+    )
     first = run_job(job, progress=False)
     assert first.computed == 2
     assert run_job(job, progress=False).computed == 0  # nothing changed

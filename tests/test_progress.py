@@ -37,10 +37,10 @@ def test_dft_per_frequency_phase_is_a_pass_of_its_own():
         passes: list[set] = []
         with _Passes(passes):
             measure(x, y, conv=sd.DFT(rows=8), layout="NCHW", **kw)
-        folds = [p for p in passes if "_dft_fold" in p]
+        folds = [p for p in passes if "dft_fold" in p]
         blocks = [p for p in passes if "_block_apply" in p]
         assert folds and blocks, passes
-        assert not any("_dft_fold" in p and "_block_apply" in p for p in passes)
+        assert not any("dft_fold" in p and "_block_apply" in p for p in passes)
         assert passes.index(blocks[0]) > passes.index(folds[0])
 
 
@@ -51,10 +51,15 @@ def test_run_bar_advances_as_a_matrix_finishes_its_pairs(tmp_path, monkeypatch):
         for i in range(4):
             s.append(f"l{i}", rng.standard_normal((120, 4)))
     job = parse_job(
-        {"output": "out", "stores": {"a": "a.zarr", "b": "b.zarr"}, "measures": ["cka"],
-         "pairs": "all", "cluster": "threads"},
+        {
+            "output": "out",
+            "stores": {"a": "a.zarr", "b": "b.zarr"},
+            "measures": ["cka"],
+            "pairs": "all",
+            "cluster": "threads",
+        },
         base_dir=str(tmp_path),
-    )  # fmt: skip
+    )
     events: list = []
     real = sd.similarity_matrices
 

@@ -39,10 +39,18 @@ def served(tmp_path):
     for step in (100, 200, 300):
         s = create_store(tmp_path / "ckpt" / f"step-{step}.zarr")
         for layer in ("conv1", "fc"):
-            s.append(layer, base @ rng.standard_normal((4, 5)) + 0.2 * rng.standard_normal((200, 5)))
+            s.append(
+                layer, base @ rng.standard_normal((4, 5)) + 0.2 * rng.standard_normal((200, 5))
+            )
         s.append_labels(labels)
-    spec = {"output": "results", "stores": {"ckpt": "ckpt/step-*.zarr"}, "against": "last",
-            "pairs": "all", "measures": ["svcca", "cka"], "cluster": "threads"}  # fmt: skip
+    spec = {
+        "output": "results",
+        "stores": {"ckpt": "ckpt/step-*.zarr"},
+        "against": "last",
+        "pairs": "all",
+        "measures": ["svcca", "cka"],
+        "cluster": "threads",
+    }
     run_job(parse_job(spec, base_dir=str(tmp_path)), progress=False)
     write_results_report(tmp_path / "results")
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))

@@ -40,10 +40,18 @@ def _trajectory(tmp_path, steps):
 
 
 def _job(tmp_path, **extra):
-    text = "\n".join([
-        'output = "results"', 'against = "last"', 'pairs = "all"', 'measures = ["svcca"]',
-        'cluster = "threads"', *extra.get("lines", []), "[stores]", 'ckpt = "ckpt/step-*.zarr"',
-    ])  # fmt: skip
+    text = "\n".join(
+        [
+            'output = "results"',
+            'against = "last"',
+            'pairs = "all"',
+            'measures = ["svcca"]',
+            'cluster = "threads"',
+            *extra.get("lines", []),
+            "[stores]",
+            'ckpt = "ckpt/step-*.zarr"',
+        ]
+    )
     path = tmp_path / "job.toml"
     path.write_text(text + "\n")
     return str(path)
@@ -68,8 +76,13 @@ def test_training_goes_on_reruns_compute_new_pairs_and_the_report_follows(tmp_pa
     results = load_results(tmp_path / "results")
     cs = checkpoint_set(results)
     assert cs.reference == "step-500" and cs.earlier == ["step-300"]
-    assert cs.fractions == {"step-100": 0.2, "step-200": 0.4, "step-300": 0.6, "step-400": 0.8,
-                            "step-500": 1.0}  # fmt: skip
+    assert cs.fractions == {
+        "step-100": 0.2,
+        "step-200": 0.4,
+        "step-300": 0.6,
+        "step-400": 0.8,
+        "step-500": 1.0,
+    }
     page = (tmp_path / "results" / "report" / "index.html").read_text()
     text = re.sub(r"\s+", " ", page)
     assert "a checkpoint set of 5 against step-500" in text
@@ -116,14 +129,30 @@ def test_store_pair_heatmaps_and_class_sensitivity_with_a_note_where_it_is_by_co
         s.append("logits", fc @ rng.standard_normal((4, 3)))
         s.append_labels(labels)
     stores = {"a": "a.zarr", "b": "b.zarr"}
-    run_job(parse_job({"output": "pairs", "stores": stores, "pairs": "all", "cluster": "threads",
-                       "measures": ["svcca", "cka"]}, base_dir=str(tmp_path)), progress=False)  # fmt: skip
+    run_job(
+        parse_job(
+            {
+                "output": "pairs",
+                "stores": stores,
+                "pairs": "all",
+                "cluster": "threads",
+                "measures": ["svcca", "cka"],
+            },
+            base_dir=str(tmp_path),
+        ),
+        progress=False,
+    )
     page = re.sub(r"\s+", " ", write_results_report(tmp_path / "pairs").read_text())
     assert page.count("<img") == 2  # a ~ b, per measure
     assert "SVCCA of 9 layer pairs. Highest:" in page and "Mean of the same-name cells" in page
 
-    run_job(parse_job({"output": "cls", "stores": stores, "target": "logits", "cluster": "threads"},
-                      base_dir=str(tmp_path)), progress=False)  # fmt: skip
+    run_job(
+        parse_job(
+            {"output": "cls", "stores": stores, "target": "logits", "cluster": "threads"},
+            base_dir=str(tmp_path),
+        ),
+        progress=False,
+    )
     report = write_results_report(tmp_path / "cls", tmp_path / "elsewhere")
     page = re.sub(r"\s+", " ", report.read_text())
     assert page.count("<img") == 2  # a and b, layers x classes

@@ -61,8 +61,10 @@ def test_keep_count():
     assert keep_count(w, 0.9, total=15.0, weights=np.array([2, 1, 1, 1])) == 3
 
 
-@pytest.mark.parametrize(("keep", "error"), [(0, ValueError), (1.5, ValueError), (0.0, ValueError),
-                                             (True, TypeError), ("0.9", TypeError)])
+@pytest.mark.parametrize(
+    ("keep", "error"),
+    [(0, ValueError), (1.5, ValueError), (0.0, ValueError), (True, TypeError), ("0.9", TypeError)],
+)
 def test_check_keep_refuses(keep, error):
     with pytest.raises(error):
         check_keep(keep)

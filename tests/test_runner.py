@@ -330,7 +330,9 @@ def test_a_second_run_into_the_same_output_is_refused(root, capsys):
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(output.OutputLockedError, match=rf"in use by another run .*{holder.pid}"):
+        with pytest.raises(
+            output.OutputLockedError, match=rf"in use by another run .*{holder.pid}"
+        ):
             run_job(job, progress=False)
         toml = root / "job.toml"
         toml.write_text(
@@ -394,18 +396,27 @@ def test_against_last_keeps_results_against_the_old_last_checkpoint(tmp_path):
 
     for step in (100, 200, 300):
         checkpoint(step)
-    spec = {"output": "out", "stores": {"ckpt": "ckpt/step-*.zarr"}, "measures": ["cka"],
-            "against": "last", "cluster": "threads"}  # fmt: skip
+    spec = {
+        "output": "out",
+        "stores": {"ckpt": "ckpt/step-*.zarr"},
+        "measures": ["cka"],
+        "against": "last",
+        "cluster": "threads",
+    }
     first = run_job(parse_job(spec, base_dir=str(tmp_path)), progress=False)
     assert first.computed == 4 and {r["y_store"] for r in first.rows} == {"step-300"}
     checkpoint(400)
     second = run_job(parse_job(spec, base_dir=str(tmp_path)), progress=False)
     assert second.computed == 6 and second.reused == 0 and second.kept == 4
     table = read_table(str(tmp_path / "out"))
-    by_ref = {ref: sorted(r["x_store"] for r in table if r["y_store"] == ref)
-              for ref in ("step-300", "step-400")}  # fmt: skip
-    assert by_ref == {"step-300": ["step-100"] * 2 + ["step-200"] * 2,
-                      "step-400": ["step-100"] * 2 + ["step-200"] * 2 + ["step-300"] * 2}  # fmt: skip
+    by_ref = {
+        ref: sorted(r["x_store"] for r in table if r["y_store"] == ref)
+        for ref in ("step-300", "step-400")
+    }
+    assert by_ref == {
+        "step-300": ["step-100"] * 2 + ["step-200"] * 2,
+        "step-400": ["step-100"] * 2 + ["step-200"] * 2 + ["step-300"] * 2,
+    }
     assert {r["against"] for r in table} == {"last"}
     old = {r["result_id"]: r["score"] for r in first.rows}
     assert all(old[r["result_id"]] == r["score"] for r in table if r["y_store"] == "step-300")
@@ -418,8 +429,9 @@ def test_against_last_keeps_results_against_the_old_last_checkpoint(tmp_path):
     third = run_job(parse_job(spec, base_dir=str(tmp_path)), progress=False)
     assert third.kept == 2 and third.computed == 2  # step-200 against step-400, again
     # other options: the old reference's rows are stale, never mixed in
-    other = run_job(parse_job({**spec, "options": {"debiased": True}}, base_dir=str(tmp_path)),
-                    progress=False)  # fmt: skip
+    other = run_job(
+        parse_job({**spec, "options": {"debiased": True}}, base_dir=str(tmp_path)), progress=False
+    )
     assert other.kept == 0 and {r["y_store"] for r in other.rows} == {"step-400"}
 
 
@@ -440,20 +452,33 @@ def test_class_sensitivity_as_a_job(tmp_path):
     s.append("conv", conv)
     s.append("logits", fc @ rng.standard_normal((6, 3)))
     s.append_labels(labels)
-    spec = {"output": "out", "stores": {"net": "net.zarr"}, "target": "labels",
-            "layers": ["fc", "conv"], "measures": ["svcca", "cka"], "cluster": "threads"}  # fmt: skip
+    spec = {
+        "output": "out",
+        "stores": {"net": "net.zarr"},
+        "target": "labels",
+        "layers": ["fc", "conv"],
+        "measures": ["svcca", "cka"],
+        "cluster": "threads",
+    }
     job = parse_job(spec, base_dir=str(tmp_path))
     report = run_job(job, progress=False)
     assert report.computed == 12 and report.passes == 1  # 2 layers x 3 classes x 2 measures
-    api = sd.class_sensitivity({"fc": f"{s.path}/fc", "conv": f"{s.path}/conv"},
-                               f"{s.path}/labels", measures=["svcca", "cka"])  # fmt: skip
+    api = sd.class_sensitivity(
+        {"fc": f"{s.path}/fc", "conv": f"{s.path}/conv"},
+        f"{s.path}/labels",
+        measures=["svcca", "cka"],
+    )
     for r in report.rows:
         c = int(r["y_layer"].removeprefix("labels[").removesuffix("]"))
         assert r["y_store"] == "net" and r["y_path"] == f"{s.path}/labels"
         assert r["score"] == api[r["measure"]][(r["x_layer"], c)].score
     assert run_job(parse_job(spec, base_dir=str(tmp_path)), progress=False).reused == 12
-    logits = run_job(parse_job({**spec, "target": "logits", "layers": "*", "output": "o2"},
-                               base_dir=str(tmp_path)), progress=False)  # fmt: skip
+    logits = run_job(
+        parse_job(
+            {**spec, "target": "logits", "layers": "*", "output": "o2"}, base_dir=str(tmp_path)
+        ),
+        progress=False,
+    )
     assert {r["x_layer"] for r in logits.rows} == {"fc", "conv"}  # not the logits themselves
     assert {r["y_layer"] for r in logits.rows} == {"logits[0]", "logits[1]", "logits[2]"}
     by_pair = {(r["x_layer"], r["y_layer"], r["measure"]): r["score"] for r in logits.rows}
@@ -473,14 +498,25 @@ def test_stores_in_different_orders_are_refused_unless_trusted_and_the_table_say
         s = create_store(tmp_path / f"{name}.zarr", provenance={"data_order": order})
         s.append("l1", x + 0.1 * rng.standard_normal(x.shape))
     stores = {"a": "a.zarr", "b": "b.zarr", "c": "c.zarr"}
-    run_job(job_for(tmp_path, stores={"a": "a.zarr", "b": "b.zarr"}, measures=["cka"], options={}),
-            progress=False)
+    run_job(
+        job_for(tmp_path, stores={"a": "a.zarr", "b": "b.zarr"}, measures=["cka"], options={}),
+        progress=False,
+    )
     assert {r["rows"] for r in read_csv(tmp_path)} == {"order"}  # the orders were compared
     with pytest.raises(sd.RowOrderError, match=r"a\.zarr/l1.*c\.zarr/l1.*different data orders"):
-        run_job(job_for(tmp_path, stores=stores, measures=["cka"], pairs=[["a/l1", "c/l1"]], options={}),
-                progress=False)
-    trusted = job_for(tmp_path, stores=stores, measures=["cka"], pairs=[["a/l1", "c/l1"]],
-                      options={"rows": "trust"})
+        run_job(
+            job_for(
+                tmp_path, stores=stores, measures=["cka"], pairs=[["a/l1", "c/l1"]], options={}
+            ),
+            progress=False,
+        )
+    trusted = job_for(
+        tmp_path,
+        stores=stores,
+        measures=["cka"],
+        pairs=[["a/l1", "c/l1"]],
+        options={"rows": "trust"},
+    )
     run_job(trusted, progress=False)
     assert [r["rows"] for r in read_csv(tmp_path)] == ["trusted"]  # said, and recorded
     assert compare_pair(str(tmp_path / "a.zarr/l1"), str(tmp_path / "b.zarr/l1"))["rows"] == "order"

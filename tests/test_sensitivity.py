@@ -25,8 +25,9 @@ def data():
 
 def test_each_class_is_its_indicator_pair(data):
     labels, onehot, x, conv = data
-    m = sd.class_sensitivity({"fc": x, "conv": conv}, labels, measures=["svcca", "cka", "pwcca"],
-                             layout="NCHW")  # fmt: skip
+    m = sd.class_sensitivity(
+        {"fc": x, "conv": conv}, labels, measures=["svcca", "cka", "pwcca"], layout="NCHW"
+    )
     assert m["svcca"].rows == ("fc", "conv") and m["svcca"].columns == (0, 1, 2, 3)
     for c in range(4):
         y = onehot[:, [c]]

@@ -65,16 +65,28 @@ def test_in_matrices_jobs_and_the_cli(tmp_path, capsys):
     assert main([*argv, "--no-progress"]) == 0
     assert float(capsys.readouterr().out) == pytest.approx(ref, rel=1e-6)
     job = parse_job(
-        {"output": "out", "stores": {"a": "a.zarr", "b": "b.zarr"}, "measures": ["shape"],
-         "pairs": "same-name", "options": {"alpha": 0.0, "metric": "euclidean"},
-         "cluster": "threads"},
+        {
+            "output": "out",
+            "stores": {"a": "a.zarr", "b": "b.zarr"},
+            "measures": ["shape"],
+            "pairs": "same-name",
+            "options": {"alpha": 0.0, "metric": "euclidean"},
+            "cluster": "threads",
+        },
         base_dir=str(tmp_path),
-    )  # fmt: skip
+    )
     (row,) = run_job(job, progress=False).rows
     assert row["score"] == pytest.approx(ref, rel=1e-12)
     with pytest.raises(JobError, match=r"options\.metric must be 'angular' or 'euclidean'"):
-        parse_job({"output": "o", "stores": {"a": "a.zarr", "b": "b.zarr"}, "measures": ["shape"],
-                   "options": {"metric": "cosine"}}, base_dir=str(tmp_path))  # fmt: skip
+        parse_job(
+            {
+                "output": "o",
+                "stores": {"a": "a.zarr", "b": "b.zarr"},
+                "measures": ["shape"],
+                "options": {"metric": "cosine"},
+            },
+            base_dir=str(tmp_path),
+        )
 
 
 def test_bad_options_and_conv():

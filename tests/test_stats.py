@@ -34,7 +34,9 @@ def test_merge_equals_whole(splits):
     whole = moments_chunk(x, y)
     # Pebay merge of any partition equals the one-chunk statistics
     np.testing.assert_allclose(merged["mean"], whole["mean"], rtol=1e-13)
-    np.testing.assert_allclose(merged["m2"], whole["m2"], rtol=1e-9, atol=1e-9 * np.abs(whole["m2"]).max())
+    np.testing.assert_allclose(
+        merged["m2"], whole["m2"], rtol=1e-9, atol=1e-9 * np.abs(whole["m2"]).max()
+    )
 
 
 def test_shifted_data_keeps_digits():
@@ -66,8 +68,12 @@ def test_accumulate_independent_of_chunking(chunks, split_every):
         split_every=split_every,
     )
     assert m.n == 1000 and m.sizes == (7, 5)
-    np.testing.assert_allclose(m.comoment, ref.comoment, rtol=1e-12, atol=1e-12 * np.abs(ref.comoment).max())
-    np.testing.assert_allclose(m.cov(0, 1), np.cov(np.hstack([x, y]), rowvar=False)[:7, 7:], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        m.comoment, ref.comoment, rtol=1e-12, atol=1e-12 * np.abs(ref.comoment).max()
+    )
+    np.testing.assert_allclose(
+        m.cov(0, 1), np.cov(np.hstack([x, y]), rowvar=False)[:7, 7:], rtol=1e-9, atol=1e-12
+    )
 
 
 def test_small_chunks_are_merged_never_split():
@@ -77,7 +83,9 @@ def test_small_chunks_are_merged_never_split():
     y = da.zeros((100_000, 16), chunks=(2000, 16))
     ux, uy = _unify_rows([x, y])
     assert ux.chunks == uy.chunks  # common row chunks
-    assert ux.chunks[0][0] % 2000 == 0 and ux.chunks[0][0] * 32 * 8 <= 16 * 2**20  # merged, about 16 MiB
+    assert (
+        ux.chunks[0][0] % 2000 == 0 and ux.chunks[0][0] * 32 * 8 <= 16 * 2**20
+    )  # merged, about 16 MiB
     big = da.zeros((400_000, 16), chunks=(200_000, 16))  # 25 MiB as float64: above the target
     assert _unify_rows([big])[0].chunks == big.chunks  # large stored chunks are not split
 
@@ -93,26 +101,42 @@ def test_non_finite_names_array_and_rows():
     y = y.copy()
     y[612, 2] = np.nan
     y[613, 0] = np.inf
-    with pytest.raises(ValueError, match=r"layer_b contains NaN or infinite values in rows 612, 613 \(chunk starting at row 600\)"):
-        accumulate([da.from_array(x, chunks=200), da.from_array(y, chunks=200)], names=["layer_a", "layer_b"])
+    with pytest.raises(
+        ValueError,
+        match=r"layer_b contains NaN or infinite values in rows 612, 613 \(chunk starting at row 600\)",
+    ):
+        accumulate(
+            [da.from_array(x, chunks=200), da.from_array(y, chunks=200)],
+            names=["layer_a", "layer_b"],
+        )
     # chunks of the target size are kept as stored: the error names the chunk
     big = 2**18  # two chunks of 2**17 rows x 12 features: 12 MiB each as float64, kept
     xs = np.random.default_rng(0).standard_normal((big, 6))
     ys = xs.copy()
     ys[big - 1, 0] = np.inf
-    with pytest.raises(ValueError, match=rf"y contains NaN or infinite values in rows {big - 1} \(chunk starting at row {big // 2}\)"):
-        accumulate([da.from_array(xs, chunks=big // 2), da.from_array(ys, chunks=big // 2)], names=["x", "y"])
+    with pytest.raises(
+        ValueError,
+        match=rf"y contains NaN or infinite values in rows {big - 1} \(chunk starting at row {big // 2}\)",
+    ):
+        accumulate(
+            [da.from_array(xs, chunks=big // 2), da.from_array(ys, chunks=big // 2)],
+            names=["x", "y"],
+        )
 
 
 def test_large_chunk_is_processed_in_pieces(monkeypatch):
     import svcca_dask._config as inp
 
-    monkeypatch.setattr(inp, "DEFAULT_CHUNK_BYTES", 8 * 12 * 100)  # pieces of 100 rows at 12 features
+    monkeypatch.setattr(
+        inp, "DEFAULT_CHUNK_BYTES", 8 * 12 * 100
+    )  # pieces of 100 rows at 12 features
     x, y = _data(n=1000, shift=1e4)
     p = moments_chunk(x, y)
     z = np.hstack([x, y]).astype(np.float64)
     assert p["n"] == 1000
-    np.testing.assert_allclose(p["m2"] / 999, np.cov(z, rowvar=False), rtol=1e-9, atol=1e-9)  # pieces merge exactly
+    np.testing.assert_allclose(
+        p["m2"] / 999, np.cov(z, rowvar=False), rtol=1e-9, atol=1e-9
+    )  # pieces merge exactly
     y = y.copy()
     y[555, 1] = np.nan
     with pytest.raises(ValueError, match=r"rows 555 \(chunk starting at row 500\)"):
@@ -138,10 +162,14 @@ def test_regions_equal_blocks_of_the_full_comoment():
     x, y = _data(shift=1e3)
     full = moments_chunk(x, y)["m2"]
     regions = [(0, 7, 0, 7), (7, 12, 7, 12), (0, 7, 7, 12)]
-    parts = [moments_chunk(x[a : a + 250], y[a : a + 250], regions=regions) for a in range(0, 1000, 250)]
+    parts = [
+        moments_chunk(x[a : a + 250], y[a : a + 250], regions=regions) for a in range(0, 1000, 250)
+    ]
     out = moments_combine(parts)
     for block, (r0, r1, c0, c1) in zip(out["m2"], regions, strict=True):
-        np.testing.assert_allclose(block, full[r0:r1, c0:c1], rtol=1e-9, atol=1e-9 * np.abs(full).max())
+        np.testing.assert_allclose(
+            block, full[r0:r1, c0:c1], rtol=1e-9, atol=1e-9 * np.abs(full).max()
+        )
 
 
 def test_compute_runs_blosc_single_threaded_and_restores_it():

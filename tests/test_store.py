@@ -42,7 +42,10 @@ def test_layout_is_zarr_v3_with_dimension_names(tmp_path, rng):
     arr = zarr.open_array(str(path / "layer1.0.conv1"), mode="r")
     # every axis but sample named for its layer (xarray opens layers of different sizes)
     assert arr.metadata.dimension_names == (
-        "sample", "layer1.0.conv1.channel", "layer1.0.conv1.height", "layer1.0.conv1.width"
+        "sample",
+        "layer1.0.conv1.channel",
+        "layer1.0.conv1.height",
+        "layer1.0.conv1.width",
     )
     assert s.info("layer1.0.conv1").dims == ("sample", "channel", "height", "width")  # roles
     assert arr.chunks == (4, 3, 4, 4)  # chunked along samples only

@@ -155,9 +155,13 @@ def test_randomized_run_that_cannot_fit_is_refused_before_the_pass(monkeypatch):
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((256, 4000)), rng.standard_normal((256, 3000))
     monkeypatch.setattr(svd, "_svd_compute", no_pass)
-    with dask.config.set({"svcca_dask.memory_limit": "10MiB"}), pytest.raises(
-        MemoryError, match=r"x: the randomized SVD of 256 samples x 4000 features with 20 "
-        r"directions would hold about .* [MG]iB at its peak, more than the memory budget"
+    with (
+        dask.config.set({"svcca_dask.memory_limit": "10MiB"}),
+        pytest.raises(
+            MemoryError,
+            match=r"x: the randomized SVD of 256 samples x 4000 features with 20 "
+            r"directions would hold about .* [MG]iB at its peak, more than the memory budget",
+        ),
     ):
         sd.svcca(x, y, keep=20, svd="randomized")
 
@@ -169,8 +173,11 @@ def test_a_doubling_that_cannot_fit_is_refused_before_its_passes():
     x, y = rng.standard_normal((300, 2000)), rng.standard_normal((300, 1000))  # flat spectra
     opts = sd.RandomizedSVD(n_components=10)
     # the first run (10 directions, 9.0 MB) fits; reaching keep=0.99 needs more (10.0 MB)
-    with dask.config.set({"svcca_dask.memory_limit": 9.5e6}), pytest.raises(
-        MemoryError, match=r"with 20 directions \(keep=0.99 was not reached with 10\)"
+    with (
+        dask.config.set({"svcca_dask.memory_limit": 9.5e6}),
+        pytest.raises(
+            MemoryError, match=r"with 20 directions \(keep=0.99 was not reached with 10\)"
+        ),
     ):
         sd.svcca(x, y, keep=0.99, svd=opts)
 

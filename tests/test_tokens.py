@@ -32,8 +32,9 @@ def test_samples_keep_only_the_masked_tokens_from_chunked_inputs():
     np.testing.assert_allclose(got.coefficients, ref_cca(x[mask], y[mask])[0], atol=1e-10)
     assert got.n_samples == mask.sum()
     whole = sd.cca(x, y, conv="samples", layout="NTC")  # no mask: every token
-    np.testing.assert_allclose(whole.coefficients, ref_cca(x.reshape(-1, 6), y.reshape(-1, 4))[0],
-                               atol=1e-10)  # fmt: skip
+    np.testing.assert_allclose(
+        whole.coefficients, ref_cca(x.reshape(-1, 6), y.reshape(-1, 4))[0], atol=1e-10
+    )
 
 
 def test_mean_over_the_masked_tokens_and_every_measure():
@@ -65,8 +66,13 @@ def test_zarr_layers_and_masks_name_their_dimensions(tmp_path):
     x, y, mask = _tokens(seed=4)
     root = zarr.open_group(tmp_path / "acts.zarr", mode="w")
     for name, arr in (("x", x), ("y", y)):
-        a = root.create_array(name, shape=arr.shape, chunks=(16, 9, arr.shape[2]), dtype="f8",
-                              dimension_names=("sample", "token", "feature"))  # fmt: skip
+        a = root.create_array(
+            name,
+            shape=arr.shape,
+            chunks=(16, 9, arr.shape[2]),
+            dtype="f8",
+            dimension_names=("sample", "token", "feature"),
+        )
         a[:] = arr
     m = root.create_array("mask", shape=mask.shape, chunks=(16, 9), dtype="bool")
     m[:] = mask

@@ -16,8 +16,13 @@ xr = pytest.importorskip("xarray")  # in the test extra: CI always has it
 def _resnet_like(path):
     rng = np.random.default_rng(0)
     s = create_store(path)
-    shapes = {"conv1": (8, 16, 16), "layer1": (8, 16, 16), "layer2": (16, 8, 8),
-              "layer3": (32, 4, 4), "layer4": (64, 2, 2)}  # fmt: skip
+    shapes = {
+        "conv1": (8, 16, 16),
+        "layer1": (8, 16, 16),
+        "layer2": (16, 8, 8),
+        "layer3": (32, 4, 4),
+        "layer4": (64, 2, 2),
+    }
     for name, shape in shapes.items():
         s.append(name, rng.standard_normal((400, *shape)).astype(np.float32))
     s.append("fc", rng.standard_normal((400, 10)).astype(np.float32))
@@ -40,8 +45,9 @@ def test_measures_take_the_data_arrays(tmp_path):
     p = str(tmp_path / "r.zarr")
     for conv in ("dft", "mean"):
         got = sd.cca(ds["layer1"], ds["layer2"], conv=conv).score  # no layout= needed
-        assert got == pytest.approx(sd.cca(f"{p}/layer1", f"{p}/layer2", conv=conv).score,
-                                    rel=1e-12)  # fmt: skip
+        assert got == pytest.approx(
+            sd.cca(f"{p}/layer1", f"{p}/layer2", conv=conv).score, rel=1e-12
+        )
     assert sd.linear_cka(ds["fc"], ds["layer4"], conv="mean").score == pytest.approx(
         sd.linear_cka(f"{p}/fc", f"{p}/layer4", conv="mean").score, rel=1e-12
     )
@@ -51,8 +57,12 @@ def test_layers_named_the_old_way_keep_working(tmp_path):
     """Stores written before the layer prefix: dimension_names are the roles."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((40, 3, 4, 4))
-    a = zarr.create_array(tmp_path / "old.zarr", shape=x.shape, dtype="f8",
-                          dimension_names=("sample", "channel", "height", "width"))  # fmt: skip
+    a = zarr.create_array(
+        tmp_path / "old.zarr",
+        shape=x.shape,
+        dtype="f8",
+        dimension_names=("sample", "channel", "height", "width"),
+    )
     a[:] = x
     got = sd.cca(str(tmp_path / "old.zarr"), x[:, ::-1], conv="mean", layout=(None, "NCHW"))
     assert got.score == pytest.approx(1.0, abs=1e-10)

@@ -15,7 +15,7 @@ __all__ = ["CONVERGENCE_MARGIN"]
 CONVERGENCE_MARGIN = 0.02
 
 
-def _neuron_check(x: np.ndarray, y: np.ndarray, res: Any) -> dict[str, Any]:
+def neuron_check(x: np.ndarray, y: np.ndarray, res: Any) -> dict[str, Any]:
     """Top-neuron correlations against top aligned-direction correlations of two nets' layer.
 
     The two highest-norm neurons of each net (norm of the centred activation
@@ -52,7 +52,7 @@ def _neuron_check(x: np.ndarray, y: np.ndarray, res: Any) -> dict[str, Any]:
     }
 
 
-def _convergence_check(
+def convergence_check(
     dyn: dict[str, np.ndarray],
     layers: Sequence[str],
     *,

@@ -13,6 +13,7 @@ from .summary import DENSE_LAYER, DemoSummary
 
 __all__: list[str] = []
 
+
 @functools.cache
 def _prose() -> Any:
     """The macros of ``templates/sections.j2``, one per section (plain text, no escaping:
@@ -24,7 +25,7 @@ def _prose() -> Any:
         autoescape=False,
         undefined=jinja2.StrictUndefined,
     )
-    env.filters.update(f3="{:.3f}".format, pct=_pct, diagonal=_diagonal, sentence=_sentence)
+    env.filters.update(f3="{:.3f}".format, pct=percent, diagonal=_diagonal, sentence=_sentence)
     return env.get_template("sections.j2").module
 
 
@@ -32,7 +33,7 @@ def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _pct(fraction: float) -> str:
+def percent(fraction: float) -> str:
     return f"{round(100 * fraction)}%"
 
 
@@ -41,7 +42,7 @@ def _diagonal(curves: dict[str, dict[str, float]], at: str) -> str:
     return ", ".join(f"{name} {c[at]:.3f}" for name, c in curves.items())
 
 
-def _write_report(out: Path, summary: DemoSummary, **k: Any) -> None:
+def write_demo_page(out: Path, summary: DemoSummary, **k: Any) -> None:
     """Figures and ``index.html`` of the demo (see :func:`run_demo`)."""
     from ..runner import COLUMNS
     from .models import CHECKPOINTS, ConvNet, ResNet
@@ -113,8 +114,8 @@ def _write_report(out: Path, summary: DemoSummary, **k: Any) -> None:
     sched_rows = [
         {
             "layer": name,
-            **{f"SVCCA at {_pct(f)}": k["convergence"][name][f] for f in CHECKPOINTS if f < 1.0},
-            "freeze after": "never" if at is None else _pct(at),
+            **{f"SVCCA at {percent(f)}": k["convergence"][name][f] for f in CHECKPOINTS if f < 1.0},
+            "freeze after": "never" if at is None else percent(at),
         }
         for name, at in summary.schedule.items()
     ]
@@ -178,8 +179,12 @@ def _write_report(out: Path, summary: DemoSummary, **k: Any) -> None:
         rp.Section(
             "5. net1 vs net2, every layer pair",
             text.net1_vs_net2(
-                DENSE_LAYER, pair_diag, float(nets[i_dense, i_logits]),
-                float(nets[i_logits, i_dense]), comp["kept_x"], comp["kept_y"],
+                DENSE_LAYER,
+                pair_diag,
+                float(nets[i_dense, i_logits]),
+                float(nets[i_logits, i_dense]),
+                comp["kept_x"],
+                comp["kept_y"],
             ),
             image="fig5_net1_vs_net2.png",
         ),

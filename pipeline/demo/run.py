@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..analysis import score_matrix as _matrix
-from .checks import _convergence_check, _neuron_check
-from .page import _pct, _write_report
+from .checks import convergence_check, neuron_check
+from .page import percent, write_demo_page
 from .summary import (
     CONV_CLASSES,
     CONV_HEATMAP,
@@ -336,7 +336,7 @@ def run_demo(
             rows = _run_jobs(out, specs, address=conn.scheduler_address)
         dyn = {
             net: {
-                _pct(f): _matrix(
+                percent(f): _matrix(
                     rows, _store_name(net, f).removesuffix(".zarr"), final[net], layers, layers
                 )
                 for f in CHECKPOINTS
@@ -354,18 +354,18 @@ def run_demo(
             y = np.asarray(s2.read(DENSE_LAYER).data.compute(), dtype=np.float64)
             labels = np.asarray(s1.labels().compute())
             res = sd.svcca(x, y, keep=0.99)
-            neuron = _neuron_check(x, y, res)
+            neuron = neuron_check(x, y, res)
             cca_pair = sd.cca(x, y)
             rng = np.random.default_rng(0)
             baseline = sd.cca(rng.standard_normal(x.shape), rng.standard_normal(y.shape))
         summary.checks["directions_shared"] = neuron
-        summary.checks["lower_layers_converge_first"] = _convergence_check(
+        summary.checks["lower_layers_converge_first"] = convergence_check(
             dyn["net1"], conv_layers, first=conv_layers[0], last=DENSE_LAYER
         )
 
         # Freeze Training schedule from net1's learning dynamics (diagonal)
         convergence = {
-            name: {f: float(dyn["net1"][_pct(f)][i, i]) for f in CHECKPOINTS}
+            name: {f: float(dyn["net1"][percent(f)][i, i]) for f in CHECKPOINTS}
             for i, name in enumerate(conv_layers)
         }
         summary.schedule = freeze_schedule(convergence, layers=conv_layers, threshold=threshold)
@@ -430,7 +430,7 @@ def run_demo(
     with stage("report"):
         summary.seconds = dict(stage.seconds)
         (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2, default=float))
-        _write_report(
+        write_demo_page(
             out,
             summary,
             rows=rows,

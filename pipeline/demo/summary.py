@@ -26,8 +26,6 @@ NETS: dict[str, tuple[str, int]] = {
 DENSE_LAYER = "fc1"
 
 
-
-
 #: Reduction of conv layers in the layer x layer heatmaps (conv against dense
 #: layers too, so one feature map per layer: one pass per matrix).
 CONV_HEATMAP = "mean"

@@ -1,6 +1,6 @@
 """The DFT path's passes: per-frequency statistics accumulated in lanes, band by band.
 
-:class:`_DFTRun` opens a pair, plans it (:mod:`~svcca_dask.conv.plan`) and
+:class:`DFTRun` opens a pair, plans it (:mod:`~svcca_dask.conv.plan`) and
 runs one Dask graph per band of frequencies: lanes of fold tasks
 (:mod:`~svcca_dask.conv.transform`) accumulate the statistics, then per block
 of frequencies one task merges the lanes and reduces the block to
@@ -19,26 +19,26 @@ from dask.delayed import delayed
 
 from .._lapack import unpack
 from ..inputs import ArrayLike, open_layer
-from ..io.chunks import _stored_chunks, _StoredChunk, task_readers
+from ..io.chunks import StoredChunk, stored_chunk_readers, task_readers
 from ..scheduler import compute, current_client, persist
 from ..stats import moments_combine
-from .buffers import _Recycler, release_free_memory
-from .layout import _open_pair, _shape_of
+from .buffers import Recycler, release_free_memory
+from .layout import layer_shape, open_conv_pair
 from .plan import (
     DFT,
-    _as_options,
-    _bands,
-    _default_lanes,
-    _dft_plan,
-    _freq_blocks,
-    _memory_limit,
-    _Plan,
-    _rows_target,
-    _stats_bytes,
-    _task_groups,
-    _task_threads,
+    FrequencyPlan,
+    default_lanes,
+    dft_options,
+    frequency_bands,
+    frequency_blocks,
+    frequency_stats_bytes,
+    memory_limit_of,
+    plan_frequencies,
+    rows_target,
+    task_groups,
+    task_threads,
 )
-from .transform import _dft_fold
+from .transform import dft_fold
 
 __all__ = ["DFTStats", "dft_stats"]
 
@@ -110,13 +110,13 @@ class DFTStats:
         return self.mean[:, self.sizes[0] :]
 
 
-def _light(st: DFTStats) -> DFTStats:
+def without_statistics(st: DFTStats) -> DFTStats:
     """The band's description without its (large) statistics."""
     return replace(st, mean=np.empty((0, 0)), cov=np.empty((0, 0, 0)))
 
 
 @dataclass
-class _Parts:
+class FrequencyParts:
     """Per-frequency results of bands, concatenated."""
 
     n: int
@@ -126,7 +126,7 @@ class _Parts:
     arrays: dict[str, np.ndarray]
 
     @classmethod
-    def join(cls, parts: list[tuple[DFTStats, dict[str, np.ndarray]]]) -> _Parts:
+    def join(cls, parts: list[tuple[DFTStats, dict[str, np.ndarray]]]) -> FrequencyParts:
         st0 = parts[0][0]
         keys = parts[0][1].keys()
         return cls(
@@ -141,20 +141,20 @@ class _Parts:
 def _lane_graph(
     xd: da.Array,
     yd: da.Array,
-    plan: _Plan,
+    plan: FrequencyPlan,
     idx: np.ndarray,
     *,
     opt: DFT,
     lanes: int,
     names: tuple[str, str],
     with_scale: bool,
-    arrays: _Recycler | None = None,
-    stored: tuple[list[_StoredChunk] | None, list[_StoredChunk] | None] = (None, None),
+    arrays: Recycler | None = None,
+    stored: tuple[list[StoredChunk] | None, list[StoredChunk] | None] = (None, None),
 ) -> list[Any]:
     """The lanes of one pass: each a chain of fold tasks over consecutive row chunks.
 
     ``stored`` holds, per side, the direct readers of its stored chunks
-    (:func:`_stored_chunks`), or None (then :func:`task_readers`), ``y``'s
+    (:func:`stored_chunk_readers`), or None (then :func:`task_readers`), ``y``'s
     only when ``y`` needs no rechunking to ``x``'s chunks.
 
     On threads a fold updates its lane's accumulator in place (the threaded
@@ -167,33 +167,41 @@ def _lane_graph(
         stored = (stored[0], None)
     on_threads = current_client() is None
     itemsize = max(xd.dtype.itemsize, yd.dtype.itemsize)
-    rows = _rows_target(plan, idx, opt, itemsize, inputs_held=False)
+    rows = rows_target(plan, idx, opt, itemsize, inputs_held=False)
     # each fold task reads its own chunks, in order (io.chunks): on threads, reads
     # that were tasks of their own would run ahead of the sequential lanes and hold
     # the data; on a cluster they would travel between workers
     xs = stored[0] or task_readers(xd)
     ys = stored[1] or task_readers(yd)
     starts = np.concatenate([[0], np.cumsum(xd.chunks[0])])[:-1]
-    tasks = _task_groups(xd.chunks[0], rows)
-    fold = delayed(_dft_fold, pure=False)
+    tasks = task_groups(xd.chunks[0], rows)
+    fold = delayed(dft_fold, pure=False)
     accs = []
     n_lanes = max(1, min(lanes, len(tasks)))
-    threads = _task_threads(n_lanes)
+    threads = task_threads(n_lanes)
     for lane in np.array_split(np.arange(len(tasks)), n_lanes):
         acc = None
         for t in lane:
             group = tasks[t]
             acc = fold(
-                acc, [xs[i] for i in group], [ys[i] for i in group], plan=plan, idx=idx,
-                names=names, row_start=int(starts[group[0]]), with_scale=with_scale,
-                threads=threads, last=bool(t == lane[-1]), arrays=arrays if on_threads else None,
+                acc,
+                [xs[i] for i in group],
+                [ys[i] for i in group],
+                plan=plan,
+                idx=idx,
+                names=names,
+                row_start=int(starts[group[0]]),
+                with_scale=with_scale,
+                threads=threads,
+                last=bool(t == lane[-1]),
+                arrays=arrays if on_threads else None,
                 owned=on_threads,
-            )  # fmt: skip
+            )
         accs.append(acc)
     return accs
 
 
-def _scale_of(*accs: dict[str, Any], plan: _Plan) -> tuple[float, float]:
+def _scale_of(*accs: dict[str, Any], plan: FrequencyPlan) -> tuple[float, float]:
     """``H * W`` times the largest single-activation variance, per side."""
     out = []
     for key, shape in (("x_pos", plan.x_shape), ("y_pos", plan.y_shape)):
@@ -207,7 +215,7 @@ def _block_stats(
     sl: slice,
     scale: tuple[float, float],
     *accs: dict[str, Any],
-    plan: _Plan,
+    plan: FrequencyPlan,
     idx: np.ndarray,
 ) -> DFTStats:
     """Merge the lanes' statistics of a block of frequencies (Chan/Pebay) and finish them."""
@@ -247,7 +255,7 @@ def _concat_stats(blocks: list[DFTStats]) -> DFTStats:
     )
 
 
-class _DFTRun:
+class DFTRun:
     """The opened pair, its plan and bands, and the passes over the data.
 
     Each pass (one band of frequencies) is one Dask graph: the lanes fold the
@@ -268,39 +276,46 @@ class _DFTRun:
         names: tuple[str, str],
         single_band: bool = False,
     ) -> None:
-        self.opt = _as_options(conv)
+        self.opt = dft_options(conv)
         self.names = names
         x, y = open_layer(x, name=names[0]), open_layer(y, name=names[1])
-        self.xd, self.yd, xl, yl = _open_pair(x, y, layout, names)
-        self.stored = (_stored_chunks(x, self.xd), _stored_chunks(y, self.yd))
-        self.plan = _dft_plan(_shape_of(self.xd, xl), _shape_of(self.yd, yl), xl, yl)
+        self.xd, self.yd, xl, yl = open_conv_pair(x, y, layout, names)
+        self.stored = (stored_chunk_readers(x, self.xd), stored_chunk_readers(y, self.yd))
+        self.plan = plan_frequencies(layer_shape(self.xd, xl), layer_shape(self.yd, yl), xl, yl)
         data_bytes = int(self.xd.nbytes + self.yd.nbytes)
-        budget = None if single_band else _memory_limit(self.opt)
-        self.lanes = self.opt.lanes or _default_lanes(
-            data_bytes, _stats_bytes(self.plan), plan=self.plan, budget=budget
+        budget = None if single_band else memory_limit_of(self.opt)
+        self.lanes = self.opt.lanes or default_lanes(
+            data_bytes, frequency_stats_bytes(self.plan), plan=self.plan, budget=budget
         )
         f_total = self.plan.frequencies.shape[0]
         if budget is None:
             self.bands = [np.arange(f_total)]
         else:
-            self.bands = _bands(self.plan, self.lanes, budget)
+            self.bands = frequency_bands(self.plan, self.lanes, budget)
         self.scale: tuple[float, float] | None = None
-        self.arrays = _Recycler()
+        self.arrays = Recycler()
 
     def _graph(self, band: np.ndarray) -> tuple[list[Any], Any]:
         """The lazy lane accumulators of one band, and the (lazy or known) scales."""
         accs = _lane_graph(
-            self.xd, self.yd, self.plan, band, opt=self.opt, lanes=self.lanes,
-            names=self.names, with_scale=self.scale is None, arrays=self.arrays,
+            self.xd,
+            self.yd,
+            self.plan,
+            band,
+            opt=self.opt,
+            lanes=self.lanes,
+            names=self.names,
+            with_scale=self.scale is None,
+            arrays=self.arrays,
             stored=self.stored,
-        )  # fmt: skip
+        )
         scale: Any = self.scale
         if scale is None:
             scale = delayed(_scale_of, pure=False)(*accs, plan=self.plan)
         return accs, scale
 
     def _blocks(self, band: np.ndarray) -> list[slice]:
-        return _freq_blocks(band.size, self.plan.x_shape[0] + self.plan.y_shape[0])
+        return frequency_blocks(band.size, self.plan.x_shape[0] + self.plan.y_shape[0])
 
     def _apply(
         self, accs: list[Any], scale: Any, band: np.ndarray, sl: slice, fn: Any, *args: Any
@@ -321,7 +336,7 @@ class _DFTRun:
         try:
             accs, scale = persist(accs, scale)
         except BaseException:
-            self.arrays = _Recycler()
+            self.arrays = Recycler()
             raise
         return accs, scale
 
@@ -332,23 +347,23 @@ class _DFTRun:
             out, scale_value = compute(tasks, scale)
         finally:
             if last:
-                self.arrays = _Recycler()
+                self.arrays = Recycler()
             else:
                 self.arrays.release()
         if self.scale is None:
             self.scale = tuple(scale_value)  # type: ignore[assignment]
         return out
 
-    def map(self, fn: Any, *args: Any) -> _Parts:
+    def map(self, fn: Any, *args: Any) -> FrequencyParts:
         """``fn(block_stats, *args)`` on every block of every band (one pass per band)."""
         collected = []
         for i, band in enumerate(self.bands):
             accs, scale = self._pass(band)
             tasks = [self._apply(accs, scale, band, sl, fn, *args) for sl in self._blocks(band)]
             collected += self._run(tasks, scale, last=i == len(self.bands) - 1)
-        return _Parts.join(collected)
+        return FrequencyParts.join(collected)
 
-    def map_split(self, fn: Any, per_freq: dict[str, np.ndarray], *args: Any) -> _Parts:
+    def map_split(self, fn: Any, per_freq: dict[str, np.ndarray], *args: Any) -> FrequencyParts:
         """Like :meth:`map`, passing each block its slice of per-frequency arrays."""
         collected = []
         start = 0
@@ -360,7 +375,7 @@ class _DFTRun:
                 tasks.append(self._apply(accs, scale, band, sl, fn, part, *args))
             collected += self._run(tasks, scale, last=i == len(self.bands) - 1)
             start += band.size
-        return _Parts.join(collected)
+        return FrequencyParts.join(collected)
 
     def stats(self) -> DFTStats:
         """All statistics in one pass (one band), gathered on the client."""
@@ -372,11 +387,17 @@ class _DFTRun:
 
 
 def _block_apply(
-    fn: Any, sl: slice, scale: tuple[float, float], accs: list[dict[str, Any]], args: tuple,
-    *, plan: _Plan, idx: np.ndarray,
-) -> tuple[DFTStats, dict[str, np.ndarray]]:  # fmt: skip
+    fn: Any,
+    sl: slice,
+    scale: tuple[float, float],
+    accs: list[dict[str, Any]],
+    args: tuple,
+    *,
+    plan: FrequencyPlan,
+    idx: np.ndarray,
+) -> tuple[DFTStats, dict[str, np.ndarray]]:
     st = _block_stats(sl, scale, *accs, plan=plan, idx=idx)
-    out = _light(st), fn(st, *args)
+    out = without_statistics(st), fn(st, *args)
     del st
     release_free_memory()
     return out
@@ -395,7 +416,7 @@ def dft_stats(
     Every row chunk is transformed (``scipy.fft``: an rfft along the width,
     the needed columns only along the height, in float64), its coefficients
     at the planned frequencies are centred, and they are merged into a lane
-    accumulator with one ZHERK per frequency (see :func:`_dft_fold`); the
+    accumulator with one ZHERK per frequency (see :func:`dft_fold`); the
     lanes merge with :func:`svcca_dask.stats.moments_combine`.
 
     Parameters
@@ -424,7 +445,7 @@ def dft_stats(
     frequency bands under :attr:`DFT.memory_limit` and reduce each band to
     per-frequency results on the workers; this function does neither.
     """
-    run = _DFTRun(
+    run = DFTRun(
         x, y, conv=DFT(lanes=lanes, rows=rows), layout=layout, names=("x", "y"), single_band=True
     )
     return run.stats()

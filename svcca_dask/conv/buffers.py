@@ -22,14 +22,16 @@ from .._config import cpu_count
 __all__ = ["release_free_memory"]
 
 
-def _new(shape: tuple[int, ...], arrays: _Recycler | None, *, zero: bool = False) -> np.ndarray:
+def new_complex(
+    shape: tuple[int, ...], arrays: Recycler | None, *, zero: bool = False
+) -> np.ndarray:
     """A complex128 array of ``shape``, from ``arrays`` when given."""
     if arrays is not None:
         return arrays.take(shape, zero=zero)
     return (np.zeros if zero else np.empty)(shape, dtype=np.complex128)
 
 
-class _Recycler:
+class Recycler:
     """The large arrays of one run's passes, handed on from band to band.
 
     A pass's accumulator (often a GB or more) would otherwise be freed after
@@ -48,7 +50,7 @@ class _Recycler:
         self._used: list[np.ndarray] = []
 
     def __reduce__(self) -> tuple:
-        return (_Recycler, ())
+        return (Recycler, ())
 
     def take(self, shape: tuple[int, ...], *, zero: bool = False) -> np.ndarray:
         size = int(np.prod(shape))
@@ -73,17 +75,15 @@ class _Recycler:
 
 
 @functools.lru_cache(maxsize=1)
-def _read_pool() -> ThreadPoolExecutor:
-    """Threads that read the next stored chunk of a fold task ahead (see :func:`_dft_fold`)."""
+def read_pool() -> ThreadPoolExecutor:
+    """Threads that read the next stored chunk of a fold task ahead (see :func:`dft_fold`)."""
     return ThreadPoolExecutor(max_workers=2, thread_name_prefix="svcca-dft-read")
 
 
 @functools.lru_cache(maxsize=1)
-def _fold_pool() -> ThreadPoolExecutor:
-    """Threads of the fold tasks that use more than one (see :func:`_dft_fold`)."""
-    return ThreadPoolExecutor(
-        max_workers=max(2, cpu_count()), thread_name_prefix="svcca-dft"
-    )
+def fold_pool() -> ThreadPoolExecutor:
+    """Threads of the fold tasks that use more than one (see :func:`dft_fold`)."""
+    return ThreadPoolExecutor(max_workers=max(2, cpu_count()), thread_name_prefix="svcca-dft")
 
 
 @functools.lru_cache(maxsize=1)

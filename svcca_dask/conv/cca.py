@@ -96,7 +96,7 @@ def _herm(a: np.ndarray) -> np.ndarray:
     return np.swapaxes(a.conj(), -1, -2)
 
 
-def _batched_cca(
+def batched_cca(
     sxx: np.ndarray,
     sxy: np.ndarray,
     syy: np.ndarray,
@@ -125,7 +125,7 @@ def _batched_cca(
     return np.where(valid, rho, 0.0), counts, a, b
 
 
-def _projection_weights(s: np.ndarray, live: np.ndarray, w: np.ndarray) -> np.ndarray:
+def projection_weights(s: np.ndarray, live: np.ndarray, w: np.ndarray) -> np.ndarray:
     """PWCCA's ``alpha_i = sum_c |<h_i, x_c>|`` up to a common factor, per frequency:
     ``|(S a_i)_c|`` summed over the live channels ``c``."""
     return np.abs(_cross(s, live, live) @ w).sum(axis=1)

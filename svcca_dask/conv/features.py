@@ -14,7 +14,7 @@ import dask.array as da
 import numpy as np
 
 from ..inputs import ArrayLike
-from .layout import _perm_to_nhwc, open_conv, spatial_shape
+from .layout import open_conv, perm_to_nhwc, spatial_shape
 
 __all__ = ["CONV_MODES", "FEATURE_MAP_MODES", "conv_features", "features_4d", "repeat_rows"]
 
@@ -56,7 +56,7 @@ def features_4d(arr: da.Array, layout: str, conv: str) -> da.Array:
     if conv == "samples":
         return arr.map_blocks(
             _samples_block,
-            perm=_perm_to_nhwc(layout),
+            perm=perm_to_nhwc(layout),
             dtype=arr.dtype,
             drop_axis=[2, 3],
             chunks=(tuple(r * h * w for r in rows), (c,)),

@@ -31,7 +31,7 @@ _ROLE_NAMES = {
 }
 
 
-def _dimension_names(x: Any) -> tuple[str, ...] | None:
+def stored_dimension_names(x: Any) -> tuple[str, ...] | None:
     """The dimension names a Zarr array (v3 ``dimension_names``, or the v2
     ``_ARRAY_DIMENSIONS`` attribute xarray writes) or an xarray object carries."""
     if isinstance(x, Layer):
@@ -107,7 +107,7 @@ def resolve_layout(x: Any, layout: str | None = None, *, name: str = "x") -> str
                 f"got {layout!r}"
             )
         layout = layout.upper()
-    names = _dimension_names(x)
+    names = stored_dimension_names(x)
     from_names = _layout_from_names(names, name=name) if names is not None else None
     if from_names is not None:
         if layout is not None and layout != from_names:
@@ -127,7 +127,7 @@ def resolve_layout(x: Any, layout: str | None = None, *, name: str = "x") -> str
     )
 
 
-def _perm_to_nhwc(layout: str) -> tuple[int, int, int, int]:
+def perm_to_nhwc(layout: str) -> tuple[int, int, int, int]:
     """Axis permutation that turns an array in ``layout`` into NHWC."""
     return (layout.index("N"), layout.index("H"), layout.index("W"), layout.index("C"))
 
@@ -156,11 +156,11 @@ def spatial_shape(arr: da.Array, layout: str) -> tuple[int, int, int]:
     )
 
 
-def _shape_of(arr: da.Array, layout: str | None) -> tuple[int, int, int]:
+def layer_shape(arr: da.Array, layout: str | None) -> tuple[int, int, int]:
     return (int(arr.shape[1]), 1, 1) if layout is None else spatial_shape(arr, layout)
 
 
-def _open_pair(
+def open_conv_pair(
     x: ArrayLike, y: ArrayLike, layout: Any, names: tuple[str, str]
 ) -> tuple[da.Array, da.Array, str | None, str | None]:
     lx, ly = layout if isinstance(layout, tuple) else (layout, layout)

@@ -24,9 +24,9 @@ from ..rules import (
     live_mask,
     sample_size_note,
 )
-from .accumulate import DFTStats, _DFTRun, _light, _Parts
-from .cca import _batched_cca, _projection_weights
-from .plan import _freq_blocks
+from .accumulate import DFTRun, DFTStats, FrequencyParts, without_statistics
+from .cca import batched_cca, projection_weights
+from .plan import frequency_blocks
 
 __all__ = [
     "cca_from_dft_stats",
@@ -48,7 +48,7 @@ def _pool(
     return pooled, np.argsort(-pooled, kind="stable")
 
 
-def _fields(parts: _Parts, names: tuple[str, str]) -> dict[str, Any]:
+def _fields(parts: FrequencyParts, names: tuple[str, str]) -> dict[str, Any]:
     """Pool per-frequency correlations into the result's fields.
 
     The pooled list is what the CCA of the two flattened (band-limited) layers
@@ -96,15 +96,15 @@ def _cca_part(st: DFTStats, *, epsilon: float, side: str | None = None) -> dict[
     counts = np.zeros(f_count, dtype=int)
     nx, ny = np.zeros(f_count, dtype=int), np.zeros(f_count, dtype=int)
     alpha = np.zeros((f_count, k))
-    for sl in _freq_blocks(f_count, cx + cy):
+    for sl in frequency_blocks(f_count, cx + cy):
         sxx, sxy, syy = st.sxx[sl], st.sxy[sl], st.syy[sl]
         lx, ly = _live_channels(sxx, st.x_scale, epsilon), _live_channels(syy, st.y_scale, epsilon)
-        r, c, a, b = _batched_cca(sxx, sxy, syy, lx, ly, epsilon, weights=side is not None)
+        r, c, a, b = batched_cca(sxx, sxy, syy, lx, ly, epsilon, weights=side is not None)
         rho[sl], counts[sl] = r, c
         nx[sl], ny[sl] = lx.sum(axis=1), ly.sum(axis=1)
         if side is not None:
             s, live, w = (sxx, lx, a) if side == "x" else (syy, ly, b)
-            al = _projection_weights(s, live, w)
+            al = projection_weights(s, live, w)
             alpha[sl] = np.where(np.arange(k) < c[:, None], al, 0.0)
     return {"rho": rho, "counts": counts, "nx": nx, "ny": ny, "alpha": alpha}
 
@@ -125,7 +125,7 @@ def _svcca_part(
     k = min(cx, cy)
     rho = np.zeros((f_count, k))
     counts = np.zeros(f_count, dtype=int)
-    for sl in _freq_blocks(f_count, cx + cy):
+    for sl in frequency_blocks(f_count, cx + cy):
         kx_b, ky_b = kx[sl], ky[sl]
         big_x, big_y = int(kx_b.max(initial=0)), int(ky_b.max(initial=0))
         if big_x == 0 or big_y == 0:
@@ -138,7 +138,7 @@ def _svcca_part(
         ly = np.arange(big_y) < ky_b[:, None]
         sxx = wx[:, :big_x, None] * np.eye(big_x)
         syy = wy[:, :big_y, None] * np.eye(big_y)
-        r, c, _, _ = _batched_cca(sxx, sxy, syy, lx, ly, epsilon)
+        r, c, _, _ = batched_cca(sxx, sxy, syy, lx, ly, epsilon)
         rho[sl, : r.shape[1]], counts[sl] = r, c
     return {"rho": rho, "counts": counts, "nx": kx, "ny": ky}
 
@@ -184,7 +184,7 @@ def _keep_counts(
     return counts, explained
 
 
-def _pwcca_fields(parts: _Parts, side: str, names: tuple[str, str]) -> dict[str, Any]:
+def _pwcca_fields(parts: FrequencyParts, side: str, names: tuple[str, str]) -> dict[str, Any]:
     """PWCCA pooled over frequencies: ``score = sum alpha rho / sum alpha`` over
     every frequency's coefficients with multiplicity (the zero padding of
     :func:`_fields` has zero weight)."""
@@ -218,7 +218,7 @@ def cca_from_dft_stats(
     stats: DFTStats, *, epsilon: float = 1e-10, names: tuple[str, str] = ("x", "y")
 ) -> DFTCCAResult:
     """CCA per frequency, pooled (see :func:`svcca_dask.cca` with ``conv="dft"``)."""
-    parts = _Parts.join([(_light(stats), _cca_part(stats, epsilon=epsilon))])
+    parts = FrequencyParts.join([(without_statistics(stats), _cca_part(stats, epsilon=epsilon))])
     return DFTCCAResult(**_fields(parts, names))
 
 
@@ -230,13 +230,18 @@ def svcca_from_dft_stats(
     names: tuple[str, str] = ("x", "y"),
 ) -> DFTSVCCAResult:
     """SVCCA per frequency with a global ``keep`` (see :func:`svcca_dask.svcca`)."""
-    eig = _Parts.join([(_light(stats), _eig_part(stats))])
+    eig = FrequencyParts.join([(without_statistics(stats), _eig_part(stats))])
     kx, ky, ex, ey = _global_keep(eig, keep, stats.x_scale, stats.y_scale, epsilon, names)
-    parts = _Parts.join([(_light(stats), _svcca_part(stats, kx, ky, epsilon=epsilon))])
+    parts = FrequencyParts.join(
+        [(without_statistics(stats), _svcca_part(stats, kx, ky, epsilon=epsilon))]
+    )
     return DFTSVCCAResult(
         **_fields(parts, names),
-        x_kept=kx, y_kept=ky, x_explained=ex, y_explained=ey,
-    )  # fmt: skip
+        x_kept=kx,
+        y_kept=ky,
+        x_explained=ex,
+        y_explained=ey,
+    )
 
 
 def pwcca_from_dft_stats(
@@ -248,7 +253,9 @@ def pwcca_from_dft_stats(
 ) -> DFTPWCCAResult:
     """PWCCA per frequency, weights pooled (see :func:`svcca_dask.pwcca`)."""
     side = _pick_side(side, stats.sizes)
-    parts = _Parts.join([(_light(stats), _cca_part(stats, epsilon=epsilon, side=side))])
+    parts = FrequencyParts.join(
+        [(without_statistics(stats), _cca_part(stats, epsilon=epsilon, side=side))]
+    )
     return DFTPWCCAResult(**_pwcca_fields(parts, side, names))
 
 
@@ -264,7 +271,7 @@ def _cka_part(st: DFTStats) -> dict[str, np.ndarray]:
     return {"xy": sq(st.sxy, np.sqrt(sx) * np.sqrt(sy)), "xx": sq(st.sxx, sx), "yy": sq(st.syy, sy)}
 
 
-def _cka_result(parts: _Parts, names: tuple[str, str]) -> Any:
+def _cka_result(parts: FrequencyParts, names: tuple[str, str]) -> Any:
     m = parts.multiplicity
     a = parts.arrays
     nx, ny = np.sqrt(np.sum(m * a["xx"])), np.sqrt(np.sum(m * a["yy"]))
@@ -280,11 +287,11 @@ def _cka_result(parts: _Parts, names: tuple[str, str]) -> Any:
 
 def cka_from_dft_stats(stats: DFTStats, *, names: tuple[str, str] = ("x", "y")) -> Any:
     """Linear CKA from per-frequency statistics (see :func:`svcca_dask.linear_cka`)."""
-    return _cka_result(_Parts.join([(_light(stats), _cka_part(stats))]), names)
+    return _cka_result(FrequencyParts.join([(without_statistics(stats), _cka_part(stats))]), names)
 
 
 def _global_keep(
-    eig: _Parts,
+    eig: FrequencyParts,
     keep: Any,
     x_scale: float,
     y_scale: float,
@@ -298,7 +305,11 @@ def _global_keep(
 
 
 def _decide_keep(
-    eig: _Parts, keep: Any, scale: tuple[float, float], epsilon: float, names: tuple[str, str]
+    eig: FrequencyParts,
+    keep: Any,
+    scale: tuple[float, float],
+    epsilon: float,
+    names: tuple[str, str],
 ) -> dict[str, Any]:
     kx, ky, ex, ey = _global_keep(eig, keep, scale[0], scale[1], epsilon, names)
     return {"kx": kx, "ky": ky, "x_explained": ex, "y_explained": ey}
@@ -332,7 +343,7 @@ def dft_measure(
     eigenvalues and one more per band computes the CCA.
     """
     check_epsilon(epsilon)
-    run = _DFTRun(x, y, conv=conv, layout=layout, names=names)
+    run = DFTRun(x, y, conv=conv, layout=layout, names=names)
     if measure == "svcca":
         keep_pair(keep)
         if len(run.bands) == 1:
@@ -342,9 +353,12 @@ def dft_measure(
         dec = _decide_keep(eig, keep, run.scale, epsilon, names)
         parts = run.map_split(_svcca_block, {"kx": dec["kx"], "ky": dec["ky"]}, epsilon)
         return DFTSVCCAResult(
-            **_fields(parts, names), x_kept=dec["kx"], y_kept=dec["ky"],
-            x_explained=dec["x_explained"], y_explained=dec["y_explained"],
-        )  # fmt: skip
+            **_fields(parts, names),
+            x_kept=dec["kx"],
+            y_kept=dec["ky"],
+            x_explained=dec["x_explained"],
+            y_explained=dec["y_explained"],
+        )
     if measure == "pwcca":
         side = _pick_side(side, (run.plan.x_shape[0], run.plan.y_shape[0]))
         parts = run.map(_cca_part_fn, epsilon, side)
@@ -364,25 +378,28 @@ def _cka_part_fn(st: DFTStats) -> dict[str, np.ndarray]:
 
 
 def _svcca_one_pass(
-    run: _DFTRun, *, keep: Any, epsilon: float, names: tuple[str, str]
+    run: DFTRun, *, keep: Any, epsilon: float, names: tuple[str, str]
 ) -> DFTSVCCAResult:
     """SVCCA in one graph: eigenvalues per block, the global choice, the CCA per block."""
     (band,) = run.bands
     accs, scale = run._pass(band)
     blocks = run._blocks(band)
     eig = [run._apply(accs, scale, band, sl, _eig_part) for sl in blocks]
-    joined = delayed(_Parts.join, pure=False)(eig)
+    joined = delayed(FrequencyParts.join, pure=False)(eig)
     dec = delayed(_decide_keep, pure=False)(joined, keep, scale, epsilon, names)
     sv = [
         run._apply(accs, scale, band, sl, _svcca_block, delayed(_slice_keep)(dec, sl), epsilon)
         for sl in blocks
     ]
     parts_list, dec_value = run._run([sv, dec], scale, last=True)
-    parts = _Parts.join(parts_list)
+    parts = FrequencyParts.join(parts_list)
     return DFTSVCCAResult(
-        **_fields(parts, names), x_kept=dec_value["kx"], y_kept=dec_value["ky"],
-        x_explained=dec_value["x_explained"], y_explained=dec_value["y_explained"],
-    )  # fmt: skip
+        **_fields(parts, names),
+        x_kept=dec_value["kx"],
+        y_kept=dec_value["ky"],
+        x_explained=dec_value["x_explained"],
+        y_explained=dec_value["y_explained"],
+    )
 
 
 def _slice_keep(dec: dict[str, Any], sl: slice) -> dict[str, np.ndarray]:

@@ -1,6 +1,6 @@
 """The DFT path's plan: the common frequency band, and how the work is cut.
 
-:func:`_dft_plan` chooses the frequencies (the common low-frequency band, one
+:func:`plan_frequencies` chooses the frequencies (the common low-frequency band, one
 representative per conjugate pair); the rest sizes the passes from the memory
 budget: how many lanes (independent accumulators), how many bands of
 frequencies (one pass over the data each), how many images per task, and the
@@ -118,7 +118,7 @@ def _axis_partner(k: int, s: int, sx: int, sy: int) -> int | None:
 
 
 @dataclass(frozen=True)
-class _Gather:
+class Gather:
     """Where one layer's coefficient at each planned frequency sits in its rfft2."""
 
     rows: np.ndarray  # (F,) row of the full FFT along H
@@ -128,7 +128,7 @@ class _Gather:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class FrequencyPlan:
     """The common band, one representative per conjugate pair, and the gathers."""
 
     frequencies: np.ndarray  # (F, 2) int (kh, kw)
@@ -139,22 +139,22 @@ class _Plan:
     x_layout: str | None  # None for a 2-D side
     y_layout: str | None
 
-    def gather(self, shape: tuple[int, int, int], idx: np.ndarray) -> _Gather:
+    def gather(self, shape: tuple[int, int, int], idx: np.ndarray) -> Gather:
         _, h, _ = shape
         kh, kw = self.frequencies[idx, 0], self.frequencies[idx, 1]
         conj = kw < 0
         rows = np.where(conj, -kh, kh) % h
         col = np.abs(kw)
         columns = np.unique(col)
-        return _Gather(rows, np.searchsorted(columns, col), conj, columns)
+        return Gather(rows, np.searchsorted(columns, col), conj, columns)
 
 
-def _dft_plan(
+def plan_frequencies(
     x_shape: tuple[int, int, int],
     y_shape: tuple[int, int, int],
     x_layout: str | None,
     y_layout: str | None,
-) -> _Plan:
+) -> FrequencyPlan:
     """Frequencies of the common low-frequency band, one per conjugate pair.
 
     The band is the reference code's (google/svcca ``fft_resize``): along each
@@ -186,7 +186,7 @@ def _dft_plan(
             mult.append(2)
     freqs = np.array(reps, dtype=int).reshape(-1, 2)
     order = np.lexsort((freqs[:, 1], freqs[:, 0], np.abs(freqs[:, 1])))
-    return _Plan(
+    return FrequencyPlan(
         frequencies=freqs[order],
         multiplicity=np.array(mult, dtype=int)[order],
         band=(h, w),
@@ -197,7 +197,7 @@ def _dft_plan(
     )
 
 
-#: A fold task's buffers, as a share of its lane's accumulator (see _rows_target).
+#: A fold task's buffers, as a share of its lane's accumulator (see rows_target).
 _TASK_SHARE = 0.125
 
 
@@ -209,7 +209,7 @@ _TASK_MAX_BYTES = 512 * 2**20
 _CCA_BLOCK_BYTES = 32 * 2**20
 
 
-def _memory_limit(opt: DFT) -> int:
+def memory_limit_of(opt: DFT) -> int:
     """The statistics' budget over all lanes: ``DFT(memory_limit=)``, the config
     value ``svcca_dask.dft_memory_limit``, else a quarter of physical memory; on
     a cluster at most its workers' shares (:data:`svcca_dask.scheduler.WORKER_SHARE`
@@ -224,7 +224,7 @@ def _memory_limit(opt: DFT) -> int:
     return limit
 
 
-def _task_threads(lanes: int) -> int:
+def task_threads(lanes: int) -> int:
     """Threads each fold task uses: with fewer lanes than threads, a lane's
     tasks use the spare ones (two layers transformed at once, the frequencies
     merged in parallel); on a ``distributed`` cluster at most one worker's
@@ -237,8 +237,12 @@ def _task_threads(lanes: int) -> int:
     return threads
 
 
-def _default_lanes(
-    data_bytes: int, stats_bytes: int, *, plan: _Plan | None = None, budget: int | None = None
+def default_lanes(
+    data_bytes: int,
+    stats_bytes: int,
+    *,
+    plan: FrequencyPlan | None = None,
+    budget: int | None = None,
 ) -> int:
     """On threads, one lane: its tasks use every thread (two layers read and
     transformed at once, frequencies merged in parallel), so the statistics
@@ -254,32 +258,32 @@ def _default_lanes(
         return 1
     lanes = max(1, min(scheduler_threads(), round(2 * data_bytes / max(1, stats_bytes))))
     if plan is not None and budget is not None:
-        passes = len(_bands(plan, 1, budget))  # refuses a plan whose one lane cannot fit
+        passes = len(frequency_bands(plan, 1, budget))  # refuses a plan whose one lane cannot fit
         while lanes > 1 and _band_count(plan, lanes, budget) > passes:
             lanes -= 1
     return lanes
 
 
-def _as_options(conv: Any) -> DFT:
+def dft_options(conv: Any) -> DFT:
     return conv if isinstance(conv, DFT) else DFT()
 
 
-def _freq_bytes(plan: _Plan) -> int:
+def _freq_bytes(plan: FrequencyPlan) -> int:
     """Bytes of one frequency's packed ``(Cx + Cy)^2`` Hermitian accumulator."""
     return packed_size(plan.x_shape[0] + plan.y_shape[0]) * 16
 
 
-def _stats_bytes(plan: _Plan) -> int:
+def frequency_stats_bytes(plan: FrequencyPlan) -> int:
     """Bytes of one accumulator over all planned frequencies."""
     return int(plan.frequencies.shape[0]) * _freq_bytes(plan)
 
 
-def _bands(plan: _Plan, lanes: int, budget: int) -> list[np.ndarray]:
+def frequency_bands(plan: FrequencyPlan, lanes: int, budget: int) -> list[np.ndarray]:
     """Split the planned frequencies into bands whose statistics fit the budget.
 
     Each lane holds one packed accumulator of its band (two while a fold runs
     on a cluster: its input and its own copy) plus a task's buffers (up to an
-    eighth of it, see :func:`_rows_target`). After the pass, the
+    eighth of it, see :func:`rows_target`). After the pass, the
     per-frequency work runs a block of frequencies at a time, a few blocks
     at once (counted as a tenth of a lane).
     """
@@ -302,16 +306,16 @@ def _bands(plan: _Plan, lanes: int, budget: int) -> list[np.ndarray]:
     return [a for a in np.array_split(np.arange(f_total), n_bands) if a.size]
 
 
-def _band_count(plan: _Plan, lanes: int, budget: int) -> int | float:
+def _band_count(plan: FrequencyPlan, lanes: int, budget: int) -> int | float:
     """Bands of ``lanes`` lanes under ``budget``; infinite where one frequency does not fit."""
     try:
-        return len(_bands(plan, lanes, budget))
+        return len(frequency_bands(plan, lanes, budget))
     except MemoryError:
         return float("inf")
 
 
-def _rows_target(
-    plan: _Plan, idx: np.ndarray, opt: DFT, itemsize: int, *, inputs_held: bool
+def rows_target(
+    plan: FrequencyPlan, idx: np.ndarray, opt: DFT, itemsize: int, *, inputs_held: bool
 ) -> int:
     """Images per fold task.
 
@@ -333,7 +337,7 @@ def _rows_target(
     return int(min(64, max(8, room // per_image)))
 
 
-def _task_groups(chunks: tuple[int, ...], rows: int) -> list[list[int]]:
+def task_groups(chunks: tuple[int, ...], rows: int) -> list[list[int]]:
     """Consecutive stored chunks merged (never split) into tasks of at least ``rows``."""
     groups: list[list[int]] = [[]]
     count = 0
@@ -346,6 +350,6 @@ def _task_groups(chunks: tuple[int, ...], rows: int) -> list[list[int]]:
     return [g for g in groups if g]
 
 
-def _freq_blocks(f_count: int, d: int) -> list[slice]:
+def frequency_blocks(f_count: int, d: int) -> list[slice]:
     size = max(1, _CCA_BLOCK_BYTES // max(1, d * d * 16))
     return [slice(i, min(i + size, f_count)) for i in range(0, f_count, size)]

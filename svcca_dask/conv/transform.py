@@ -2,7 +2,7 @@
 
 :func:`_coefficients_into` computes the planned DFT coefficients of one side's
 chunk (an rfft along the width, then the needed columns along the height);
-:func:`_dft_fold` centres them and merges them into the lane's packed
+:func:`dft_fold` centres them and merges them into the lane's packed
 per-frequency accumulator with one ``zhfrk`` per frequency, which is exactly
 the Chan/Pebay merge of :func:`svcca_dask.stats.moments_combine`.
 """
@@ -16,10 +16,10 @@ import numpy as np
 import scipy.fft as sfft
 
 from .._lapack import hfrk_update, packed_size
-from ..io.chunks import _READERS, _load
-from ..stats import _raise_non_finite, moments_combine
-from .buffers import _fold_pool, _new, _read_pool, _Recycler, release_free_memory
-from .plan import _Gather, _Plan
+from ..io.chunks import CHUNK_READERS, read_piece
+from ..stats import moments_combine, raise_non_finite
+from .buffers import Recycler, fold_pool, new_complex, read_pool, release_free_memory
+from .plan import FrequencyPlan, Gather
 
 __all__: list[str] = []
 
@@ -38,7 +38,7 @@ def _coefficients_into(
     block: np.ndarray,
     layout: str | None,
     shape: tuple[int, int, int],
-    g: _Gather,
+    g: Gather,
     workers: int = 1,
 ) -> None:
     """Write the planned DFT coefficients of one side's row chunk into
@@ -91,8 +91,13 @@ def _coefficients_into(
             # NCHW: (k, C, H, cols) -> (k, C, F); NHWC: (k, H, cols, C) -> (k, F, C)
             shape = (k, c, -1) if cax == 1 else (k, -1, c)
             # mode="wrap" (the indices are in range): "raise" would buffer the output
-            np.take(r.reshape(shape), flat, axis=2 if cax == 1 else 1,
-                    out=stage[s0 - g0 : s0 - g0 + k], mode="wrap")  # fmt: skip
+            np.take(
+                r.reshape(shape),
+                flat,
+                axis=2 if cax == 1 else 1,
+                out=stage[s0 - g0 : s0 - g0 + k],
+                mode="wrap",
+            )
         st = stage[:gm]
         if g.conj.any():
             sel = (slice(None), slice(None), g.conj) if cax == 1 else (slice(None), g.conj)
@@ -104,22 +109,22 @@ def _coefficients_into(
 
 
 def _rows_of(piece: Any) -> int:
-    return int(piece.rows if isinstance(piece, _READERS) else piece.shape[0])
+    return int(piece.rows if isinstance(piece, CHUNK_READERS) else piece.shape[0])
 
 
-def _dft_fold(
+def dft_fold(
     acc: dict[str, Any] | None,
     xb: Any,
     yb: Any,
     *,
-    plan: _Plan,
+    plan: FrequencyPlan,
     idx: np.ndarray,
     names: tuple[str, str],
     row_start: int,
     with_scale: bool = False,
     threads: int = 1,
     last: bool = False,
-    arrays: _Recycler | None = None,
+    arrays: Recycler | None = None,
     owned: bool = True,
 ) -> dict[str, Any]:
     """Merge one row chunk into a lane's per-frequency statistics, in place
@@ -147,7 +152,7 @@ def _dft_fold(
     only consumer of the previous one's result and the threaded scheduler
     runs every task once, so updating it in place is safe. Its coefficient
     buffer is kept for the lane's next task unless ``last``; with ``arrays``
-    both come from that :class:`_Recycler`. With ``owned=False`` (a
+    both come from that :class:`Recycler`. With ``owned=False`` (a
     ``distributed`` cluster, where a task can run again after its worker
     died, or its input be copied to another worker while it runs) the task
     mutates nothing it did not allocate: it folds into a copy of the
@@ -172,7 +177,7 @@ def _dft_fold(
     # large are mapped fresh by malloc and page-faulted on every use otherwise)
     buf = acc.pop("_buf", None) if acc is not None else None
     if buf is None or buf.shape[0] != f_count or buf.shape[2] < m + 1:
-        buf = _new((f_count, d, m + 1), arrays)
+        buf = new_complex((f_count, d, m + 1), arrays)
     z = buf[:, :, : m + 1]
     gx, gy = plan.gather(plan.x_shape, idx), plan.gather(plan.y_shape, idx)
     positions: dict[str, list[dict[str, Any]]] = {"x_pos": [], "y_pos": []}
@@ -188,7 +193,7 @@ def _dft_fold(
         if with_scale:  # checked in the first pass only: later passes read the same data
             pm = _position_moments(np.asarray(b))
             if not (np.all(np.isfinite(pm["mean"])) and np.all(np.isfinite(pm["m2"]))):
-                _raise_non_finite([np.asarray(b).reshape(rows, -1)], [name], row_start + offset)
+                raise_non_finite([np.asarray(b).reshape(rows, -1)], [name], row_start + offset)
             positions[key].append(pm)
         view = z[:, :, offset : offset + rows]
         _coefficients_into(view, c0, b, layout, shape, g, workers=fft_workers)
@@ -196,21 +201,21 @@ def _dft_fold(
     def all_pieces(pieces: list[Any], spec: tuple) -> None:
         # with threads to spare, the next piece is read while this one is
         # transformed (a read mostly waits on the file or on Zarr's threads)
-        ahead = parallel and any(isinstance(p, _READERS) for p in pieces)
-        nxt = _read_pool().submit(_load, pieces[0]) if ahead else None
+        ahead = parallel and any(isinstance(p, CHUNK_READERS) for p in pieces)
+        nxt = read_pool().submit(read_piece, pieces[0]) if ahead else None
         offset = 0
         for i, rows in enumerate(sizes):
             if nxt is not None:
                 b = nxt.result()
-                nxt = _read_pool().submit(_load, pieces[i + 1]) if i + 1 < len(pieces) else None
+                nxt = read_pool().submit(read_piece, pieces[i + 1]) if i + 1 < len(pieces) else None
             else:
-                b = _load(pieces[i])
+                b = read_piece(pieces[i])
             side(b, offset, rows, spec)
             del b
             offset += rows
 
     if parallel:  # one thread per layer, each reading its pieces in order
-        other = _fold_pool().submit(all_pieces, ys, sides[1])
+        other = fold_pool().submit(all_pieces, ys, sides[1])
         all_pieces(xs, sides[0])
         other.result()
     else:
@@ -220,7 +225,7 @@ def _dft_fold(
         acc = {
             "n": 0,
             "mean": np.zeros((f_count, d), dtype=np.complex128),
-            "m2": _new((f_count, packed_size(d)), arrays, zero=True),
+            "m2": new_complex((f_count, packed_size(d)), arrays, zero=True),
         }
     if with_scale:
         for key, parts in positions.items():
@@ -240,7 +245,7 @@ def _dft_fold(
 
     if parallel and f_count > 1:
         cuts = np.linspace(0, f_count, min(threads, f_count) + 1).astype(int)
-        list(_fold_pool().map(merge, [slice(a, b) for a, b in itertools.pairwise(cuts)]))
+        list(fold_pool().map(merge, [slice(a, b) for a, b in itertools.pairwise(cuts)]))
     else:
         merge(slice(0, f_count))
     acc["n"] = tot

@@ -68,10 +68,11 @@ def open_pair(
     check_rows(rows)
     ids = sample_ids if isinstance(sample_ids, (tuple, list)) else (sample_ids, sample_ids)
     lx, ly = (
-        open_layer(v, name=n, sample_ids=i, storage_options=storage_options,
-                   missing_chunks=missing_chunks)
+        open_layer(
+            v, name=n, sample_ids=i, storage_options=storage_options, missing_chunks=missing_chunks
+        )
         for v, n, i in zip((x, y), names, ids, strict=True)
-    )  # fmt: skip
+    )
     check_pair(lx, ly, names=names)
     lx, ly = align_rows([lx, ly], rows=rows)
     return lx, ly

@@ -84,7 +84,7 @@ class Layer:
         xarray dims): they give a conv or token layer's layout.
     zarr : zarr.Array, optional
         The Zarr array itself, when the input is one: its stored chunks can be
-        read directly (:func:`svcca_dask.io.chunks._stored_chunks`).
+        read directly (:func:`svcca_dask.io.chunks.stored_chunk_readers`).
     sample_ids : dask.array.Array, shape (n_samples,), optional
         Each row's sample id, when the input records it (a store's
         ``sample_id`` array) or the caller gave ``sample_ids=``: two layers'
@@ -210,9 +210,14 @@ def from_reader(source: Any, *, kind: str, token: str, rows: int | None = None) 
     """
     chunks = _row_chunks(int(source.shape[0]), tuple(source.shape), rows)
     return da.from_array(
-        source, chunks=chunks, name=f"{kind}-{token}", asarray=False, fancy=False,
-        inline_array=True, meta=_meta(source.ndim, source.dtype),
-    )  # fmt: skip
+        source,
+        chunks=chunks,
+        name=f"{kind}-{token}",
+        asarray=False,
+        fancy=False,
+        inline_array=True,
+        meta=_meta(source.ndim, source.dtype),
+    )
 
 
 class MemmapFile:
@@ -244,8 +249,14 @@ class MemmapFile:
         st = os.stat(self.path)
         from dask.base import tokenize
 
-        return tokenize(os.path.realpath(self.path), st.st_mtime_ns, st.st_size, self.offset,
-                        str(self.dtype), self.shape)  # fmt: skip
+        return tokenize(
+            os.path.realpath(self.path),
+            st.st_mtime_ns,
+            st.st_size,
+            self.offset,
+            str(self.dtype),
+            self.shape,
+        )
 
     def as_dask(self, *, kind: str) -> da.Array:
         return from_reader(self, kind=kind, token=self.token())

@@ -125,8 +125,9 @@ def open_layer(
     if isinstance(obj, Layer):
         layer = obj
     else:
-        request = Request(name=name, key=key, storage_options=storage_options,
-                          missing_chunks=missing_chunks)  # fmt: skip
+        request = Request(
+            name=name, key=key, storage_options=storage_options, missing_chunks=missing_chunks
+        )
         target = _target(obj, name)
         backend = next((b for b in BACKENDS if b.guess_can_open(target)), None)
         if backend is None and hasattr(target, "files") and target.key is not None:

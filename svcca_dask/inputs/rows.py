@@ -67,8 +67,14 @@ def _first_batch_difference(a: Layer, b: Layer) -> str:
     return f"{_where(a)} and {_where(b)} were extracted in different data orders{where}"
 
 
-def _same_ids(block: np.ndarray, ids: np.ndarray, ref: np.ndarray, *, names: tuple[str, str],
-              block_info: Any = None) -> np.ndarray:  # fmt: skip
+def _same_ids(
+    block: np.ndarray,
+    ids: np.ndarray,
+    ref: np.ndarray,
+    *,
+    names: tuple[str, str],
+    block_info: Any = None,
+) -> np.ndarray:
     """``block`` as it is where its rows' ids equal the reference's; else the error."""
     ids, ref = np.asarray(ids).reshape(-1), np.asarray(ref).reshape(-1)
     if ids.shape != ref.shape or not np.array_equal(ids, ref):
@@ -93,9 +99,14 @@ def _checked(layer: Layer, ref: Layer) -> Layer:
     ids = layer.sample_ids.rechunk(chunks).reshape(shape)
     ref_ids = ref.sample_ids.rechunk(chunks).reshape(shape)
     checked = da.map_blocks(
-        _same_ids, data, ids, ref_ids, names=(_where(layer), _where(ref)), dtype=data.dtype,
+        _same_ids,
+        data,
+        ids,
+        ref_ids,
+        names=(_where(layer), _where(ref)),
+        dtype=data.dtype,
         meta=np.empty((0,) * data.ndim, dtype=data.dtype),
-    )  # fmt: skip
+    )
     # the direct stored-chunk reader would skip the check: read through the graph
     return dataclasses.replace(layer, data=checked, zarr=None)
 

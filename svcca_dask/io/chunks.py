@@ -7,8 +7,8 @@ chunk is a task result of its own: on a cluster none travels between workers
 tasks and hold the data. :func:`task_readers` gives one reader per row chunk;
 :class:`_ChunkGetter` computes the chunk's culled graph synchronously inside the
 task (a Zarr read, or the stored chunks a coarser task row group spans, and any
-reduction applied to them); :class:`_StoredChunk` reads a stored Zarr chunk's
-file and decodes it directly, for the arrays :func:`_stored_chunks` accepts
+reduction applied to them); :class:`StoredChunk` reads a stored Zarr chunk's
+file and decodes it directly, for the arrays :func:`stored_chunk_readers` accepts
 (where that equals Zarr's read). An in-memory (NumPy) input's chunk is inlined
 in its reader's graph by Dask: it travels once, from the client, with its task.
 """
@@ -47,9 +47,9 @@ class _ChunkGetter:
         return ("chunk-getter", self.key)  # the block's key names its content
 
 
-class _StoredChunk:
+class StoredChunk:
     """One stored chunk of a Zarr array in a local folder, its file read and
-    Blosc-decoded directly (for the arrays :func:`_stored_chunks` accepts).
+    Blosc-decoded directly (for the arrays :func:`stored_chunk_readers` accepts).
 
     Zarr's own read of a stored chunk adds its event loop, and buffers copied
     and freshly allocated in its threads, to the file read and the decode
@@ -57,9 +57,15 @@ class _StoredChunk:
     """
 
     def __init__(
-        self, path: str, shape: tuple[int, ...], rows: int, dtype: np.dtype, fill: Any,
-        *, crc: bool = False,
-    ) -> None:  # fmt: skip
+        self,
+        path: str,
+        shape: tuple[int, ...],
+        rows: int,
+        dtype: np.dtype,
+        fill: Any,
+        *,
+        crc: bool = False,
+    ) -> None:
         self.path, self.shape, self.rows = path, shape, int(rows)
         self.dtype, self.fill, self.crc = dtype, fill, crc
 
@@ -93,24 +99,24 @@ def task_readers(arr: da.Array) -> list[_ChunkGetter]:
 
 
 #: Pieces of a fold task that read their chunk when called.
-_READERS = (_ChunkGetter, _StoredChunk)
+CHUNK_READERS = (_ChunkGetter, StoredChunk)
 
 
-def _load(piece: Any) -> Any:
-    return piece() if isinstance(piece, _READERS) else piece
+def read_piece(piece: Any) -> Any:
+    return piece() if isinstance(piece, CHUNK_READERS) else piece
 
 
 def load_all(pieces: Any) -> tuple[Any, ...]:
-    """Each piece read (:func:`_load`), a reader that appears twice (a layer
+    """Each piece read (:func:`read_piece`), a reader that appears twice (a layer
     against itself) read once."""
     done: dict[int, Any] = {}
     for p in pieces:
         if id(p) not in done:
-            done[id(p)] = _load(p)
+            done[id(p)] = read_piece(p)
     return tuple(done[id(p)] for p in pieces)
 
 
-def _stored_chunks(source: ArrayLike, arr: da.Array) -> list[_StoredChunk] | None:
+def stored_chunk_readers(source: ArrayLike, arr: da.Array) -> list[StoredChunk] | None:
     """Direct readers of the stored chunks of ``arr`` (opened from the Zarr
     array ``source``), one per Dask chunk, or None where Zarr must read.
 
@@ -156,9 +162,13 @@ def _stored_chunks(source: ArrayLike, arr: da.Array) -> list[_StoredChunk] | Non
     root = os.path.join(str(source.store.root), source.path)
     rest = (0,) * (len(chunks) - 1)
     return [
-        _StoredChunk(
-            os.path.join(root, meta.encode_chunk_key((i, *rest))), chunks, rows, dtype,
-            source.fill_value, crc=crc,
+        StoredChunk(
+            os.path.join(root, meta.encode_chunk_key((i, *rest))),
+            chunks,
+            rows,
+            dtype,
+            source.fill_value,
+            crc=crc,
         )
         for i, rows in enumerate(grid)
-    ]  # fmt: skip
+    ]

@@ -53,7 +53,6 @@ __all__ = [
 _WRITE_CONFIG = {"write_empty_chunks": True}
 
 
-
 @dataclass(frozen=True)
 class LayerInfo:
     """What a store holds for one layer.
@@ -160,7 +159,6 @@ def _human(n: int) -> str:
     raise AssertionError  # pragma: no cover
 
 
-
 def _stored_version(arr: Any) -> str:
     """What changes when a plain array's stored chunks do: in a local folder the
     latest modification time and the total size of its files; elsewhere the
@@ -232,10 +230,11 @@ class ActivationStore:
         """Names of the layer arrays (``labels``, the token mask and the sample
         ids excluded), sorted."""
         return sorted(
-            k for k, a in self.group.arrays()
+            k
+            for k, a in self.group.arrays()
             if k not in (LABELS, MASK, SAMPLE_ID)
             and meta_of(a).get("kind") not in ("labels", "mask", "sample_id")
-        )  # fmt: skip
+        )
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self.group
@@ -617,9 +616,12 @@ def create_store(
         "provenance": dict(provenance or {}),
     }
     group = zarr.open_group(
-        path, mode="w" if overwrite else "w-", zarr_format=3, attributes=attrs,
+        path,
+        mode="w" if overwrite else "w-",
+        zarr_format=3,
+        attributes=attrs,
         **storage_kwargs(path, storage_options),
-    )  # fmt: skip
+    )
     return ActivationStore(group, path, storage_options)
 
 

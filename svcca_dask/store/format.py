@@ -53,6 +53,7 @@ MASK = "attention_mask"
 #: whose dataset yields ids): measures compare two stores' ids row by row.
 SAMPLE_ID = "sample_id"
 
+
 class IncompleteLayerError(ValueError):
     """A layer has unfinished writes or missing chunks, so reading it would give wrong data."""
 
@@ -102,7 +103,7 @@ def role_dims(names: tuple[str, ...]) -> tuple[str, ...]:
     prefix = prefix[: prefix.rfind(".") + 1]
     if not prefix:
         return names
-    return (names[0], *(n[len(prefix):] for n in rest))
+    return (names[0], *(n[len(prefix) :] for n in rest))
 
 
 def dims_of(arr: Any) -> tuple[str, ...]:
@@ -125,7 +126,6 @@ def is_activation_store(group: Any) -> bool:
 #: ``"fill"`` (Zarr's fill value, as Zarr reads it: arrays written with
 #: ``write_empty_chunks=False``, Zarr's default, skip chunks equal to it).
 MISSING_CHUNKS = ("error", "fill")
-
 
 
 def check_missing_chunks(mode: str) -> None:
@@ -161,10 +161,13 @@ def missing_chunk_rows(arr: Any) -> list[tuple[int, int]] | None:
     present = sync(listed())
     prefix = f"{arr.path}/" if arr.path else ""
     grid = [range(-(-int(s) // int(c))) for s, c in zip(arr.shape, arr.chunks, strict=True)]
-    missing = sorted({
-        coords[0] for coords in itertools.product(*grid)
-        if prefix + arr.metadata.encode_chunk_key(coords) not in present
-    })  # fmt: skip
+    missing = sorted(
+        {
+            coords[0]
+            for coords in itertools.product(*grid)
+            if prefix + arr.metadata.encode_chunk_key(coords) not in present
+        }
+    )
     step, rows = int(arr.chunks[0]), int(arr.shape[0])
     ranges: list[tuple[int, int]] = []
     for i in missing:
@@ -182,9 +185,13 @@ def _check_plain(arr: Any, where: str, missing_chunks: str) -> None:
     ranges = missing_chunk_rows(arr)
     if ranges == []:
         return
-    shown = "some rows" if ranges is None else "rows " + ", ".join(
-        f"{a}-{b - 1}" for a, b in ranges[:5]
-    ) + (" ..." if len(ranges) > 5 else "")
+    shown = (
+        "some rows"
+        if ranges is None
+        else "rows "
+        + ", ".join(f"{a}-{b - 1}" for a, b in ranges[:5])
+        + (" ..." if len(ranges) > 5 else "")
+    )
     raise IncompleteLayerError(
         f"{where} has no stored chunk for {shown} ({arr.nchunks - arr.nchunks_initialized} "
         f"of {arr.nchunks} chunks): Zarr would read its fill value ({arr.fill_value}) there "
@@ -218,7 +225,9 @@ def check_complete(arr: Any, *, name: str = "array", missing_chunks: str = "erro
     where = f"{name} ({arr.store}{'/' + arr.path if arr.path else ''})"
     if meta.get("kind") not in ("layer", "labels", "mask", "sample_id"):
         check_missing_chunks(missing_chunks)
-        _check_plain(arr, where, missing_chunks)  # a plain Zarr array: only its chunks can be checked
+        _check_plain(
+            arr, where, missing_chunks
+        )  # a plain Zarr array: only its chunks can be checked
         return
     rows = int(arr.shape[0])
     done = int(meta.get("complete_samples", 0))
@@ -241,4 +250,3 @@ def check_complete(arr: Any, *, name: str = "array", missing_chunks: str = "erro
             f"{arr.nchunks} chunks; Zarr would read them as fill values. Rewrite the layer "
             "(extract again with overwrite) or copy the missing chunks back."
         )
-

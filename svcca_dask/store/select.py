@@ -68,4 +68,3 @@ def select_layers(
     if not chosen:
         raise ValueError(f"no layers given for {where}; name at least one")
     return [n for n in available if n in chosen]
-

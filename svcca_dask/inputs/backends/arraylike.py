@@ -27,8 +27,12 @@ class ArrayLikeBackend(Backend):
         if _sliceable(obj) and not hasattr(obj, "__array__"):
             import uuid
 
-            return Layer(from_reader(_Rows(obj), kind="array", token=uuid.uuid4().hex),
-                         request.name, "array-like", type(obj).__name__)  # fmt: skip
+            return Layer(
+                from_reader(_Rows(obj), kind="array", token=uuid.uuid4().hex),
+                request.name,
+                "array-like",
+                type(obj).__name__,
+            )
         arr = np.asarray(obj)
         return Layer(from_views(arr, kind="array"), request.name, "array-like", type(obj).__name__)
 

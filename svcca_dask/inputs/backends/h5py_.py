@@ -63,8 +63,10 @@ class _H5Rows:
                 found: list[str] = []
                 f.visititems(lambda k, v: found.append(k) if isinstance(v, h5py.Dataset) else None)
                 what = "name one of its datasets" if key is None else f"it has no dataset {key!r}"
-                raise KeyError(f"{name}: {path}: {what} ('{path}/<dataset>' or key=; datasets: "
-                               f"{', '.join(found[:20])})")  # fmt: skip
+                raise KeyError(
+                    f"{name}: {path}: {what} ('{path}/<dataset>' or key=; datasets: "
+                    f"{', '.join(found[:20])})"
+                )
             self.shape, self.dtype = tuple(node.shape), node.dtype
         self.ndim = len(self.shape)
         self._ds: Any = None

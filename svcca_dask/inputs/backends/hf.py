@@ -33,8 +33,11 @@ class HFBackend(Backend):
 
     def guess_can_open(self, obj: Any) -> bool:
         if isinstance(obj, Path):
-            return len(obj.files) == 1 and os.path.exists(os.path.join(obj.head, "state.json")) \
-                and os.path.exists(os.path.join(obj.head, "dataset_info.json"))  # fmt: skip
+            return (
+                len(obj.files) == 1
+                and os.path.exists(os.path.join(obj.head, "state.json"))
+                and os.path.exists(os.path.join(obj.head, "dataset_info.json"))
+            )
         return module_of(obj) == "datasets"
 
     def open(self, obj: Any, request: Request) -> Layer:
@@ -46,15 +49,21 @@ class HFBackend(Backend):
         elif hasattr(obj, "source") and hasattr(obj, "column_name"):  # ds["column"]
             obj, key = obj.source, obj.column_name
         if isinstance(obj, datasets.DatasetDict):
-            raise TypeError(f"{request.name} is a DatasetDict: pick a split first "
-                            f"(one of {', '.join(obj)}), e.g. ds['train']")  # fmt: skip
+            raise TypeError(
+                f"{request.name} is a DatasetDict: pick a split first "
+                f"(one of {', '.join(obj)}), e.g. ds['train']"
+            )
         if not isinstance(obj, datasets.Dataset):
-            raise TypeError(f"{request.name}: a {type(obj).__name__} from datasets is not a "
-                            "Dataset; give the Dataset and key= its column")  # fmt: skip
+            raise TypeError(
+                f"{request.name}: a {type(obj).__name__} from datasets is not a "
+                "Dataset; give the Dataset and key= its column"
+            )
         if key is None or key not in obj.column_names:
             what = "name its column with key=" if key is None else f"it has no column {key!r}"
-            raise KeyError(f"{request.name}: the dataset has {len(obj)} rows: {what} "
-                           f"(columns: {', '.join(obj.column_names)})")  # fmt: skip
+            raise KeyError(
+                f"{request.name}: the dataset has {len(obj)} rows: {what} "
+                f"(columns: {', '.join(obj.column_names)})"
+            )
         source = _ArrowColumn(obj, key, name=request.name)
         data = from_reader(source, kind="hf", token=f"{obj._fingerprint}-{key}")
         return Layer(data, request.name, "hf-datasets", f"dataset column {key!r}")
@@ -66,8 +75,11 @@ def _values(col: Any) -> tuple[Any, tuple[int, ...]]:
 
     inner: list[int] = []
     n = len(col)
-    while pa.types.is_list(col.type) or pa.types.is_large_list(col.type) \
-            or pa.types.is_fixed_size_list(col.type):  # fmt: skip
+    while (
+        pa.types.is_list(col.type)
+        or pa.types.is_large_list(col.type)
+        or pa.types.is_fixed_size_list(col.type)
+    ):
         if col.null_count:
             raise ValueError("null rows")
         if pa.types.is_fixed_size_list(col.type):

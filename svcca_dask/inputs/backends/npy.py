@@ -36,8 +36,10 @@ class NpyBackend(Backend):
     def open(self, obj: Any, request: Request) -> Layer:
         if isinstance(obj, Path) and obj.suffix() == ".npy":
             if obj.key is not None:
-                raise FileNotFoundError(f"{request.name}: {obj.head} is an .npy file: it holds one "
-                                        f"array, not {obj.key!r}")  # fmt: skip
+                raise FileNotFoundError(
+                    f"{request.name}: {obj.head} is an .npy file: it holds one "
+                    f"array, not {obj.key!r}"
+                )
             arr = np.load(obj.head, mmap_mode="r")
             return _layer(_file_of(arr, obj.head), request, obj.head)
         path = obj.head if isinstance(obj, Path) else obj.zip.filename
@@ -66,8 +68,10 @@ def npz_member(path: str, key: str | None, *, name: str) -> MemmapFile:
         members = [m.removesuffix(".npy") for m in zf.namelist()]
         if key is None or key not in members:
             what = "name one of its members" if key is None else f"it has no member {key!r}"
-            raise KeyError(f"{name}: {path} is an .npz archive: {what} ('{path}/<member>' or "
-                           f"key=; members: {', '.join(members)})")  # fmt: skip
+            raise KeyError(
+                f"{name}: {path} is an .npz archive: {what} ('{path}/<member>' or "
+                f"key=; members: {', '.join(members)})"
+            )
         info = zf.getinfo(key + ".npy")
         if info.compress_type != zipfile.ZIP_STORED:
             raise ValueError(

@@ -40,9 +40,12 @@ class SafetensorsBackend(Backend):
         if isinstance(obj, Path):
             return all(f.endswith(_SUFFIX) for f in obj.files)
         return (
-            isinstance(obj, (list, tuple)) and bool(obj)
-            and all(isinstance(f, (str, os.PathLike)) and os.fspath(f).endswith(_SUFFIX) for f in obj)
-        )  # fmt: skip
+            isinstance(obj, (list, tuple))
+            and bool(obj)
+            and all(
+                isinstance(f, (str, os.PathLike)) and os.fspath(f).endswith(_SUFFIX) for f in obj
+            )
+        )
 
     def open(self, obj: Any, request: Request) -> Layer:
         if isinstance(obj, Path):
@@ -59,8 +62,10 @@ class SafetensorsBackend(Backend):
                 f"{request.name}: the shards of {key!r} differ in dtype ({sorted(dtypes)})"
             )
         if len({p.shape[1:] for p in parts}) > 1:
-            raise ValueError(f"{request.name}: the shards of {key!r} differ in shape beyond the "
-                             f"first axis ({[p.shape for p in parts]})")  # fmt: skip
+            raise ValueError(
+                f"{request.name}: the shards of {key!r} differ in shape beyond the "
+                f"first axis ({[p.shape for p in parts]})"
+            )
         data = parts[0] if len(parts) == 1 else da.concatenate(parts, axis=0)
         where = files[0] if len(files) == 1 else f"{len(files)} files like {files[0]}"
         return Layer(data, request.name, "safetensors", f"{where}/{key}")
@@ -83,8 +88,10 @@ def _tensor(path: str, key: str | None, *, name: str) -> tuple[MemmapFile, np.dt
     if key is None or key not in header:
         what = "name one of its tensors" if key is None else f"it has no tensor {key!r}"
         shown = sorted(header, key=natural_key)
-        raise KeyError(f"{name}: {path}: {what} ('{path}/<tensor>' or key=; tensors: "
-                       f"{', '.join(shown[:20])}{' ...' if len(shown) > 20 else ''})")  # fmt: skip
+        raise KeyError(
+            f"{name}: {path}: {what} ('{path}/<tensor>' or key=; tensors: "
+            f"{', '.join(shown[:20])}{' ...' if len(shown) > 20 else ''})"
+        )
     entry = header[key]
     dtype = numpy_dtype(entry["dtype"])
     raw = np.dtype("<u2") if dtype == BF16 else np.dtype(dtype).newbyteorder("<")

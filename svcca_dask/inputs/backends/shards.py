@@ -44,13 +44,17 @@ class ShardsBackend(Backend):
             source = MemmapFile(path, offset=0, dtype=raw, shape=tuple(meta["shape"]))
             expected = int(source.dtype.itemsize) * int(np.prod(source.shape))
             if os.path.getsize(path) < expected:
-                raise ValueError(f"{request.name}: {path} has {os.path.getsize(path)} bytes; its "
-                                 f"shape {source.shape} of {dtype} needs {expected}")  # fmt: skip
+                raise ValueError(
+                    f"{request.name}: {path} has {os.path.getsize(path)} bytes; its "
+                    f"shape {source.shape} of {dtype} needs {expected}"
+                )
             parts.append(widened(source.as_dask(kind="shards"), dtype))
             kinds.add((str(dtype), source.shape[1:]))
         if len(kinds) > 1:
-            raise ValueError(f"{request.name}: the shards of {folder} differ in dtype or shape "
-                             f"beyond the first axis: {sorted(kinds)}")  # fmt: skip
+            raise ValueError(
+                f"{request.name}: the shards of {folder} differ in dtype or shape "
+                f"beyond the first axis: {sorted(kinds)}"
+            )
         data = parts[0] if len(parts) == 1 else da.concatenate(parts, axis=0)
         return Layer(data, request.name, "memmap-shards", f"{folder} ({len(shards)} shards)")
 

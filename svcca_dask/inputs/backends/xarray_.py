@@ -24,8 +24,10 @@ class XarrayBackend(Backend):
     def open(self, obj: Any, request: Request) -> Layer:
         if hasattr(obj, "data_vars"):  # a Dataset
             if request.key is None or request.key not in obj.data_vars:
-                raise KeyError(f"{request.name} is an xarray Dataset: name one of its variables "
-                               f"with key= ({', '.join(map(str, obj.data_vars))})")  # fmt: skip
+                raise KeyError(
+                    f"{request.name} is an xarray Dataset: name one of its variables "
+                    f"with key= ({', '.join(map(str, obj.data_vars))})"
+                )
             obj = obj[request.key]
         data = obj.data
         if isinstance(data, da.Array):

@@ -57,18 +57,31 @@ class ZarrBackend(Backend):
             )
         if isinstance(obj, zarr.Group):
             if request.key is None:
-                raise ValueError(f"{name} is a Zarr group: name one of its arrays with key= "
-                                 f"({', '.join(_members(obj)) or 'it has none'})")  # fmt: skip
+                raise ValueError(
+                    f"{name} is a Zarr group: name one of its arrays with key= "
+                    f"({', '.join(_members(obj)) or 'it has none'})"
+                )
             if request.key not in obj or not isinstance(obj[request.key], zarr.Array):
-                raise KeyError(f"{name}: the Zarr group has no array {request.key!r} "
-                               f"(arrays: {', '.join(_members(obj))})")  # fmt: skip
+                raise KeyError(
+                    f"{name}: the Zarr group has no array {request.key!r} "
+                    f"(arrays: {', '.join(_members(obj))})"
+                )
             obj = obj[request.key]
         check_complete(obj, name=name, missing_chunks=request.missing_chunks)
         data = da.from_array(CheckedZarr(obj, name), chunks=obj.chunks, asarray=False, fancy=False)
         where = f"{obj.store}{'/' + obj.path if obj.path else ''}"
         order, batches, ids = _recorded_rows(obj)
-        return Layer(data, name, "zarr", where, dims=dims_of(obj), zarr=obj, sample_ids=ids,
-                     order=order, order_batches=batches)  # fmt: skip
+        return Layer(
+            data,
+            name,
+            "zarr",
+            where,
+            dims=dims_of(obj),
+            zarr=obj,
+            sample_ids=ids,
+            order=order,
+            order_batches=batches,
+        )
 
 
 def _store_layer(path: str, storage_options: Any) -> Any:
@@ -91,8 +104,9 @@ def _members(group: Any) -> list[str]:
     return sorted(k for k, _ in group.arrays())
 
 
-def open_zarr_array(path: str | os.PathLike[str], *, name: str = "array",
-                    storage_options: Any = None) -> Any:  # fmt: skip
+def open_zarr_array(
+    path: str | os.PathLike[str], *, name: str = "array", storage_options: Any = None
+) -> Any:
     """Open ``"path/to/store.zarr/array"`` (or an fsspec URL such as
     ``"s3://bucket/store.zarr/array"``) read-only as a :class:`zarr.Array`.
 
@@ -145,6 +159,7 @@ def _recorded_rows(arr: Any) -> tuple[str | None, Any, Any]:
     if SAMPLE_ID in group and arr.path.rsplit("/", 1)[-1] != SAMPLE_ID:
         id_arr = group[SAMPLE_ID]
         if isinstance(id_arr, zarr.Array) and id_arr.shape[:1] == arr.shape[:1]:
-            ids = da.from_array(CheckedZarr(id_arr, SAMPLE_ID), chunks=id_arr.chunks,
-                                asarray=False, fancy=False)  # fmt: skip
+            ids = da.from_array(
+                CheckedZarr(id_arr, SAMPLE_ID), chunks=id_arr.chunks, asarray=False, fancy=False
+            )
     return order, batches, ids
